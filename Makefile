@@ -1,0 +1,42 @@
+# nextplay: `make demo` runs the pipeline end to end, `make test` runs the tests.
+# Everything is installed into .venv/ by `make venv` (idempotent; see scripts/bootstrap_venv.sh).
+PY := .venv/bin/python
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv jars demo test test-fast test-all bench bench-quick clean wheel
+
+venv: .venv/.nextplay-stamp jars
+
+.venv/.nextplay-stamp: setup.py requirements/pinned.txt scripts/bootstrap_venv.sh
+	bash scripts/bootstrap_venv.sh
+
+jars: .cache/jars/.done
+
+.cache/jars/.done: scripts/delta-jars.pom.xml
+	mvn -q -f scripts/delta-jars.pom.xml dependency:copy-dependencies -Djars.dir=$(CURDIR)/.cache/jars
+	touch $@
+
+demo: venv
+	.venv/bin/nextplay pipeline --conf conf/local.yml
+
+# The full suite, slow tests included (what CI runs).
+test: venv
+	$(PY) -m pytest -q -m "not gpu" --durations=15
+
+# Only the fast unit and integration tests, for the edit-run loop.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+bench-quick: venv
+	$(PY) -m bench.run --quick
+
+bench: venv
+	$(PY) -m bench.run
+
+wheel: venv
+	$(PY) -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf lake mlruns.db mlartifacts checkpoints spark-warehouse data/generated bench/out

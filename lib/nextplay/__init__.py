@@ -1,0 +1,1 @@
+"""nextplay: predict the next track a listener will play."""

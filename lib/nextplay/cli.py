@@ -1,0 +1,175 @@
+"""`nextplay <stage>`: one subcommand per stage. `jobs/<stage>.py` and the Databricks wheel tasks
+call `main` with the same arguments, so every launcher runs the same code path.
+
+Exit codes: 0 done, 2 bad configuration or arguments (one line on stderr), 1 a failed stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Sequence
+
+from nextplay.config import Config, ConfigError, load_config
+
+log = logging.getLogger("nextplay")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage; keep it to one line
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", help="YAML config (default: conf/local.yml when present)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--lake", help="lake root folder or URI (sets lake.root)")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (sets tracking.uri)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _stage_generate(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.data.generate import generate
+    from nextplay.spark import get_spark
+
+    return generate(get_spark(cfg), cfg)
+
+
+def _stage_ingest(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.data.ingest import ingest
+    from nextplay.spark import get_spark
+
+    return ingest(get_spark(cfg), cfg)
+
+
+def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.data.sessionize import sessionize
+    from nextplay.spark import get_spark
+
+    return sessionize(get_spark(cfg), cfg)
+
+
+def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.train.launch import train
+
+    return train(cfg)
+
+
+def _stage_evaluate(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.evaluate.evaluate import evaluate
+
+    return evaluate(cfg, run_id=args.run_id)
+
+
+def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.score.batch import score
+
+    return score(cfg)
+
+
+def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.pipeline import run_pipeline
+
+    return run_pipeline(cfg)
+
+
+def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.evaluate.benchmark import benchmark
+
+    return benchmark(cfg, train_path=args.train, test_path=args.test, out_path=args.out)
+
+
+def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.sql import run_sql
+
+    run_sql(cfg, args.query, fmt=args.format, limit=args.limit)
+    return None
+
+
+STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = {
+    "generate": ("write synthetic play events (Spark) to generate.output", _stage_generate),
+    "ingest": ("parse raw plays into plays_bronze / plays_silver / plays_quarantine", _stage_ingest),
+    "sessionize": ("build item_index and sessions from plays_silver", _stage_sessionize),
+    "train": ("train the RNN on the sessions table and log it to MLflow", _stage_train),
+    "evaluate": ("rank the test split against all items, beside the baselines", _stage_evaluate),
+    "score": ("write the top-K next tracks per active user to predictions", _stage_score),
+    "pipeline": ("generate -> ingest -> sessionize -> train -> evaluate -> score", _stage_pipeline),
+    "benchmark": ("train and evaluate on the session-benchmark text format", _stage_benchmark),
+    "sql": ("run SQL over every table of the lake", _stage_sql),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nextplay", description="Predict the next track a listener will play.")
+    sub = parser.add_subparsers(dest="stage", required=True, parser_class=_Parser)
+    for name, (help_text, _) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name == "ingest":
+            p.add_argument("--input", help="file, folder or glob of raw play events (sets ingest.input)")
+            p.add_argument("--format", help="input format (sets ingest.format)")
+            p.add_argument("--batch-id", help="batch id (sets ingest.batch_id)")
+        if name in ("train", "pipeline"):
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        if name == "evaluate":
+            p.add_argument("--run-id", help="MLflow run to evaluate (default: the latest training run)")
+        if name == "score":
+            p.add_argument("--model-uri", help="MLflow model URI (sets score.model_uri)")
+        if name == "benchmark":
+            p.add_argument("--train", required=True, help="train_sessions.txt")
+            p.add_argument("--test", required=True, help="test_prefix_label.tsv")
+            p.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
+        if name == "sql":
+            p.add_argument("query", help="SQL; every lake table is registered under its name")
+            p.add_argument("--format", choices=["table", "json"], default="table")
+            p.add_argument("--limit", type=int, default=1000, help="rows to print at most (table format)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    shortcuts = {
+        "lake": "lake.root", "mlflow_uri": "tracking.uri", "input": "ingest.input",
+        "batch_id": "ingest.batch_id", "model_uri": "score.model_uri",
+    }
+    if args.stage == "ingest":
+        shortcuts["format"] = "ingest.format"
+    for attr, key in shortcuts.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if getattr(args, "resume", False):
+        overrides.append("train.resume=true")
+    return load_config(args.conf, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        cfg = config_from_args(args)
+    except ConfigError as e:
+        print(f"nextplay: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _, fn = STAGES[args.stage]
+    try:
+        result = fn(cfg, args)
+    except ConfigError as e:
+        print(f"nextplay: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        # Missing inputs and empty tables are user errors: say so plainly, no traceback.
+        log.debug("stage failed", exc_info=True)
+        print(f"nextplay {args.stage}: {e}", file=sys.stderr)
+        return 1
+    if result is not None and args.stage != "sql":
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

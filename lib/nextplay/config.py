@@ -1,0 +1,331 @@
+"""Typed configuration: the one place where every config key, its type and its default live.
+
+A run's configuration is built in three layers: the dataclass defaults below, a YAML file
+(`conf/local.yml` unless `--conf` names another), then `--set dotted.key=value` overrides.
+Every layer is validated the same way so a typo fails fast with one line naming the key and
+what is allowed (the CLI turns `ConfigError` into exit code 2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key or value in the configuration; the message is meant to be shown as is."""
+
+
+@dataclass
+class LakeConfig:
+    # A folder or Hadoop URI holding one Delta table per sub-folder (laptop, cluster). When
+    # `catalog` is set, tables live in Unity Catalog as `catalog.schema.<table>` instead.
+    root: str = "lake"
+    catalog: str | None = None
+    schema: str | None = None
+
+
+@dataclass
+class SparkConfig:
+    master: str | None = "local[*]"  # None: leave it to spark-submit / the cluster
+    app_name: str = "nextplay"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    # Folder with the Delta JARs fetched by `make jars`; when absent Spark resolves
+    # `delta_package` from Maven at start-up.
+    jars_dir: str | None = ".cache/jars"
+    delta_package: str = "io.delta:delta-spark_4.0_2.13:4.4.0"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateConfig:
+    output: str = "data/generated"
+    format: Literal["json", "csv", "parquet"] = "json"
+    events: int = 1_000_000
+    users: int = 5_000
+    tracks: int = 20_000
+    artists: int = 1_500
+    days: int = 14
+    zipf_exponent: float = 1.1
+    malformed_fraction: float = 0.001
+    files: int = 8
+    seed: int = 7
+
+
+@dataclass
+class IngestConfig:
+    input: str | None = None
+    format: Literal[
+        "auto", "json", "csv", "parquet", "lastfm", "lfm1b", "yoochoose", "diginetica"
+    ] = "auto"
+    batch_id: str | None = None  # default: derived from the input path
+    # Rows stamped further than this in the future are quarantined (clock skew is allowed).
+    max_future_minutes: int = 60
+    earliest_ts: str = "2000-01-01T00:00:00Z"
+
+
+@dataclass
+class SessionizeConfig:
+    session_gap_minutes: int = 30
+    min_item_count: int = 5
+    min_session_length: int = 2
+    # Longer sessions are split into chunks of at most this many items (bounded rows, no skew).
+    max_session_length: int = 200
+    collapse_repeats: bool = True
+    valid_days: float = 1.0
+    test_days: float = 1.0
+    method: Literal["window", "session_window"] = "window"
+
+
+@dataclass
+class ModelConfig:
+    cell: Literal["rnn", "gru", "lstm"] = "gru"
+    head: Literal["full", "sampled", "bit_tree"] = "full"
+    hidden_size: int = 100
+    embedding_size: int = 0  # 0: same as hidden_size
+    num_layers: int = 1
+    dropout: float = 0.2
+    embedding_dropout: float = 0.0
+    tie_embeddings: bool = True
+    n_negatives: int = 2048
+    sample_alpha: float = 0.75  # popularity ** alpha for the sampled head's negatives
+    logq: bool = True
+    init_std: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    launcher: Literal["local", "horovod", "spark", "torch_distributor"] = "local"
+    num_proc: int = 1
+    epochs: int = 10
+    batch_size: int = 256
+    max_len: int = 50
+    optimizer: Literal["adam", "adagrad_sgd"] = "adam"
+    lr: float = 0.001
+    item_lr: float = 0.05  # Adagrad step on item vectors when optimizer=adagrad_sgd
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    checkpoint_dir: str = "checkpoints"
+    resume: bool = False
+    valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
+    progress: bool = True
+
+
+@dataclass
+class EvaluateConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+    knn_neighbors: int = 500
+    knn_sample: int = 1000
+    batch_size: int = 1024
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns.db"
+    experiment: str = "nextplay"
+    artifact_location: str = "mlartifacts"
+    model_name: str = "nextplay-rnn"
+    register: bool = True
+
+
+@dataclass
+class ScoreConfig:
+    model_uri: str | None = None  # default: latest version of tracking.model_name
+    top_k: int = 10
+    lookback_days: int = 30
+    history_length: int = 50
+    exclude_played: bool = False
+    batch_size: int = 512
+    score_date: str | None = None  # default: today (UTC)
+
+
+@dataclass
+class Config:
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and prefix.count(".") < 1:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+
+DEFAULT_CONF = Path("conf/local.yml")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check (and, for strings from --set, convert) one value against its declared type."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, str):
+                value = value.replace("_", "")
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; allowed under '{prefix.rstrip('.') or 'top level'}': {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{dotted}: expected a section (mapping), got {value!r}")
+            _apply(current, value, dotted + ".")
+        else:
+            setattr(obj, key, _coerce(dotted, value, hints[key]))
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Cross-field and range rules that types cannot express."""
+    positive = {
+        "generate.events": cfg.generate.events, "generate.users": cfg.generate.users,
+        "generate.tracks": cfg.generate.tracks, "generate.days": cfg.generate.days,
+        "generate.files": cfg.generate.files, "sessionize.session_gap_minutes": cfg.sessionize.session_gap_minutes,
+        "sessionize.min_item_count": cfg.sessionize.min_item_count,
+        "sessionize.max_session_length": cfg.sessionize.max_session_length,
+        "model.hidden_size": cfg.model.hidden_size, "model.num_layers": cfg.model.num_layers,
+        "model.n_negatives": cfg.model.n_negatives, "train.num_proc": cfg.train.num_proc,
+        "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+        "train.max_len": cfg.train.max_len, "score.top_k": cfg.score.top_k,
+        "score.history_length": cfg.score.history_length, "score.batch_size": cfg.score.batch_size,
+        "spark.shuffle_partitions": cfg.spark.shuffle_partitions,
+    }
+    for key, v in positive.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be a positive number, got {v}")
+    for key, v in {"model.dropout": cfg.model.dropout, "model.embedding_dropout": cfg.model.embedding_dropout,
+                   "generate.malformed_fraction": cfg.generate.malformed_fraction,
+                   "train.valid_fraction": cfg.train.valid_fraction}.items():
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1), got {v}")
+    for key, v in {"train.lr": cfg.train.lr, "train.item_lr": cfg.train.item_lr,
+                   "train.clip_norm": cfg.train.clip_norm}.items():
+        if v <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {v}")
+    if cfg.sessionize.min_session_length < 2:
+        raise ConfigError("sessionize.min_session_length: must be at least 2 (a single play has no next item)")
+    if not cfg.evaluate.ks or min(cfg.evaluate.ks) <= 0:
+        raise ConfigError(f"evaluate.ks: must be a non-empty list of positive integers, got {cfg.evaluate.ks}")
+    if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
+        raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """Turn `a.b=v` strings into a nested mapping; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. train.epochs=3")
+        key, raw = pair.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {pair!r}: empty key segment")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {pair!r}: '{p}' is both a value and a section")
+        node[parts[-1]] = raw if isinstance(value, (dict, list)) and parts[-1] not in ("ks", "conf") else value
+    return nested
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then `--set` overrides; validated."""
+    cfg = Config()
+    if path is None and DEFAULT_CONF.exists():
+        path = DEFAULT_CONF
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"--conf {p}: file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--conf {p}: not valid YAML ({e.__class__.__name__})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"--conf {p}: expected a mapping of sections at the top level")
+        _apply(cfg, data)
+    _apply(cfg, parse_overrides(overrides))
+    _check_ranges(cfg)
+    return cfg

@@ -1,0 +1,28 @@
+"""nextplay: next-track prediction on Spark, Delta, Petastorm, PyTorch, Horovod and MLflow."""
+from setuptools import find_packages, setup
+
+setup(
+    name="nextplay",
+    version="0.1.0",
+    description="Predict the next track a listener will play: Spark + Delta + PyTorch RNN + MLflow",
+    python_requires=">=3.10",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    include_package_data=True,
+    package_data={"nextplay": ["conf/*.yml"]},
+    install_requires=[
+        "pyspark>=4.0,<4.1",
+        "delta-spark>=4.0,<4.5",
+        "pyyaml>=6",
+        "numpy>=1.24,<2",
+        "pandas>=2,<3",
+        "pyarrow>=12,<15",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "train": ["torch>=2.1", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5"],
+        "horovod": ["horovod==0.28.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["nextplay=nextplay.cli:main"]},
+)
