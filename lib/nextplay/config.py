@@ -132,8 +132,9 @@ class EvaluateConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlruns.db"
     experiment: str = "nextplay"
-    artifact_location: str = "mlartifacts"
-    model_name: str = "nextplay-rnn"
+    artifact_location: str = "mlartifacts"  # used for local stores only; see tracking.artifact_root
+    registry_uri: str | None = None  # None: same as uri; Unity Catalog: databricks-uc
+    model_name: str = "nextplay-rnn"  # Unity Catalog: catalog.schema.name
     register: bool = True
 
 
@@ -144,7 +145,8 @@ class ScoreConfig:
     lookback_days: int = 30
     history_length: int = 50
     exclude_played: bool = False
-    batch_size: int = 512
+    batch_size: int = 512  # histories per forward pass in a scoring process
+    chunk_size: int = 65536  # items scored at once by the streaming top-K (bounds memory)
     score_date: str | None = None  # default: today (UTC)
 
 
@@ -265,6 +267,7 @@ def _check_ranges(cfg: Config) -> None:
         "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
         "train.max_len": cfg.train.max_len, "score.top_k": cfg.score.top_k,
         "score.history_length": cfg.score.history_length, "score.batch_size": cfg.score.batch_size,
+        "score.chunk_size": cfg.score.chunk_size, "score.lookback_days": cfg.score.lookback_days,
         "spark.shuffle_partitions": cfg.spark.shuffle_partitions,
     }
     for key, v in positive.items():
