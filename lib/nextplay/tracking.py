@@ -8,12 +8,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from nextplay.config import TrackingConfig
+from nextplay.config import Config, TrackingConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # Stores on this machine's disk (sqlite, file:, a bare folder): the client picks their artifact root.
 _LOCAL_SCHEMES = {"", "file", "sqlite"}
@@ -102,3 +106,61 @@ def resolve_model(tcfg: TrackingConfig, uri: str | None) -> ResolvedModel:
 def _run_id_of(uri: str) -> str:
     m = re.match(r"^runs:/(?P<run>[^/]+)/", uri)
     return m.group("run") if m else ""
+
+
+# -- what a training run logs (called by nextplay.train) -----------------------------------------
+
+_PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch request
+
+
+def start_run(cfg: Config, run_name: str | None = None) -> mlflow.ActiveRun:
+    """Configure tracking from `cfg` and start a run in its experiment (use as a context manager)."""
+    configure(cfg.tracking)
+    return mlflow.start_run(run_name=run_name)
+
+
+def log_params(cfg: Config, extra: Mapping[str, Any] | None = None) -> None:
+    """Every config key as a dotted param (the run is reproducible from its params), plus `extra`."""
+    params = {k: str(v) for k, v in {**cfg.flat(), **(extra or {})}.items()}
+    items = sorted(params.items())
+    for lo in range(0, len(items), _PARAMS_PER_CALL):
+        mlflow.log_params(dict(items[lo:lo + _PARAMS_PER_CALL]))
+
+
+def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "loss_curve.png") -> None:
+    """Plot the per-epoch training loss (and any valid_* metric on a second axis) as a run artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h.get("epoch", i) for i, h in enumerate(history)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h.get("loss") for h in history], marker="o", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    valid = sorted({k for h in history for k in h if k.startswith("valid_")})
+    if valid:
+        right = ax.twinx()
+        for key in valid:
+            right.plot(epochs, [h.get(key) for h in history], linestyle="--", label=key)
+        right.set_ylabel("validation")
+        right.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str) -> str | None:
+    """Log the model saved in `model_dir` with the lake's item index; returns the registered version.
+
+    The model is registered under `tracking.model_name` unless `tracking.register` is false.
+    """
+    from nextplay.score.pyfunc import log_model
+    from nextplay.tables import ITEM_INDEX, Lake
+
+    item_index = Lake(cfg.lake).read(spark, ITEM_INDEX).select("track_id", "item_idx", "play_count").toArrow().to_pandas()
+    info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
+                     top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
+    return None if info.registered_model_version is None else str(info.registered_model_version)
