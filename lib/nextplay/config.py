@@ -97,6 +97,14 @@ class ModelConfig:
     sample_alpha: float = 0.75  # popularity ** alpha for the sampled head's negatives
     logq: bool = True
     init_std: float = 0.05
+    # What the output reads: the last hidden state (the seed article) or that state plus additive
+    # attention over the session's earlier states (NARM-style).
+    readout: Literal["last", "attention"] = "attention"
+    # Mix the head's distribution with a learned pointer over items already in the session
+    # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
+    repeat: bool = True
+    # > 0: L2-normalise session and item vectors and scale their dot product by this (full/sampled).
+    cosine_scale: float = 0.0
 
 
 @dataclass
@@ -108,6 +116,8 @@ class TrainConfig:
     max_len: int = 50
     optimizer: Literal["adam", "adagrad_sgd"] = "adam"
     lr: float = 0.001
+    # Learning-rate multiplier over the run (per step when the epoch's step count is known).
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     item_lr: float = 0.05  # Adagrad step on item vectors when optimizer=adagrad_sgd
     weight_decay: float = 0.0
     clip_norm: float = 5.0
@@ -126,6 +136,11 @@ class EvaluateConfig:
     knn_neighbors: int = 500
     knn_sample: int = 1000
     batch_size: int = 1024
+    # Evaluation and the baselines run on the driver: these caps bound what it holds (the most
+    # recent sessions of each split are kept), so a huge lake evaluates on a recent sample.
+    max_test_sessions: int = 50_000
+    max_train_sessions: int = 500_000
+    max_valid_sessions: int = 20_000
 
 
 @dataclass
@@ -282,6 +297,16 @@ def _check_ranges(cfg: Config) -> None:
                    "train.clip_norm": cfg.train.clip_norm}.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+    if cfg.model.cosine_scale < 0:
+        raise ConfigError(f"model.cosine_scale: must be >= 0 (0 = off), got {cfg.model.cosine_scale}")
+    if cfg.model.init_std <= 0:
+        raise ConfigError(f"model.init_std: must be > 0, got {cfg.model.init_std}")
+    if not 0.0 <= cfg.model.sample_alpha <= 1.0:
+        raise ConfigError(f"model.sample_alpha: must be in [0, 1], got {cfg.model.sample_alpha}")
+    if cfg.model.embedding_size < 0:
+        raise ConfigError(f"model.embedding_size: must be >= 0 (0 = hidden_size), got {cfg.model.embedding_size}")
+    if cfg.train.max_len < 2:
+        raise ConfigError(f"train.max_len: must be at least 2 (one input and one target), got {cfg.train.max_len}")
     if cfg.sessionize.min_session_length < 2:
         raise ConfigError("sessionize.min_session_length: must be at least 2 (a single play has no next item)")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) <= 0:

@@ -1,0 +1,120 @@
+"""`nextplay benchmark`: the session-benchmark text format through the production path.
+
+The training sessions become a `sessions` Delta table (and an `item_index`) in a temporary lake;
+the regular `train` stage reads them with Petastorm under the configured launcher and logs the run;
+the test lines are then ranked against all items by the same model code the scorer uses. The
+sequences are taken exactly as the files give them: consecutive repeats stay, because the test
+lines keep them and 15% (yoochoose1_64) of the labels repeat the last item.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nextplay.config import Config
+
+log = logging.getLogger(__name__)
+
+BASE_TS = 1_600_000_000  # sessions get synthetic, increasing start times one second apart
+
+
+def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
+    """Turn `train_sessions.txt` into `item_index` and `sessions` tables with Spark."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from nextplay import tables
+    from nextplay.tables import Lake
+
+    if not Path(train_path).exists():
+        raise FileNotFoundError(f"--train {train_path}: file not found")
+    lake = Lake(cfg.lake)
+    raw = (spark.read.text(train_path)
+           .where(F.length(F.trim("value")) > 0)
+           .select(F.monotonically_increasing_id().alias("line"), F.split(F.trim("value"), r"\s+").alias("tracks")))
+    lines = raw.select("line", F.posexplode("tracks").alias("pos", "track_id")).persist()
+    if lines.isEmpty():
+        raise ValueError(f"--train {train_path}: no sessions in the file")
+    index = (lines.groupBy("track_id").agg(F.count("*").alias("play_count"))
+             .withColumn("item_idx", F.row_number().over(Window.orderBy(F.desc("play_count"), "track_id")).cast("int"))
+             .select("track_id", "item_idx", "play_count"))
+    lake.write(index, tables.ITEM_INDEX, mode="overwrite")
+    index = lake.read(spark, tables.ITEM_INDEX)
+
+    n_lines = raw.count()
+    first_valid = int(n_lines * (1.0 - cfg.train.valid_fraction))
+    rank = F.dense_rank().over(Window.orderBy("line")) - 1  # the line ids are increasing, not dense
+    sessions = (lines.join(F.broadcast(index.select("track_id", "item_idx")), "track_id")
+                .groupBy("line")
+                .agg(F.array_sort(F.collect_list(F.struct("pos", "item_idx"))).alias("seq"))
+                .select("line", F.col("seq.item_idx").alias("items"))
+                .where(F.size("items") >= 2)
+                .withColumn("n", rank)
+                .select(
+                    F.concat(F.lit("u"), F.col("n").cast("string")).alias("user_id"),
+                    F.col("n").cast("string").alias("session_id"),
+                    F.timestamp_seconds(F.lit(BASE_TS) + F.col("n")).alias("start_ts"),
+                    F.timestamp_seconds(F.lit(BASE_TS) + F.col("n")).alias("end_ts"),
+                    F.to_date(F.timestamp_seconds(F.lit(BASE_TS) + F.col("n"))).alias("event_date"),
+                    F.col("items"),
+                    F.size("items").cast("int").alias("length"),
+                    F.when(F.col("n") >= first_valid, "valid").otherwise("train").alias("split"),
+                ))
+    # Many small files: each Horovod rank can then read its own row groups.
+    lake.write(sessions.repartition(max(8, cfg.train.num_proc * 4)), tables.SESSIONS, mode="overwrite")
+    lines.unpersist()
+    return {"train_lines": n_lines, "items": index.count()}
+
+
+def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) -> dict[str, Any]:
+    from nextplay import tables
+    from nextplay.evaluate.baselines import MostPopular, SessionKNN
+    from nextplay.evaluate.lines import encode_lines, read_benchmark_lines, read_benchmark_sessions
+    from nextplay.evaluate.report import evaluate_all, log_evaluation
+    from nextplay.spark import get_spark
+    from nextplay.tables import Lake
+    from nextplay.train.launch import train_and_log
+
+    if not Path(test_path).exists():
+        raise FileNotFoundError(f"--test {test_path}: file not found")
+    cfg = copy.deepcopy(cfg)
+    cfg.sessionize.collapse_repeats = False  # the files' sequences are used as given (module docstring)
+    test_prefixes, test_labels = read_benchmark_lines(test_path)
+    with tempfile.TemporaryDirectory(prefix="nextplay-bench-") as tmp:
+        cfg.lake.root = str(Path(tmp) / "lake")
+        cfg.lake.catalog = cfg.lake.schema = None
+        spark = get_spark(cfg)
+        started = time.time()
+        sizes = write_benchmark_lake(spark, cfg, train_path)
+        log.info("benchmark lake written in %.1fs: %s", time.time() - started, sizes)
+        index = {r["track_id"]: r["item_idx"] for r in
+                 Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx").toLocalIterator()}
+        trained = train_and_log(spark, cfg, run_name=f"benchmark-{Path(train_path).parent.name}")
+        prefixes, labels = encode_lines(test_prefixes, test_labels, index)
+        train_sessions = [[index[t] for t in s] for s in read_benchmark_sessions(train_path)]
+        baselines = {"most_popular": MostPopular(), "session_knn": SessionKNN(
+            k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
+        for b in baselines.values():
+            b.fit(train_sessions, len(index))
+        report = evaluate_all(trained.model, baselines, prefixes, labels, cfg)
+        log_evaluation(cfg, trained.run_id, report)
+    metrics: dict[str, Any] = dict(report.model)
+    metrics.update({
+        "lines": len(labels),
+        "train_seconds": trained.seconds,
+        "events_per_second": trained.events_per_second,
+        "epochs": trained.epochs,
+        "world_size": trained.world_size,
+        "run_id": trained.run_id,
+        "baselines": report.baselines,
+        "config": {"cell": cfg.model.cell, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
+                   "batch_size": cfg.train.batch_size, "launcher": cfg.train.launcher},
+    })
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,64 @@
+"""`nextplay evaluate`: the test split of `sessions`, ranked against all items, beside the baselines.
+
+Every next-item step of the test sessions is one line (as in the session benchmarks). The model
+comes from the training run's logged MLflow model; most-popular and session-kNN are fitted on the
+train split of the same snapshot. Lines and training sessions are capped by `evaluate.max_*`
+(the most recent sessions are kept): the baselines hold their sessions in the driver's memory.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nextplay.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def latest_training_run(cfg: Config) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
+                              filter_string="tags.`nextplay.stage` = 'train' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise FileNotFoundError(f"no finished training run in MLflow experiment '{cfg.tracking.experiment}' "
+                                f"at {cfg.tracking.uri}: run `nextplay train` first")
+    return runs[0].info.run_id
+
+
+def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int]]:
+    """Item lists of the `limit` most recent sessions of one split, oldest first."""
+    from nextplay import tables
+    from nextplay.tables import Lake
+
+    rows = (Lake(cfg.lake).read(spark, tables.SESSIONS).where(f"split = '{split}'")
+            .orderBy("start_ts", ascending=False).limit(limit).select("start_ts", "items").collect())
+    return [list(r["items"]) for r in sorted(rows, key=lambda r: r["start_ts"])]
+
+
+def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+    import mlflow
+
+    from nextplay import tracking
+    from nextplay.evaluate.baselines import MostPopular, SessionKNN
+    from nextplay.evaluate.lines import session_lines
+    from nextplay.evaluate.report import evaluate_all, log_evaluation
+    from nextplay.spark import get_spark
+
+    tracking.configure(cfg.tracking)
+    run_id = run_id or latest_training_run(cfg)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().rnn
+    spark = get_spark(cfg)
+    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions)
+    prefixes, labels = session_lines(test)
+    if not labels:
+        raise ValueError("the sessions table has no 'test' sessions with a next item: check sessionize.test_days")
+    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions)
+    baselines = {"most_popular": MostPopular(),
+                 "session_knn": SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
+    for b in baselines.values():
+        b.fit(train, model.n_items)
+    report = evaluate_all(model, baselines, prefixes, labels, cfg)
+    log_evaluation(cfg, run_id, report)
+    return {"run_id": run_id, **report.model, "baselines": report.baselines}

@@ -1,0 +1,127 @@
+"""Measure a model beside the baselines on the same lines, and log the result to its MLflow run.
+
+Metric names in MLflow: `recall_at_{k}` / `mrr_at_{k}` for the model, `{baseline}_recall_at_{k}`
+for each baseline, so a run page shows the model and what it has to beat side by side.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from nextplay.config import Config
+
+log = logging.getLogger(__name__)
+
+CURVE_KS = tuple(range(1, 51))
+
+
+@dataclass
+class EvaluationReport:
+    model: dict[str, float]  # recall_at_k / mrr_at_k for evaluate.ks, and lines
+    baselines: dict[str, dict[str, float]]
+    recall_curves: dict[str, list[float]]  # scorer name -> Recall@K for K = 1..50
+
+
+def evaluate_all(model: Any, baselines: Mapping[str, Any], prefixes: Sequence[Sequence[int]],
+                 labels: Sequence[int], cfg: Config) -> EvaluationReport:
+    """Rank every line's label against all items for the model and every baseline."""
+    from nextplay.evaluate.metrics import evaluate_model
+
+    ks = sorted(set(cfg.evaluate.ks) | set(CURVE_KS))
+
+    def measure(scorer: Any) -> tuple[dict[str, float], list[float]]:
+        m = evaluate_model(scorer, prefixes, labels, ks=ks, batch_size=cfg.evaluate.batch_size)
+        kept = {k: v for k, v in m.items() if k == "lines" or int(k.rsplit("_", 1)[1]) in cfg.evaluate.ks}
+        return kept, [m[f"recall_at_{k}"] for k in CURVE_KS]
+
+    model_metrics, model_curve = measure(model)
+    curves = {"model": model_curve}
+    baseline_metrics: dict[str, dict[str, float]] = {}
+    for name, scorer in baselines.items():
+        baseline_metrics[name], curves[name] = measure(scorer)
+    report = EvaluationReport(model_metrics, baseline_metrics, curves)
+    log.info("evaluation: %s", summary_line(report))
+    return report
+
+
+def summary_line(report: EvaluationReport, k: int = 20) -> str:
+    def fmt(m: Mapping[str, float]) -> str:
+        return f"R@{k} {100 * m.get(f'recall_at_{k}', float('nan')):.2f} / MRR@{k} {100 * m.get(f'mrr_at_{k}', float('nan')):.2f}"
+
+    parts = [f"model {fmt(report.model)}"] + [f"{n} {fmt(m)}" for n, m in report.baselines.items()]
+    return "; ".join(parts) + f" ({int(report.model.get('lines', 0))} lines)"
+
+
+def log_evaluation(cfg: Config, run_id: str, report: EvaluationReport) -> None:
+    """Metrics, the Recall@K plot and the report as JSON, into an existing run."""
+    import mlflow
+
+    from nextplay import tracking
+
+    tracking.configure(cfg.tracking)
+    metrics = {k: v for k, v in report.model.items() if k != "lines"}
+    metrics["test_lines"] = report.model.get("lines", 0)
+    for name, m in report.baselines.items():
+        metrics.update({f"{name}_{k}": v for k, v in m.items() if k != "lines"})
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = Path(tmp) / "recall_at_k.png"
+            _plot_curves(report.recall_curves, plot)
+            mlflow.log_artifact(str(plot))
+            data = Path(tmp) / "evaluation.json"
+            data.write_text(json.dumps(asdict(report), indent=2))
+            mlflow.log_artifact(str(data))
+
+
+def log_loss_curve(history: Sequence[Mapping[str, float]]) -> None:
+    """Loss (and validation Recall@20 when measured) per epoch, into the active run."""
+    import mlflow
+
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per next-item target")
+    if "valid_recall_at_20" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [100 * h["valid_recall_at_20"] for h in history], marker="s", color="tab:orange",
+                 label="valid Recall@20")
+        ax2.set_ylabel("valid Recall@20 (%)")
+        fig.legend(loc="upper right")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "loss_curve.png"
+        fig.savefig(path, dpi=100)
+        mlflow.log_artifact(str(path))
+    plt.close(fig)
+
+
+def _plot_curves(curves: Mapping[str, Sequence[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(CURVE_KS, [100 * v for v in values], label=name)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K (%)")
+    ax.set_title("Next-item Recall@K on the test split, all items ranked")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

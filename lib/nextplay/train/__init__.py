@@ -1,0 +1,1 @@
+"""Training: Petastorm loading, the epoch loop, launchers and checkpoints."""

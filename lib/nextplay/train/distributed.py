@@ -1,0 +1,131 @@
+"""The few collective operations the training loop needs, for Horovod and for torch.distributed.
+
+`fit` only ever talks to this small interface, so the same loop runs in one process, under
+`horovod.run` / `horovod.spark.run` (Horovod over Gloo or NCCL), and under Spark's
+`TorchDistributor` (torch.distributed over Gloo or NCCL).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Protocol
+
+import torch
+
+
+class Collective(Protocol):
+    rank: int
+    size: int
+    local_rank: int
+
+    def wrap_optimizer(self, optimizer: torch.optim.Optimizer,
+                       named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer: ...
+
+    def broadcast(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def allreduce_mean(self, value: float) -> float: ...
+
+    def barrier(self) -> None: ...
+
+
+class HorovodCollective:
+    """Horovod: gradients averaged by `hvd.DistributedOptimizer` (sparse ones as allgather)."""
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self._hvd = hvd
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def wrap_optimizer(self, optimizer, named_parameters):
+        # Horovod builds a new optimizer from the param groups: carry over resumed state, and keep
+        # the wrapper reachable, since its state (not the original's) is what gets checkpointed.
+        wrapped = self._hvd.DistributedOptimizer(optimizer, named_parameters=list(named_parameters))
+        wrapped.load_state_dict(optimizer.state_dict())
+        self.optimizer = wrapped
+        return wrapped
+
+    def broadcast(self, model, optimizer) -> None:
+        self._hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        self._hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def allreduce_mean(self, value: float) -> float:
+        return float(self._hvd.allreduce(torch.tensor([value], dtype=torch.float64), op=self._hvd.Average)[0])
+
+    def barrier(self) -> None:
+        self._hvd.allreduce(torch.zeros(1), name="barrier")
+
+
+class _AllreduceGradients(torch.optim.Optimizer):
+    """Averages every gradient over the process group before the wrapped optimizer steps.
+
+    Plain DDP wraps the module instead; wrapping the optimizer keeps the model object the same in
+    every launcher, which the loop and the checkpoints rely on.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer, size: int, device: torch.device) -> None:
+        self.inner = inner
+        self._size = size
+        self._device = device
+        self.param_groups = inner.param_groups
+        self.defaults = inner.defaults
+        self.state = inner.state
+
+    def step(self, closure=None):
+        import torch.distributed as dist
+
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    p.grad = p.grad.to_dense()
+                if p.grad.device != self._device:  # NCCL reduces CUDA tensors only
+                    p.grad = p.grad.to(self._device)
+                dist.all_reduce(p.grad)
+                p.grad.div_(self._size)
+        return self.inner.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.inner.load_state_dict(state_dict)
+
+
+class TorchCollective:
+    """torch.distributed, as set up by Spark's TorchDistributor (env:// rendezvous)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+        self._dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.optimizer: torch.optim.Optimizer | None = None
+        # Collectives run on the backend's device: CUDA for NCCL, CPU for Gloo.
+        self._device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+            else torch.device("cpu")
+
+    def wrap_optimizer(self, optimizer, named_parameters):
+        self.optimizer = _AllreduceGradients(optimizer, self.size, self._device)
+        return self.optimizer
+
+    def broadcast(self, model, optimizer) -> None:
+        for tensor in model.state_dict().values():
+            self._dist.broadcast(tensor, src=0)
+
+    def allreduce_mean(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self._device)
+        self._dist.all_reduce(t)
+        return float(t[0]) / self.size
+
+    def barrier(self) -> None:
+        self._dist.barrier()

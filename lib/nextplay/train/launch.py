@@ -1,0 +1,295 @@
+"""`nextplay train`: snapshot the sessions table, start the training processes, log the run.
+
+The driver does everything that needs Spark (which Delta files make up the snapshot, the item
+counts, a validation sample) and packs it into a picklable `TrainSpec`. The training function runs
+anywhere Python runs: in this process, under Horovod (`horovod.run`, gloo or NCCL), under
+`horovod.spark.run` on Spark executors, or under Spark's `TorchDistributor`. Rank 0 writes the
+model and a small result file to `output_dir`, which the driver reads back (TorchDistributor returns
+an arbitrary rank's value in local mode, so return values are never trusted).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nextplay.config import Config, ConfigError
+from nextplay.train.loader import SessionSnapshot
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class TrainSpec:
+    """Everything a training process needs; pickled to every rank."""
+
+    cfg: Config
+    snapshot: SessionSnapshot
+    n_items: int
+    item_counts: np.ndarray
+    output_dir: str
+    run_id: str | None = None
+    valid_prefixes: list[list[int]] = field(default_factory=list)
+    valid_labels: list[int] = field(default_factory=list)
+
+
+def _collective(launcher: str):
+    if launcher in ("horovod", "spark"):
+        from nextplay.train.distributed import HorovodCollective
+
+        return HorovodCollective()
+    if launcher == "torch_distributor":
+        from nextplay.train.distributed import TorchCollective
+
+        return TorchCollective()
+    return None
+
+
+def _device(cfg: Config, local_rank: int):
+    import torch
+
+    if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' was asked for but no GPU is visible")
+    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def scaled_train_config(cfg: Config, world_size: int):
+    """Linear learning-rate scaling with the number of processes, as usual for Horovod: each step
+    averages world_size x batch_size sessions, so the step can grow by the same factor."""
+    tc = copy.deepcopy(cfg.train)
+    tc.lr *= world_size
+    tc.item_lr *= world_size
+    return tc
+
+
+def train_worker(spec: TrainSpec) -> None:
+    """The training function every rank runs (a module-level function, so launchers can pickle it)."""
+    import torch
+
+    from nextplay.evaluate.metrics import evaluate_model
+    from nextplay.model.io import save_model
+    from nextplay.model.rnn import SessionRNN
+    from nextplay.train.checkpoint import load_latest_checkpoint, save_checkpoint
+    from nextplay.train.loader import iterate_batches
+    from nextplay.train.loop import build_optimizer, fit
+
+    cfg = spec.cfg
+    comm = _collective(cfg.train.launcher)
+    rank, size = (comm.rank, comm.size) if comm else (0, 1)
+    local_rank = comm.local_rank if comm else 0
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cfg.train.threads or max(1, cores // size))
+    torch.manual_seed(cfg.train.seed)
+    device = _device(cfg, local_rank)
+
+    model = SessionRNN(spec.n_items, cfg.model, item_counts=spec.item_counts).to(device)
+    train_cfg = scaled_train_config(cfg, size)
+    train_cfg.progress = cfg.train.progress and rank == 0
+    optimizer = build_optimizer(model, train_cfg)
+
+    start_epoch = 0
+    if cfg.train.resume:
+        state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"]) + 1
+            log.info("rank %d resumes after the checkpoint of epoch %d", rank, state["epoch"])
+
+    client = _mlflow_client(cfg) if rank == 0 and spec.run_id else None
+
+    def on_epoch_end(epoch: int, stats: dict[str, Any]) -> None:
+        if rank != 0:
+            return
+        # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
+        stepped = getattr(comm, "optimizer", None) or optimizer
+        save_checkpoint(cfg.train.checkpoint_dir, epoch, model, stepped, extra={"run_id": spec.run_id or ""})
+        metrics = {k: float(v) for k, v in stats.items() if k != "epoch" and isinstance(v, (int, float))}
+        if spec.valid_prefixes:
+            valid = evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks, device=device)
+            model.train()
+            metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
+            stats.update(metrics)
+        if client is not None:
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            client.log_batch(spec.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in metrics.items()])
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    steps = spec.snapshot.steps_per_epoch(cfg.train.batch_size, size)
+    history = fit(
+        model,
+        lambda epoch: iterate_batches(spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size,
+                                      epoch=epoch, seed=cfg.train.seed),
+        train_cfg,
+        steps_per_epoch=steps,
+        start_epoch=start_epoch,
+        on_epoch_end=on_epoch_end,
+        device=device,
+        distributed=comm,
+        optimizer=optimizer,
+    )
+    if rank == 0:
+        out = Path(spec.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(model.to("cpu"), out)
+        (out / RESULT_FILE).write_text(json.dumps({"history": history, "world_size": size}, default=float))
+    if comm is not None:
+        comm.barrier()
+
+
+def _mlflow_client(cfg: Config):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking.uri)
+
+
+def launch(spec: TrainSpec) -> dict[str, Any]:
+    """Run `train_worker` under the configured launcher and return rank 0's result."""
+    launcher, n = spec.cfg.train.launcher, spec.cfg.train.num_proc
+    if launcher == "local":
+        if n != 1:
+            raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {n}; "
+                              "use train.launcher=horovod, spark or torch_distributor for more")
+        train_worker(spec)
+    elif launcher == "horovod":
+        import horovod
+
+        horovod.run(train_worker, args=(spec,), np=n, hosts=f"localhost:{n}", use_gloo=True,
+                    network_interface="lo" if _is_local(spec.cfg) else None,
+                    start_timeout=120, verbose=0)
+    elif launcher == "spark":
+        import horovod.spark
+
+        horovod.spark.run(train_worker, args=(spec,), num_proc=n, start_timeout=300,
+                          nics={"lo"} if _is_local(spec.cfg) else None, verbose=1)
+    elif launcher == "torch_distributor":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        import torch
+
+        TorchDistributor(num_processes=n, local_mode=_is_local(spec.cfg),
+                         use_gpu=torch.cuda.is_available() and spec.cfg.train.device != "cpu").run(train_worker, spec)
+    result_file = Path(spec.output_dir) / RESULT_FILE
+    if not result_file.exists():
+        raise RuntimeError(f"training under launcher '{launcher}' finished without rank 0 writing {result_file}")
+    return json.loads(result_file.read_text())
+
+
+def _is_local(cfg: Config) -> bool:
+    return (cfg.spark.master or "").startswith("local")
+
+
+def snapshot_training_data(spark, cfg: Config):
+    """Pin one Delta version of `sessions` and gather what the workers need from it."""
+    from pyspark.sql import functions as F
+
+    from nextplay import tables
+    from nextplay.tables import Lake
+
+    lake = Lake(cfg.lake)
+    sessions = lake.read(spark, tables.SESSIONS)
+    files = sessions.inputFiles()
+    counts = {r["split"]: (r["n"], r["events"]) for r in
+              sessions.groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("events")).collect()}
+    if counts.get("train", (0, 0))[0] == 0:
+        raise ValueError("the sessions table has no 'train' sessions: run sessionize on more data, "
+                         "or check sessionize.test_days / valid_days against the data's time span")
+    from nextplay.train.loader import count_row_groups
+
+    n_train, n_events = counts["train"]
+    snapshot = SessionSnapshot(tuple(files), "train", int(n_train), int(n_events), count_row_groups(files))
+
+    index = lake.read(spark, tables.ITEM_INDEX).select("item_idx", "play_count")
+    n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
+    item_counts = np.zeros(n_items + 1, dtype=np.float64)
+    for row in index.toLocalIterator():  # V numbers: the model holds V x H floats anyway
+        item_counts[row["item_idx"]] = row["play_count"]
+    return snapshot, n_items, item_counts, counts
+
+
+def validation_lines(spark, cfg: Config) -> tuple[list[list[int]], list[int]]:
+    """Every next-item step of the most recent valid-split sessions, as prefix/label pairs."""
+    from nextplay.evaluate.evaluate import recent_sessions
+    from nextplay.evaluate.lines import session_lines
+
+    return session_lines(recent_sessions(spark, cfg, "valid", cfg.evaluate.max_valid_sessions))
+
+
+@dataclass
+class TrainedModel:
+    run_id: str
+    model: Any  # the trained SessionRNN, on CPU, in eval mode
+    model_version: str | None
+    seconds: float
+    events_per_second: float
+    epochs: int
+    world_size: int
+    history: list[dict[str, Any]]
+
+
+def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedModel:
+    """Snapshot, launch, and log one training run (params, curves, the registered model)."""
+    import mlflow
+
+    from nextplay import tables, tracking
+    from nextplay.evaluate.report import log_loss_curve
+    from nextplay.model.io import load_model
+    from nextplay.score.pyfunc import log_model
+    from nextplay.tables import Lake
+
+    snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg)
+    prefixes, labels = validation_lines(spark, cfg)
+    output_dir = tempfile.mkdtemp(prefix="nextplay-train-")
+    tracking.configure(cfg.tracking)
+    try:
+        with mlflow.start_run(run_name=run_name or f"train-{cfg.model.cell}-{cfg.model.head}") as run:
+            mlflow.set_tag("nextplay.stage", "train")
+            params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "train", "sessionize")}
+            params.update({"world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
+                           "train_events": snapshot.n_events, "valid_lines": len(labels), "lake": cfg.lake.root})
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            spec = TrainSpec(cfg, snapshot, n_items, item_counts, output_dir, run.info.run_id, prefixes, labels)
+            started = time.time()
+            result = launch(spec)
+            seconds = time.time() - started
+            history = result["history"]
+            events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
+            mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second})
+            log_loss_curve(history)
+            index = Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx", "play_count")
+            info = log_model(output_dir, index.orderBy("item_idx").toPandas(),
+                             registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
+                             top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
+            model = load_model(output_dir)
+        version = getattr(info, "registered_model_version", None)
+        return TrainedModel(run.info.run_id, model, str(version) if version else None, seconds, events_per_second,
+                            len(history), int(result["world_size"]), history)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """The `train` stage."""
+    from nextplay.spark import get_spark
+
+    trained = train_and_log(get_spark(cfg), cfg)
+    return {"run_id": trained.run_id, "model_version": trained.model_version, "world_size": trained.world_size,
+            "epochs": trained.epochs, "train_seconds": round(trained.seconds, 1),
+            "train_events_per_second": round(trained.events_per_second),
+            "final_loss": trained.history[-1].get("loss") if trained.history else None}

@@ -1,0 +1,155 @@
+"""Stream the `sessions` Delta table into PyTorch batches with Petastorm.
+
+Petastorm reads the Parquet files of one Delta snapshot (the file list comes from the Delta log on
+the driver, so files that older versions left behind are never read). Sessions have any length,
+while Petastorm wants equal-length arrays in a batch: a `TransformSpec` pads each row group to its own
+longest session on the reader thread, and the batcher below trims every mini-batch to its own longest
+row again, after grouping rows of similar length so that little compute is spent on padding.
+
+Sharding: with at least as many row groups as ranks, each rank reads its own row groups
+(Petastorm's `cur_shard`); with fewer (small tables, a 2-process demo) every rank reads all row
+groups and keeps the sessions whose hashed `session_id` falls in its shard. Either way every rank
+runs `steps_per_epoch` steps, cycling its shard when it runs dry, so uneven shards never hang a
+collective operation.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+SPLIT_COLUMN = "split"
+
+# Petastorm 0.12 drives pyarrow 14 through its legacy dataset API, which warns on every call.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\..*)?$")
+
+
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """What a training process needs to read its shard: built on the driver, pickled to workers."""
+
+    files: tuple[str, ...]  # the Parquet files of one Delta version of `sessions`
+    split: str  # which split to read, usually "train"
+    n_sessions: int  # sessions of that split in the snapshot (for steps_per_epoch)
+    n_events: int  # items in those sessions (for events/s)
+    row_groups: int
+
+    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
+        return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
+
+
+def count_row_groups(files: list[str]) -> int:
+    """Row groups across the snapshot, read from the Parquet footers only."""
+    return sum(pq.ParquetFile(_local(f)).metadata.num_row_groups for f in files)
+
+
+def _local(path: str) -> str:
+    return path[len("file:"):] if path.startswith("file:") else path
+
+
+def _pad_transform(split: str, rank: int, size: int, row_sharding: bool):
+    """Build the per-row-group transform: keep one split (and one hash shard), pad `items`."""
+
+    def transform(df: pd.DataFrame) -> pd.DataFrame:
+        df = df[df[SPLIT_COLUMN] == split]
+        if row_sharding and size > 1:
+            shard = pd.util.hash_pandas_object(df["session_id"], index=False).to_numpy() % size
+            df = df[shard == rank]
+        seqs = df["items"].to_numpy()
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        padded = np.zeros((len(seqs), int(lengths.max()) if len(seqs) else 1), dtype=np.int32)
+        if len(seqs):
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            cols = np.arange(int(lengths.sum())) - starts
+            padded[np.repeat(np.arange(len(seqs)), lengths), cols] = np.concatenate(seqs)
+        return pd.DataFrame({"items": list(padded), "length": lengths})
+
+    return transform
+
+
+def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int):
+    from petastorm import make_batch_reader
+    from petastorm.transform import TransformSpec
+
+    row_sharding = snapshot.row_groups < size
+    spec = TransformSpec(
+        _pad_transform(snapshot.split, rank, size, row_sharding),
+        edit_fields=[("items", np.int32, (None,), False), ("length", np.int64, (), False)],
+        selected_fields=["items", "length"],
+    )
+    shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size, "shard_seed": seed}
+    return make_batch_reader(
+        [f if "://" in f else f"file://{_local(f)}" for f in snapshot.files],
+        schema_fields=["items", SPLIT_COLUMN, "session_id"],
+        transform_spec=spec,
+        num_epochs=1,
+        workers_count=2,
+        shuffle_row_groups=True,
+        seed=seed,
+        reader_pool_type="thread",
+        **shard_args,
+    )
+
+
+def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    with _reader(snapshot, rank, size, seed) as reader:
+        for batch in reader:
+            if len(batch.length):
+                yield batch.items, batch.length
+
+
+def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0, size: int = 1,
+                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield shuffled, length-bucketed mini-batches `{"items": [B, L], "length": [B]}` from one pass
+    over this rank's shard, and keep cycling the shard (with a new shuffle) until the caller stops.
+
+    A buffer of `buffer_batches` batches is filled, sorted by length, cut into batches and those
+    batches are shuffled: the row order stays random across batches while each batch needs little
+    padding.
+    """
+    rng = np.random.default_rng([seed, epoch, rank])
+    cycle = 0
+    while True:
+        seen = 0
+        buf_items: list[np.ndarray] = []
+        buf_len: list[np.ndarray] = []
+        buffered = 0
+        for items, lengths in _rows(snapshot, rank, size, seed * 1009 + epoch * 31 + cycle):
+            seen += len(lengths)
+            buf_items.append(items)
+            buf_len.append(lengths)
+            buffered += len(lengths)
+            if buffered >= batch_size * buffer_batches:
+                yield from _drain(buf_items, buf_len, batch_size, rng)
+                buf_items, buf_len, buffered = [], [], 0
+        if buffered:
+            yield from _drain(buf_items, buf_len, batch_size, rng)
+        if seen == 0:
+            raise ValueError(f"rank {rank}/{size} found no '{snapshot.split}' sessions in its shard of the sessions table")
+        cycle += 1
+
+
+def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int,
+           rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    width = max(a.shape[1] for a in items)
+    all_items = np.zeros((sum(len(a) for a in items), width), dtype=np.int64)
+    row = 0
+    for a in items:
+        all_items[row: row + len(a), : a.shape[1]] = a
+        row += len(a)
+    all_len = np.concatenate(lengths)
+    perm = rng.permutation(len(all_len))  # random tie order inside equal lengths
+    order = perm[np.argsort(all_len[perm], kind="stable")]
+    starts = np.arange(0, len(order), batch_size)
+    rng.shuffle(starts)
+    for s in starts:
+        idx = order[s: s + batch_size]
+        lens = all_len[idx]
+        yield {"items": torch.from_numpy(all_items[idx, : int(lens.max())]), "length": torch.from_numpy(lens)}
