@@ -78,36 +78,6 @@ def log_evaluation(cfg: Config, run_id: str, report: EvaluationReport) -> None:
             mlflow.log_artifact(str(data))
 
 
-def log_loss_curve(history: Sequence[Mapping[str, float]]) -> None:
-    """Loss (and validation Recall@20 when measured) per epoch, into the active run."""
-    import mlflow
-
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["loss"] for h in history], marker="o", label="train loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per next-item target")
-    if "valid_recall_at_20" in history[0]:
-        ax2 = ax.twinx()
-        ax2.plot(epochs, [100 * h["valid_recall_at_20"] for h in history], marker="s", color="tab:orange",
-                 label="valid Recall@20")
-        ax2.set_ylabel("valid Recall@20 (%)")
-        fig.legend(loc="upper right")
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "loss_curve.png"
-        fig.savefig(path, dpi=100)
-        mlflow.log_artifact(str(path))
-    plt.close(fig)
-
-
 def _plot_curves(curves: Mapping[str, Sequence[float]], path: Path) -> None:
     import matplotlib
 

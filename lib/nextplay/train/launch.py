@@ -247,23 +247,18 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
     """Snapshot, launch, and log one training run (params, curves, the registered model)."""
     import mlflow
 
-    from nextplay import tables, tracking
-    from nextplay.evaluate.report import log_loss_curve
+    from nextplay import tracking
     from nextplay.model.io import load_model
-    from nextplay.score.pyfunc import log_model
-    from nextplay.tables import Lake
 
     snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg)
     prefixes, labels = validation_lines(spark, cfg)
     output_dir = tempfile.mkdtemp(prefix="nextplay-train-")
-    tracking.configure(cfg.tracking)
     try:
-        with mlflow.start_run(run_name=run_name or f"train-{cfg.model.cell}-{cfg.model.head}") as run:
+        with tracking.start_run(cfg, run_name=run_name or f"train-{cfg.model.cell}-{cfg.model.head}") as run:
             mlflow.set_tag("nextplay.stage", "train")
-            params = {k: v for k, v in cfg.flat().items() if k.split(".")[0] in ("model", "train", "sessionize")}
-            params.update({"world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
-                           "train_events": snapshot.n_events, "valid_lines": len(labels), "lake": cfg.lake.root})
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            tracking.log_params(cfg, extra={
+                "world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
+                "train_events": snapshot.n_events, "valid_lines": len(labels)})
             spec = TrainSpec(cfg, snapshot, n_items, item_counts, output_dir, run.info.run_id, prefixes, labels)
             started = time.time()
             result = launch(spec)
@@ -271,14 +266,10 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             history = result["history"]
             events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
             mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second})
-            log_loss_curve(history)
-            index = Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx", "play_count")
-            info = log_model(output_dir, index.orderBy("item_idx").toPandas(),
-                             registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
-                             top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
+            tracking.log_loss_curve(history)
+            version = tracking.log_trained_model(spark, cfg, output_dir)
             model = load_model(output_dir)
-        version = getattr(info, "registered_model_version", None)
-        return TrainedModel(run.info.run_id, model, str(version) if version else None, seconds, events_per_second,
+        return TrainedModel(run.info.run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
