@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines report normal socket closes as errors
     _, fn = STAGES[args.stage]
     try:
         result = fn(cfg, args)

@@ -1,0 +1,211 @@
+"""The epoch loop, independent of where batches come from (Petastorm, in-memory lists, tests).
+
+- A step is one batch from `make_batches(epoch)`. Sessions longer than `cfg.max_len` are cut into
+  windows of at most `max_len` items inside that step: the first window trains its targets from the
+  start; each later window starts `max_len // 2` items before its first new target, so those items
+  are context only (masked out of the loss). Every target is trained exactly once and no hidden state
+  has to travel between steps (which would tie batches to a fixed session order).
+- Randomness (dropout, sampled negatives) is re-seeded from (seed, epoch, rank) at every epoch, so a
+  run resumed from the checkpoint of epoch e follows the same trajectory as one never stopped,
+  provided `make_batches(epoch)` is itself deterministic.
+- Distributed training only needs the `distributed` hook (wrap_optimizer, broadcast,
+  allreduce_mean, rank, size). When the wrapped optimizer exposes `synchronize()` (Horovod), gradients
+  are reduced before clipping, so the clip sees the averaged gradient.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from nextplay.config import TrainConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+class AdagradSGD(torch.optim.Optimizer):
+    """The seed article's optimiser: Adagrad on item vectors, plain SGD on shared weights.
+
+    A param group's `rule` says which. Adagrad groups update only the rows whose gradient is non-zero
+    (the items, or tree nodes, a batch touched), so untouched rows keep both their value and their
+    accumulator, weight decay included, and a step costs the touched rows rather than the catalog.
+    Constructible from param groups alone, as Horovod's DistributedOptimizer requires.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.05, eps: float = 1e-6, weight_decay: float = 0.0,
+                 rule: str = "sgd") -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, rule=rule))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        for group in self.param_groups:
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["rule"] != "adagrad":
+                    p.add_(p.grad + wd * p if wd else p.grad, alpha=-lr)
+                    continue
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros_like(p)
+                grad2d = p.grad.reshape(p.shape[0], -1)
+                rows = grad2d.ne(0).any(dim=1).nonzero().squeeze(1)
+                value = p.reshape(p.shape[0], -1)
+                acc = state["sum"].reshape(p.shape[0], -1)
+                g = grad2d.index_select(0, rows)
+                if wd:
+                    g = g + wd * value.index_select(0, rows)
+                a = acc.index_select(0, rows).addcmul_(g, g)
+                acc.index_copy_(0, rows, a)
+                value.index_add_(0, rows, g / (a.sqrt() + eps), alpha=-lr)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """`adam`: Adam on everything. `adagrad_sgd`: indexed Adagrad (step cfg.item_lr) on the model's
+    item-indexed parameters and SGD (step cfg.lr) on the rest."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    item_names = model.item_parameter_names()
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if n in item_names], "rule": "adagrad", "lr": cfg.item_lr},
+        {"params": [p for n, p in named if n not in item_names], "rule": "sgd", "lr": cfg.lr},
+    ]
+    return AdagradSGD([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def cut_windows(items: torch.Tensor, lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut rows longer than `max_len` into windows; returns (items, lengths, first_target).
+
+    `first_target[r]` is how many leading targets of row r are context that an earlier window
+    already trained."""
+    width = min(items.shape[1], max_len)
+    long_rows = (lengths > max_len).nonzero().squeeze(1).tolist()
+    if not long_rows:
+        return items[:, :width], lengths, torch.zeros_like(lengths)
+    context = max(1, max_len // 2)
+    rows, lens, skips = [], [], []
+    for r in long_rows:
+        n = int(lengths[r])
+        lo, hi, skip = 0, max_len, 0
+        while True:
+            rows.append(items[r, lo:hi])
+            lens.append(hi - lo)
+            skips.append(skip)
+            if hi >= n:
+                break
+            lo, skip = hi - context, context - 1
+            hi = min(n, lo + max_len)
+    extra = torch.zeros(len(rows), width, dtype=items.dtype, device=items.device)
+    for i, row in enumerate(rows):
+        extra[i, : row.shape[0]] = row
+    keep = lengths <= max_len
+    return (torch.cat([items[keep, :width], extra]),
+            torch.cat([lengths[keep], torch.tensor(lens, dtype=lengths.dtype, device=lengths.device)]),
+            torch.cat([torch.zeros_like(lengths[keep]), torch.tensor(skips, dtype=lengths.dtype, device=lengths.device)]))
+
+
+def lr_scale(schedule: str, progress: float) -> float:
+    """Multiplier of the base learning rate at `progress` in [0, 1] of the whole run."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 1.0
+
+
+def _steps(make_batches: Callable[[int], Iterable[Batch]], epoch: int, steps: int | None) -> Iterator[Batch]:
+    """One epoch's batches; with a fixed step count, cycle the iterable (or stop early) to match it."""
+    if steps is None:
+        yield from make_batches(epoch)
+        return
+    done = 0
+    while done < steps:
+        produced = False
+        for batch in make_batches(epoch):
+            produced = True
+            yield batch
+            done += 1
+            if done == steps:
+                return
+        if not produced:
+            raise ValueError(f"make_batches({epoch}) produced no batches but steps_per_epoch={steps}")
+
+
+def _resolve_device(device: str | torch.device | None, cfg: TrainConfig) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], cfg: TrainConfig, *,
+        steps_per_epoch: int | None, start_epoch: int = 0,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        device: str | torch.device | None = None, distributed: Any = None,
+        optimizer: torch.optim.Optimizer | None = None) -> list[dict[str, float]]:
+    """Train epochs start_epoch .. cfg.epochs - 1 and return one stats dict per epoch.
+
+    Pass `optimizer` (from `build_optimizer`) to resume its state from a checkpoint; otherwise a fresh
+    one is built. `events` counts trained next-item targets.
+    """
+    from tqdm.auto import tqdm
+
+    dev = _resolve_device(device, cfg)
+    model.to(dev)
+    rank = distributed.rank if distributed is not None else 0
+    opt = optimizer if optimizer is not None else build_optimizer(model, cfg)
+    if distributed is not None:
+        opt = distributed.wrap_optimizer(opt, model.named_parameters())
+        distributed.broadcast(model, opt)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    params = [p for p in model.parameters() if p.requires_grad]
+    history: list[dict[str, float]] = []
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
+        batches = make_batches(epoch) if steps_per_epoch is None else None
+        n_steps = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
+        source = batches if batches is not None else _steps(make_batches, epoch, steps_per_epoch)
+        model.train()
+        total_loss, total_events, started = 0.0, 0, time.perf_counter()
+        bar = tqdm(source, total=n_steps, desc=f"epoch {epoch}", disable=not (cfg.progress and rank == 0),
+                   mininterval=2.0, leave=False)
+        for step, batch in enumerate(bar):
+            progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * lr_scale(cfg.lr_schedule, progress)
+            items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
+            items, lengths, first = items.to(dev), lengths.to(dev), first.to(dev)
+            loss_sum, n = model.loss(items, lengths, first)
+            model.zero_grad(set_to_none=True)  # Horovod's optimizer wrapper has no set_to_none
+            (loss_sum / max(n, 1)).backward()
+            synchronize = getattr(opt, "synchronize", None)
+            if synchronize is not None:
+                synchronize()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+            with opt.skip_synchronize() if synchronize is not None else nullcontext():
+                opt.step()
+            total_loss += float(loss_sum.detach())
+            total_events += n
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total_loss / max(total_events, 1):.4f}")
+        bar.close()
+        seconds = time.perf_counter() - started
+        loss = total_loss / max(total_events, 1)
+        events = float(total_events)
+        if distributed is not None:
+            loss = distributed.allreduce_mean(loss)
+            events = distributed.allreduce_mean(events) * distributed.size
+            seconds = distributed.allreduce_mean(seconds)
+        stats = {"epoch": epoch, "loss": loss, "events": events, "seconds": seconds,
+                 "events_per_second": events / seconds if seconds > 0 else 0.0}
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, stats)
+    return history
