@@ -124,6 +124,20 @@ class Lake:
             return DeltaTable.forName(spark, self.name(table))
         return DeltaTable.forPath(spark, self.path(table))
 
+    def create_if_missing(self, spark: SparkSession, table: str, schema: T.StructType) -> None:
+        """Create an empty table with exactly `schema` (NOT NULL columns included) and its partitioning.
+
+        A table created by a first `write` would take the DataFrame's nullability instead, and
+        Delta would then no longer reject rows that break the contract.
+        """
+        from delta.tables import DeltaTable
+
+        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+        builder = builder.tableName(self.name(table)) if self.is_catalog else builder.location(self.path(table))
+        if PARTITIONS.get(table):
+            builder = builder.partitionedBy(*PARTITIONS[table])
+        builder.execute()
+
     def writer(self, df: DataFrame, table: str, mode: str):
         """A configured DataFrameWriter; call `.save_to(lake, table)` via `write`."""
         w = df.write.format("delta").mode(mode)

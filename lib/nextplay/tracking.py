@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from nextplay.config import Config, TrackingConfig
 
 if TYPE_CHECKING:
+    import pandas as pd
     from pyspark.sql import SparkSession
 
 # Stores on this machine's disk (sqlite, file:, a bare folder): the client picks their artifact root.
@@ -164,3 +165,25 @@ def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str) -> str |
     info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
                      top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
     return None if info.registered_model_version is None else str(info.registered_model_version)
+
+
+# -- reading runs back (notebooks) ---------------------------------------------------------------
+
+_RUN_PARAMS = ("model.cell", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
+
+
+def compare_runs(cfg: Config, k: int = 20) -> pd.DataFrame:
+    """One row per evaluated run of the experiment, newest first: the model's recall/MRR at `k`,
+    every baseline's beside it (`{baseline}_recall_at_{k}`, as the evaluator logs them), and the
+    params that usually explain a difference."""
+    import pandas as pd
+
+    configure(cfg.tracking)
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], order_by=["attributes.start_time DESC"])
+    if runs.empty or f"metrics.recall_at_{k}" not in runs:
+        return pd.DataFrame(columns=["run_id", "start_time", f"recall_at_{k}", f"mrr_at_{k}"])
+    metric = re.compile(rf"^metrics\.(?!valid_)(\w+_)?(recall|mrr)_at_{k}$")  # valid_*: per-epoch
+    metrics = [c for c in runs.columns if metric.match(c)]
+    params = [f"params.{p}" for p in _RUN_PARAMS if f"params.{p}" in runs]
+    table = runs[runs[f"metrics.recall_at_{k}"].notna()][["run_id", "start_time", *metrics, *params]]
+    return table.rename(columns=lambda c: c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c)

@@ -1,0 +1,167 @@
+"""`nextplay score`: the top-K next tracks for every recently active user, into `predictions`.
+
+The model is pinned to one registry version and downloaded once on the driver, shipped to the
+executors with `SparkContext.addFile`, and loaded once per executor Python process (Python
+workers are reused across tasks). Executors never talk to the tracking server, which on a cluster
+they often cannot reach or authenticate to.
+
+The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
+anywhere before the commit leaves the previous partition exactly as it was, and readers see the
+old partition or the new one, never a mix.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from nextplay.config import Config, ConfigError
+from nextplay.score import history, pyfunc
+from nextplay.spark import get_spark
+from nextplay.tables import PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake
+from nextplay.tracking import ResolvedModel, configure, resolve_model
+
+log = logging.getLogger(__name__)
+
+SCORED_SCHEMA = "user_id string, rank int, item_idx int, score float"
+
+# Per Python worker process: the one model it has loaded, by model URI (see load_cached).
+_LOADED: dict[str, pyfunc.NextTrackModel] = {}
+
+
+def load_cached(model_uri: str, shipped_name: str) -> pyfunc.NextTrackModel:
+    """The model for `model_uri`, loaded at most once per process from the copy Spark shipped.
+
+    Only the latest model is kept: a long-lived worker that scores several versions in turn
+    should not hold all of them in memory.
+    """
+    model = _LOADED.get(model_uri)
+    if model is None:
+        from pyspark import SparkFiles
+
+        _LOADED.clear()
+        model = mlflow.pyfunc.load_model(SparkFiles.get(shipped_name)).unwrap_python_model()
+        _LOADED[model_uri] = model
+    return model
+
+
+def make_scorer(model_uri: str, shipped_name: str, *, k: int, exclude_played: bool, batch_size: int,
+                chunk_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The mapInPandas function: (user_id, items) batches in, one row per (user, rank) out."""
+
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = load_cached(model_uri, shipped_name)
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            seqs = [np.asarray(h, dtype=np.int64) for h in pdf["items"]]
+            scores, items = model.topk_items(seqs, k, exclude_seen=exclude_played,
+                                             batch_size=batch_size, chunk_size=chunk_size)
+            width = scores.shape[1]
+            out = pd.DataFrame({
+                "user_id": np.repeat(pdf["user_id"].to_numpy(), width),
+                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), len(pdf)),
+                "item_idx": items.ravel().astype(np.int32),
+                "score": scores.ravel(),
+            })
+            # -inf marks "no candidate left" after exclusion; it can only be the tail of a row.
+            yield out[np.isfinite(out["score"].to_numpy())]
+
+    return score_partition
+
+
+def parse_score_date(value: str | None) -> date:
+    if value is None:
+        return datetime.now(timezone.utc).date()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"score.score_date: expected a date like 2024-01-31, got {value!r}") from None
+
+
+def ship_model(spark: SparkSession, model: ResolvedModel) -> tuple[str, Path]:
+    """Download the model on the driver and register it with `addFile`; returns (name, local dir).
+
+    The folder gets a fresh name per run because Spark refuses to re-register a name with other
+    content in one SparkContext. It lives until the process exits: an executor that joins later
+    in the same SparkContext fetches every added file, and would fail on a deleted one.
+    """
+    tmp = tempfile.mkdtemp(prefix="nextplay-score-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    name = f"model-{uuid.uuid4().hex[:12]}"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(Path(tmp) / name)))
+    spark.sparkContext.addFile(str(local), recursive=True)
+    return local.name, local
+
+
+def item_index_frame(spark: SparkSession, model_dir: Path) -> DataFrame:
+    """The model's own item index as a DataFrame.
+
+    Not the lake's `item_index` table: sessionize may have rebuilt it since this model was
+    trained, and a history must be mapped with the indices the model learned.
+    """
+    table = pq.read_table(pyfunc.index_file(model_dir), columns=["track_id", "item_idx"])
+    return spark.createDataFrame(table)
+
+
+def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel, scored_at: datetime,
+                      score_date: date) -> DataFrame:
+    """Attach track ids and run columns, in the order and types of PREDICTIONS_SCHEMA."""
+    rows = scored.join(index, "item_idx").select(
+        "user_id", "rank", "track_id", "item_idx", "score",
+        F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
+        F.lit(scored_at).alias("scored_at"), F.lit(score_date).alias("score_date"))
+    return rows.select([F.col(f.name).cast(f.dataType) for f in PREDICTIONS_SCHEMA.fields])
+
+
+def score(cfg: Config) -> dict:
+    """Score every user active in the last `score.lookback_days` and replace today's partition."""
+    started = time.monotonic()
+    scored_at = datetime.now(timezone.utc)
+    score_date = parse_score_date(cfg.score.score_date)
+    configure(cfg.tracking)
+    model = resolve_model(cfg.tracking, cfg.score.model_uri)
+    spark = get_spark(cfg)
+    lake = Lake(cfg.lake)
+    plays = lake.read(spark, PLAYS_SILVER)
+    newest = history.newest_event(plays)
+    recent = history.recent_plays(plays, newest, cfg.score.lookback_days)
+    active = recent.select("user_id").distinct().count()
+    if active == 0:
+        raise ValueError(f"no plays in the {cfg.score.lookback_days} days before {newest}")
+    shipped, local = ship_model(spark, model)
+    collapse = bool(pyfunc.model_config(local)[pyfunc.CONF_COLLAPSE])
+    index = item_index_frame(spark, local)
+    hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
+    scorer = make_scorer(model.uri, shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
+                         batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
+    # Scoring is CPU-bound on little data, so adaptive execution would pack it into one task:
+    # spread it over every core instead (an explicit partition count is never coalesced).
+    hist = hist.repartition(2 * spark.sparkContext.defaultParallelism)
+    rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
+    lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
+    log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
+             lake.name(PREDICTIONS), score_date)
+    lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
+    written = lake.read(spark, PREDICTIONS).where(F.col("score_date") == F.lit(score_date))
+    counts = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
+    seconds = time.monotonic() - started
+    return {
+        "table": lake.name(PREDICTIONS), "score_date": str(score_date), "model_uri": model.uri,
+        "model_name": model.name, "model_version": model.version, "newest_play": str(newest),
+        "active_users": active, "scored_users": counts["users"], "rows": counts["rows"],
+        "seconds": round(seconds, 1), "users_per_s": round(counts["users"] / seconds, 1),
+    }

@@ -1,0 +1,90 @@
+"""The logged pyfunc model: what a notebook or `mlflow models predict` gets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nextplay.model.io import load_model
+from nextplay.score import pyfunc
+
+from .conftest import TOP_K, TinyModel
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny: TinyModel) -> mlflow.pyfunc.PyFuncModel:
+    mlflow.set_tracking_uri(tiny.cfg.tracking.uri)
+    return mlflow.pyfunc.load_model(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}")
+
+
+def reference_topk(tiny: TinyModel, items: list[int], k: int, exclude_seen: bool = False) -> tuple[list[str], np.ndarray]:
+    """The saved network's own answer for one history, without MLflow or batching."""
+    rnn = load_model(tiny.rnn_dir)
+    s, i = rnn.topk(torch.tensor([items]), torch.tensor([len(items)]), k, exclude_seen=exclude_seen)
+    by_idx = tiny.item_index.set_index("item_idx")["track_id"]
+    return [by_idx[j] for j in i[0].tolist()], s[0].numpy()
+
+
+def test_predict_on_track_ids_matches_the_network(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    out = loaded.predict(pd.DataFrame({"history": [["t03", "nope", "t07", "t07", "t02"], ["t05"]], "k": [3, 6]}))
+    assert list(out.columns) == ["track_ids", "scores"]
+    # "nope" is skipped, t07 t07 collapses (the model was logged with collapse_repeats=True).
+    for row, (items, k) in enumerate([([3, 7, 2], 3), ([5], 6)]):
+        ids, scores = reference_topk(tiny, items, k)
+        assert list(out["track_ids"][row]) == ids
+        np.testing.assert_allclose(out["scores"][row], scores, rtol=1e-5)
+
+
+def test_default_k_exclusion_and_unknown_only_history(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    out = loaded.predict(pd.DataFrame({"history": [["t01", "t02"], ["unknown", "also-unknown"]]}))
+    assert len(out["track_ids"][0]) == TOP_K
+    assert list(out["track_ids"][1]) == [] and list(out["scores"][1]) == []
+    excluded = loaded.predict(pd.DataFrame({"history": [["t01", "t02"]], "k": [29]}), params={"exclude_played": True})
+    ids = list(excluded["track_ids"][0])
+    assert ids == reference_topk(tiny, [1, 2], 29, exclude_seen=True)[0][:28]  # 30 tracks, 2 played
+    assert "t01" not in ids and "t02" not in ids
+
+
+def test_logged_model_metadata(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    meta = loaded.metadata
+    assert meta.signature is not None and meta.signature.inputs.input_names() == ["history", "k"]
+    assert meta.flavors["python_function"]["config"] == {"top_k": TOP_K, "collapse_repeats": True}
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}"))
+    requirements = (local / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    torch_req = next(r for r in requirements if r.startswith("torch"))
+    assert "+" not in torch_req  # matches the CPU build, never pins the CUDA one
+    assert pyfunc.index_file(local).suffix == ".parquet"
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["columns"] == ["history", "k"]
+    assert not (local / "python_model.pkl").exists()  # models-from-code: nothing unpickled on load
+
+
+def test_item_index_must_be_dense(tmp_path: Path) -> None:
+    gap = pd.DataFrame({"track_id": ["a", "b"], "item_idx": [1, 3]})
+    with pytest.raises(ValueError, match="1..V"):
+        pyfunc.write_item_index(gap, tmp_path / "i.parquet")
+    dup = pd.DataFrame({"track_id": ["a", "a"], "item_idx": [1, 2]})
+    with pytest.raises(ValueError, match="unique"):
+        pyfunc.write_item_index(dup, tmp_path / "i.parquet")
+
+
+def test_collapse_and_pad() -> None:
+    np.testing.assert_array_equal(pyfunc.collapse_repeats(np.array([4, 4, 2, 4, 4, 4])), [4, 2, 4])
+    padded, lengths = pyfunc.pad([np.array([1, 2, 3]), np.array([9])])
+    np.testing.assert_array_equal(padded, [[1, 2, 3], [9, 0, 0]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+
+
+def test_topk_items_is_independent_of_batching(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    model = loaded.unwrap_python_model()
+    histories = [np.array(h) for h in ([1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [3])]
+    one_batch = model.topk_items(histories, TOP_K, batch_size=100)
+    small = model.topk_items(histories, TOP_K, batch_size=2, chunk_size=4)
+    np.testing.assert_array_equal(one_batch[1], small[1])
+    np.testing.assert_allclose(one_batch[0], small[0], rtol=1e-5)

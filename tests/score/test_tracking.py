@@ -1,0 +1,81 @@
+"""MLflow helpers: where artifacts go, how a model URI is pinned, what a run comparison shows."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from nextplay import tracking
+from nextplay.config import TrackingConfig, load_config
+
+from .conftest import TinyModel
+
+
+def test_artifact_root_is_absolute_for_local_stores_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    local = TrackingConfig(uri="sqlite:///mlruns.db", artifact_location="mlartifacts")
+    assert tracking.artifact_root(local) == (tmp_path / "mlartifacts").as_uri()
+    assert tracking.artifact_root(TrackingConfig(uri="http://mlflow:5000", artifact_location="mlartifacts")) is None
+    assert tracking.artifact_root(TrackingConfig(uri="databricks", artifact_location="s3://b/x")) == "s3://b/x"
+
+
+def test_configure_creates_the_experiment_once(tmp_path: Path) -> None:
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="exp", artifact_location=str(tmp_path / "a"))
+    first = tracking.configure(cfg)
+    assert tracking.configure(cfg) == first
+    assert MlflowClient().get_experiment(first).artifact_location == (tmp_path / "a").as_uri()
+
+
+def test_resolve_model_pins_a_version(tiny: TinyModel) -> None:
+    cfg = copy.deepcopy(tiny.cfg.tracking)
+    tracking.configure(cfg)
+    client = MlflowClient()
+    # A second name with two versions of the same artifacts, so the shared model stays at version 1.
+    source = client.get_model_version(cfg.model_name, tiny.version)
+    cfg.model_name = "nextplay-resolve-test"
+    client.create_registered_model(cfg.model_name)
+    for _ in range(2):
+        client.create_model_version(cfg.model_name, source.source, run_id=source.run_id)
+    client.set_registered_model_alias(cfg.model_name, "champion", "1")
+
+    latest = tracking.resolve_model(cfg, None)
+    assert (latest.uri, latest.name, latest.version) == ("models:/nextplay-resolve-test/2", cfg.model_name, "2")
+    assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test/latest").version == "2"
+    assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test@champion").version == "1"
+    assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test/1").uri == "models:/nextplay-resolve-test/1"
+    run_uri = f"runs:/{source.run_id}/model"
+    assert tracking.resolve_model(cfg, run_uri) == tracking.ResolvedModel(run_uri, run_uri, source.run_id)
+    with pytest.raises(ValueError, match="stages are deprecated"):
+        tracking.resolve_model(cfg, "models:/nextplay-resolve-test/Production")
+    with pytest.raises(FileNotFoundError, match="no version"):
+        tracking.resolve_model(cfg, "models:/never-registered/latest")
+
+
+def test_log_params_logs_every_config_key(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"tracking.artifact_location={tmp_path / 'a'}"])
+    with tracking.start_run(cfg, run_name="params") as run:
+        tracking.log_params(cfg, extra={"n_items": 7})
+        tracking.log_loss_curve([{"epoch": 0, "loss": 2.0, "valid_recall_at_20": 0.1},
+                                 {"epoch": 1, "loss": 1.5, "valid_recall_at_20": 0.2}])
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    assert set(logged) == set(cfg.flat()) | {"n_items"}
+    assert logged["train.epochs"] == str(cfg.train.epochs)
+    assert [f.path for f in MlflowClient().list_artifacts(run.info.run_id)] == ["loss_curve.png"]
+
+
+def test_compare_runs_puts_baselines_beside_the_model(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"tracking.artifact_location={tmp_path / 'a'}"])
+    assert tracking.compare_runs(cfg).empty
+    with tracking.start_run(cfg, run_name="evaluated") as run:
+        mlflow.log_params({"model.cell": "gru"})
+        mlflow.log_metrics({"recall_at_20": 0.3, "mrr_at_20": 0.1, "most_popular_recall_at_20": 0.05,
+                            "session_knn_recall_at_20": 0.25, "valid_recall_at_20": 0.31, "recall_at_10": 0.2})
+    with tracking.start_run(cfg, run_name="not evaluated"):
+        mlflow.log_metric("loss", 1.0)
+    table = tracking.compare_runs(cfg, k=20)
+    assert table["run_id"].tolist() == [run.info.run_id]
+    assert set(table.columns) == {"run_id", "start_time", "recall_at_20", "mrr_at_20", "most_popular_recall_at_20",
+                                  "session_knn_recall_at_20", "model.cell"}
