@@ -84,7 +84,7 @@ def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int):
         edit_fields=[("items", np.int32, (None,), False), ("length", np.int64, (), False)],
         selected_fields=["items", "length"],
     )
-    shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size, "shard_seed": seed}
+    shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size}
     return make_batch_reader(
         [f if "://" in f else f"file://{_local(f)}" for f in snapshot.files],
         schema_fields=["items", SPLIT_COLUMN, "session_id"],
