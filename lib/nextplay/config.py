@@ -11,6 +11,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
 
@@ -56,6 +57,9 @@ class GenerateConfig:
     malformed_fraction: float = 0.001
     files: int = 8
     seed: int = 7
+    # History ends at 00:00 UTC of this day: fixed so runs are reproducible, and in the past so
+    # that ingest (which quarantines future rows) keeps every well-formed event.
+    end_date: str = "2026-01-01"
 
 
 @dataclass
@@ -68,6 +72,10 @@ class IngestConfig:
     # Rows stamped further than this in the future are quarantined (clock skew is allowed).
     max_future_minutes: int = 60
     earliest_ts: str = "2000-01-01T00:00:00Z"
+    # Longer user/track/event ids are quarantined: they are corrupt fields, not identifiers.
+    max_id_length: int = 256
+    # Attempts per Delta commit when a concurrent ingest wins the race (optimistic concurrency).
+    commit_attempts: int = 5
 
 
 @dataclass
@@ -284,6 +292,8 @@ def _check_ranges(cfg: Config) -> None:
         "score.history_length": cfg.score.history_length, "score.batch_size": cfg.score.batch_size,
         "score.chunk_size": cfg.score.chunk_size, "score.lookback_days": cfg.score.lookback_days,
         "spark.shuffle_partitions": cfg.spark.shuffle_partitions,
+        "generate.artists": cfg.generate.artists, "ingest.max_id_length": cfg.ingest.max_id_length,
+        "ingest.commit_attempts": cfg.ingest.commit_attempts,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -307,10 +317,27 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"model.embedding_size: must be >= 0 (0 = hidden_size), got {cfg.model.embedding_size}")
     if cfg.train.max_len < 2:
         raise ConfigError(f"train.max_len: must be at least 2 (one input and one target), got {cfg.train.max_len}")
+    if cfg.generate.artists > cfg.generate.tracks:
+        raise ConfigError(f"generate.artists: must not exceed generate.tracks ({cfg.generate.tracks}), got {cfg.generate.artists}")
+    if cfg.generate.zipf_exponent <= 0:
+        raise ConfigError(f"generate.zipf_exponent: must be > 0, got {cfg.generate.zipf_exponent}")
+    for key, text in {"generate.end_date": cfg.generate.end_date, "ingest.earliest_ts": cfg.ingest.earliest_ts}.items():
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{key}: expected an ISO-8601 date or time such as 2026-01-01, got {text!r}") from None
+    if cfg.ingest.max_future_minutes < 0:
+        raise ConfigError(f"ingest.max_future_minutes: must be >= 0, got {cfg.ingest.max_future_minutes}")
+    if cfg.sessionize.valid_days < 0 or cfg.sessionize.test_days <= 0:
+        raise ConfigError("sessionize.test_days must be > 0 and sessionize.valid_days >= 0, "
+                          f"got {cfg.sessionize.test_days} and {cfg.sessionize.valid_days}")
     if cfg.sessionize.min_session_length < 2:
         raise ConfigError("sessionize.min_session_length: must be at least 2 (a single play has no next item)")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) <= 0:
         raise ConfigError(f"evaluate.ks: must be a non-empty list of positive integers, got {cfg.evaluate.ks}")
+    if cfg.train.launcher == "local" and cfg.train.num_proc != 1:
+        raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {cfg.train.num_proc}; "
+                          "set train.launcher to horovod, spark or torch_distributor for more")
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
 
@@ -327,7 +354,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {pair!r}: empty key segment")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # e.g. "2026-13-01" fails as a YAML date: keep the text
             value = raw
         node = nested
         for p in parts[:-1]:

@@ -74,4 +74,6 @@ def test_resume_continues_from_the_last_checkpoint(spark, cfg, tmp_path):
 
 
 def test_local_launcher_refuses_several_processes(cfg, capsys):
-    assert main(["train", "--set", "train.num_proc=2", "--set", f"lake.root={cfg.lake.root}"]) != 0
+    assert main(["train", "--set", "train.num_proc=2", "--set", f"lake.root={cfg.lake.root}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.num_proc" in err[0] and "horovod" in err[0]

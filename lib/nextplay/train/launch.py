@@ -163,9 +163,6 @@ def launch(spec: TrainSpec) -> dict[str, Any]:
     """Run `train_worker` under the configured launcher and return rank 0's result."""
     launcher, n = spec.cfg.train.launcher, spec.cfg.train.num_proc
     if launcher == "local":
-        if n != 1:
-            raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {n}; "
-                              "use train.launcher=horovod, spark or torch_distributor for more")
         train_worker(spec)
     elif launcher == "horovod":
         import horovod
