@@ -18,8 +18,16 @@ jars: .cache/jars/.done
 	mvn -q -f scripts/delta-jars.pom.xml dependency:copy-dependencies -Djars.dir=$(CURDIR)/.cache/jars
 	touch $@
 
+DEMO_SQL := SELECT user_id, rank, track_id, round(score, 3) AS score, model_version \
+	FROM predictions WHERE user_id IN (SELECT user_id FROM predictions ORDER BY user_id LIMIT 3) \
+	AND rank <= 5 ORDER BY user_id, rank
+
+# The whole pipeline on ~1M synthetic plays, then a look at what it wrote.
 demo: venv
 	.venv/bin/nextplay pipeline --conf conf/local.yml
+	@echo; echo '$$ .venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"'
+	@.venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"
+	@echo; echo "Open the MLflow UI on these runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db"
 
 # The full suite, slow tests included (what CI runs).
 test: venv

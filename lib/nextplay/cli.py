@@ -167,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("stage failed", exc_info=True)
         print(f"nextplay {args.stage}: {e}", file=sys.stderr)
         return 1
-    if result is not None and args.stage != "sql":
+    if args.stage == "pipeline":
+        from nextplay.pipeline import summary
+
+        print(summary(result))
+    elif result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
 
