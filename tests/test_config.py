@@ -1,0 +1,65 @@
+"""Configuration: defaults, YAML, --set overrides, and one clear line (exit 2) for every mistake."""
+from __future__ import annotations
+
+import pytest
+
+from nextplay.cli import main
+from nextplay.config import ConfigError, load_config
+
+
+def test_layers_defaults_then_yaml_then_overrides(tmp_path):
+    conf = tmp_path / "c.yml"
+    conf.write_text("train:\n  epochs: 7\n  lr: 0.01\nmodel:\n  cell: lstm\n")
+    cfg = load_config(conf, ["train.epochs=3", "evaluate.ks=[5, 10]", "spark.master=null", "sessionize.collapse_repeats=no"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.cell) == (3, 0.01, "lstm")
+    assert cfg.evaluate.ks == [5, 10] and cfg.spark.master is None and cfg.sessionize.collapse_repeats is False
+    assert cfg.model.hidden_size == load_config(None, []).model.hidden_size
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("trian.epochs=3", "unknown config key 'trian'"),
+    ("model.cell=transformer", "model.cell: 'transformer' is not allowed; choose one of rnn, gru, lstm"),
+    ("train.epochs=three", "train.epochs: expected an integer"),
+    ("train.epochs=0", "train.epochs: must be a positive number"),
+    ("model.dropout=1.5", "model.dropout: must be in [0, 1)"),
+    ("train.resume=maybe", "train.resume: expected true or false"),
+    ("sessionize.min_session_length=1", "sessionize.min_session_length: must be at least 2"),
+    ("lake.catalog=main", "lake.catalog and lake.schema"),
+    ("train", "expected key=value"),
+])
+def test_bad_values_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_missing_or_broken_conf_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(scalar)
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--set", "train.launcher=mpi"],
+    ["ingest", "--set", "ingest.format=xml"],
+    ["score", "--set", "score.top_k=-1"],
+    ["benchmark", "--train", "x"],  # --test missing
+    ["nosuchstage"],
+])
+def test_cli_prints_one_line_and_exits_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nextplay")
+
+
+def test_flat_keys_cover_every_section():
+    flat = load_config(None, []).flat()
+    assert {"train.epochs", "model.head", "lake.root", "score.top_k", "tracking.uri"} <= set(flat)
