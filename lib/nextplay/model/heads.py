@@ -1,0 +1,170 @@
+"""Output heads: from a session vector to a log-probability for every item.
+
+Every head answers the same three questions, so the model, its top-k search and the evaluation
+never care which one is configured:
+
+- `target_log_prob(s, targets, weight)`: the training signal, log p(target | session), one per row;
+  this is where the heads differ in cost (full: O(V), sampled: O(batch + negatives),
+  bit_tree: O(log V)).
+- `normalizer(s, weight, chunk_size)`: whatever per-row constant `chunk_log_prob` needs (the
+  softmax log-partition, streamed over item chunks so V x B is never held at once); None if none.
+- `chunk_log_prob(s, weight, start, stop, norm)`: exact log-probabilities of items [start, stop),
+  start >= 1, so scoring and ranking can stream over a large catalog.
+
+`weight` is the output item matrix [V + 1, D] owned by the model (tied to the input embedding or
+not, cosine-normalised or not); the bit tree has its own node vectors and ignores it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _chunks(start: int, stop: int, size: int):
+    for lo in range(start, stop, size):
+        yield lo, min(stop, lo + size)
+
+
+class FullSoftmax(nn.Module):
+    """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands."""
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.bias = nn.Parameter(torch.zeros(n_items + 1))
+
+    def logits(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return torch.addmm(self.bias[start:stop], s, weight[start:stop].t())
+
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        z = self.logits(s, weight, 1, self.n_items + 1)
+        return -F.cross_entropy(z, targets - 1, reduction="none")
+
+    def normalizer(self, s: torch.Tensor, weight: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        lse = torch.full((s.shape[0],), -math.inf, device=s.device, dtype=s.dtype)
+        for lo, hi in _chunks(1, self.n_items + 1, chunk_size):
+            lse = torch.logaddexp(lse, torch.logsumexp(self.logits(s, weight, lo, hi), dim=1))
+        return lse
+
+    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int,
+                       norm: torch.Tensor | None) -> torch.Tensor:
+        assert norm is not None
+        return self.logits(s, weight, start, stop) - norm[:, None]
+
+
+class SampledSoftmax(FullSoftmax):
+    """Trains on a sampled softmax, scores with the full one.
+
+    Candidates for every row are the batch's other targets (drawn, in effect, from item popularity)
+    plus `n_negatives` items drawn from popularity ** alpha. Each candidate's logit is corrected by
+    the log of its expected number of draws (log-q), without which the sampled objective is biased
+    towards popular items; a candidate equal to the row's own target ("accidental hit") is removed.
+    """
+
+    def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
+                 alpha: float, logq: bool) -> None:
+        super().__init__(n_items)
+        counts = torch.ones(n_items + 1, dtype=torch.float64)
+        if item_counts is not None:
+            counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64)).clamp_min(0)
+            if counts.shape != (n_items + 1,):
+                raise ValueError(f"item_counts must have length n_items + 1 = {n_items + 1}, got {tuple(counts.shape)}")
+        counts[0] = 0.0
+        pop = counts / counts.sum() if counts.sum() > 0 else torch.full_like(counts, 1.0 / n_items)
+        pop[0] = 0.0
+        smoothed = (counts + (counts.sum() == 0)).pow(alpha)
+        smoothed[0] = 0.0
+        self.n_negatives = n_negatives
+        self.logq = logq
+        self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
+        self.register_buffer("pop_probs", pop.float(), persistent=False)
+
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n = targets.shape[0]
+        negatives = torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)
+        cand = torch.cat([targets, negatives])
+        z = torch.addmm(self.bias[cand], s, weight[cand].t())
+        if self.logq:
+            expected = n * self.pop_probs[cand] + self.n_negatives * self.neg_probs[cand]
+            z = z - torch.log(expected.clamp_min(1e-12))
+        hits = cand[None, :] == targets[:, None]
+        hits[torch.arange(n, device=s.device), torch.arange(n, device=s.device)] = False
+        z = z.masked_fill(hits, -math.inf)
+        return -F.cross_entropy(z, torch.arange(n, device=s.device), reduction="none")
+
+
+class BitTreeSoftmax(nn.Module):
+    """Hierarchical softmax on a complete binary tree whose leaf path is the item id's bits.
+
+    Item i has code c = i - 1 over depth D = ceil(log2 V) bits; internal nodes are numbered
+    heap-style (root 1, children 2n and 2n + 1), each with its own logistic classifier. Codes >= V
+    are unused leaves: a node whose right subtree holds no item sends all its mass left, so the
+    probabilities of items 1..V sum to one exactly.
+    """
+
+    def __init__(self, n_items: int, dim: int, init_std: float) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.depth = max(1, math.ceil(math.log2(n_items)))
+        n_nodes = 1 << self.depth  # internal nodes 1 .. 2^D - 1; row 0 unused
+        self.node_weight = nn.Parameter(torch.randn(n_nodes, dim) * init_std)
+        self.node_bias = nn.Parameter(torch.zeros(n_nodes))
+        node = torch.arange(n_nodes)
+        level = torch.floor(torch.log2(node.clamp_min(1).double())).long()
+        right_first_code = (2 * node + 1 - (1 << (level + 1))) << (self.depth - level - 1)
+        self.register_buffer("right_open", (right_first_code < n_items) & (node > 0), persistent=False)
+        shifts = torch.arange(self.depth - 1, -1, -1)
+        self.register_buffer("shifts", shifts, persistent=False)
+
+    def _branch_log_probs(self, z: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log P(left), log P(right) at `nodes` given their logits `z` (closed right subtrees: 0, -inf)."""
+        open_ = self.right_open[nodes]
+        left = torch.where(open_, F.logsigmoid(-z), torch.zeros_like(z))
+        right = torch.where(open_, F.logsigmoid(z), torch.full_like(z, -math.inf))
+        return left, right
+
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        code = targets - 1
+        leaf = code + (1 << self.depth)
+        nodes = leaf[:, None] >> (self.shifts + 1)[None, :]  # ancestors, root first: [N, D]
+        bits = (code[:, None] >> self.shifts[None, :]) & 1
+        z = torch.einsum("nd,nkd->nk", s, self.node_weight[nodes]) + self.node_bias[nodes]
+        left, right = self._branch_log_probs(z, nodes)
+        return torch.where(bits.bool(), right, left).sum(dim=1)
+
+    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int) -> None:
+        return None
+
+    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
+                       norm: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log-probabilities of items [start, stop): expand only the subtrees over that range."""
+        a, b = start - 1, stop - 2  # first and last code
+        top = 1 << self.depth
+        logp = torch.zeros(s.shape[0], 1, device=s.device, dtype=s.dtype)
+        lo = 1
+        for d in range(self.depth):
+            hi = (top + b) >> (self.depth - d)
+            nodes = torch.arange(lo, hi + 1, device=s.device)
+            z = torch.addmm(self.node_bias[lo:hi + 1], s, self.node_weight[lo:hi + 1].t())
+            left, right = self._branch_log_probs(z, nodes)
+            children = torch.stack([logp + left, logp + right], dim=2).flatten(1)  # nodes 2lo .. 2hi+1
+            next_lo = (top + a) >> (self.depth - d - 1)
+            next_hi = (top + b) >> (self.depth - d - 1)
+            logp = children[:, next_lo - 2 * lo: next_hi - 2 * lo + 1]
+            lo = next_lo
+        return logp
+
+
+def make_head(kind: str, n_items: int, dim: int, item_counts: np.ndarray | None, *, n_negatives: int,
+              alpha: float, logq: bool, init_std: float) -> nn.Module:
+    if kind == "full":
+        return FullSoftmax(n_items)
+    if kind == "sampled":
+        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq)
+    if kind == "bit_tree":
+        return BitTreeSoftmax(n_items, dim, init_std)
+    raise ValueError(f"unknown head {kind!r}; choose one of full, sampled, bit_tree")

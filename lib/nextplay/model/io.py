@@ -1,0 +1,42 @@
+"""One file per model: `model.pt` with the weights, the catalog size, the ModelConfig and item counts.
+
+Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
+it: loading a model never runs pickled code. Config keys added after a model was saved take their
+defaults; keys no longer known are dropped, so older files keep loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from nextplay.config import ModelConfig
+from nextplay.model.rnn import SessionRNN
+
+MODEL_FILE = "model.pt"
+
+
+def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "n_items": model.n_items,
+        "config": dataclasses.asdict(model.cfg),
+        "item_counts": None if model.item_counts is None else torch.from_numpy(model.item_counts),
+    }
+    tmp = directory / f".{MODEL_FILE}.tmp-{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / MODEL_FILE)
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionRNN:
+    payload = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in payload["config"].items() if k in known})
+    counts = payload["item_counts"]
+    model = SessionRNN(payload["n_items"], cfg, None if counts is None else counts.numpy())
+    model.load_state_dict(payload["state_dict"])
+    return model.to(map_location).eval()

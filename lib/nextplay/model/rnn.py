@@ -1,0 +1,202 @@
+"""SessionRNN: the seed article's recurrent next-item model, with optional readout and repeat mixture.
+
+Item ids are 1..n_items; 0 is padding. Every sequence is right-padded. Training uses every step of
+every session (the target of step t is item t + 1); scoring uses each row's last real step.
+
+The output distribution is p(i) = (1 - g) * p_head(i) + g * p_repeat(i) when `repeat` is on
+(RepeatNet-style): p_head is the configured head's distribution over the catalog, p_repeat a pointer
+distribution over the items already in the prefix and g a learned gate. A quarter of the benchmark's
+test labels were already in the prefix; the mixture lets the model put mass on them without
+distorting the ranking of new items. With `repeat` off, p = p_head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nextplay.config import ModelConfig
+from nextplay.model.cells import RecurrentStack
+from nextplay.model.heads import make_head
+from nextplay.model.readout import SessionReadout
+
+_TINY = 1e-30  # keeps log() of a zero repeat probability finite; the branch is masked out anyway
+
+
+@dataclass
+class _ScoringContext:
+    """Everything chunk scoring needs, computed once per batch of prefixes."""
+
+    items: torch.Tensor  # [B, L] the prefixes
+    session: torch.Tensor  # [B, D]
+    weight: torch.Tensor | None  # output item matrix as the head sees it
+    norm: torch.Tensor | None  # head's per-row normaliser
+    log_gate: torch.Tensor | None  # [B] log P(repeat)
+    log_explore: torch.Tensor | None  # [B] log P(explore)
+    pointer: torch.Tensor | None  # [B, L] repeat distribution over prefix positions
+
+
+class SessionRNN(nn.Module):
+    def __init__(self, n_items: int, cfg: ModelConfig, item_counts: np.ndarray | None = None) -> None:
+        super().__init__()
+        if n_items < 1:
+            raise ValueError(f"n_items must be at least 1, got {n_items}")
+        self.n_items = n_items
+        self.cfg = cfg
+        self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
+        dim = cfg.embedding_size or cfg.hidden_size
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.embedding.weight, std=cfg.init_std)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+        self.input_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.rnn = RecurrentStack(cfg.cell, dim, cfg.hidden_size, cfg.num_layers, cfg.dropout)
+        self.hidden_dropout = nn.Dropout(cfg.dropout)
+        self.readout = SessionReadout(cfg.hidden_size, dim, attention=cfg.readout == "attention", repeat=cfg.repeat)
+        uses_item_matrix = cfg.head in ("full", "sampled")
+        self.output_items = None
+        if uses_item_matrix and not cfg.tie_embeddings:
+            self.output_items = nn.Parameter(torch.randn(n_items + 1, dim) * cfg.init_std)
+        self.head = make_head(cfg.head, n_items, dim, self.item_counts, n_negatives=cfg.n_negatives,
+                              alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std)
+        self._cosine = uses_item_matrix and cfg.cosine_scale > 0
+
+    # -- parameters the optimiser treats per row -------------------------------------------------
+    def item_parameter_names(self) -> set[str]:
+        """Parameters with one row per item (or tree node): the ones an indexed Adagrad updates row-wise."""
+        names = {"embedding.weight"}
+        if self.output_items is not None:
+            names.add("output_items")
+        names.update(f"head.{n}" for n, _ in self.head.named_parameters())
+        return names
+
+    # -- shared pieces ---------------------------------------------------------------------------
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, H] of right-padded `items` [B, L] (dropout applied in training)."""
+        x = self.input_dropout(self.embedding(items))
+        return self.hidden_dropout(self.rnn(x))
+
+    def _output_weight(self) -> torch.Tensor | None:
+        if self.cfg.head == "bit_tree":
+            return None
+        w = self.embedding.weight if self.output_items is None else self.output_items
+        return F.normalize(w, dim=1) if self._cosine else w
+
+    def _session_vectors(self, s: torch.Tensor) -> torch.Tensor:
+        return F.normalize(s, dim=-1) * self.cfg.cosine_scale if self._cosine else s
+
+    # -- training --------------------------------------------------------------------------------
+    def loss(self, items: torch.Tensor, lengths: torch.Tensor,
+             first_target: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """Summed negative log-likelihood of every next item, and how many targets it covers.
+
+        `first_target` [B] (optional) skips each row's first targets: they are context that an
+        earlier window of the same session already trained on.
+        """
+        inputs, targets = items[:, :-1], items[:, 1:]
+        in_len = (lengths - 1).clamp_min(0)
+        h = self.forward(inputs, in_len)
+        ro = self.readout(h, in_len, last_only=False)
+        steps = torch.arange(inputs.shape[1], device=items.device)[None, :]
+        valid = steps < in_len[:, None]
+        if first_target is not None:
+            valid &= steps >= first_target[:, None]
+        rows, cols = valid.nonzero(as_tuple=True)
+        y = targets[rows, cols]
+        s = self._session_vectors(ro.session[rows, cols])
+        logp = self.head.target_log_prob(s, y, self._output_weight())
+        if ro.gate_logit is not None:
+            pointer = torch.softmax(ro.pointer_logits[rows, cols], dim=-1)
+            p_repeat = (pointer * (inputs[rows] == y[:, None])).sum(dim=-1)
+            g = ro.gate_logit[rows, cols]
+            mixed = torch.logaddexp(F.logsigmoid(g) + torch.log(p_repeat.clamp_min(_TINY)), F.logsigmoid(-g) + logp)
+            logp = torch.where(p_repeat > 0, mixed, F.logsigmoid(-g) + logp)
+        return -logp.sum(), int(y.shape[0])
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def _context(self, items: torch.Tensor, lengths: torch.Tensor, chunk_size: int) -> _ScoringContext:
+        h = self.forward(items, lengths)
+        ro = self.readout(h, lengths, last_only=True)
+        s = self._session_vectors(ro.session[:, 0])
+        weight = self._output_weight()
+        norm = self.head.normalizer(s, weight, chunk_size)
+        log_gate = log_explore = pointer = None
+        if ro.gate_logit is not None:
+            g = ro.gate_logit[:, 0]
+            log_gate, log_explore = F.logsigmoid(g), F.logsigmoid(-g)
+            pointer = torch.softmax(ro.pointer_logits[:, 0], dim=-1)
+        return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer)
+
+    def _chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
+        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1)."""
+        logp = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm)
+        if ctx.pointer is None:
+            return logp
+        inside = (ctx.items >= start) & (ctx.items < stop)
+        p_repeat = torch.zeros_like(logp).scatter_add_(
+            1, torch.where(inside, ctx.items - start, 0), torch.where(inside, ctx.pointer, 0.0))
+        explore = ctx.log_explore[:, None] + logp
+        mixed = torch.logaddexp(ctx.log_gate[:, None] + torch.log(p_repeat.clamp_min(_TINY)), explore)
+        return torch.where(p_repeat > 0, mixed, explore)
+
+    def _item_chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
+        for lo in range(1, self.n_items + 1, chunk_size):
+            yield lo, min(self.n_items + 1, lo + chunk_size)
+
+    @torch.no_grad()
+    def score_all(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log-probability [B, n_items + 1] of every item after each row's last real item; column 0 is -inf."""
+        ctx = self._context(items, lengths, self.n_items + 1)
+        scores = self._chunk_scores(ctx, 1, self.n_items + 1)
+        return torch.cat([torch.full_like(scores[:, :1], -math.inf), scores], dim=1)
+
+    @torch.no_grad()
+    def topk(self, items: torch.Tensor, lengths: torch.Tensor, k: int, exclude_seen: bool = False,
+             chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k items (never 0) by log-probability, streamed over item chunks so that no
+        [B, n_items] matrix exists for large catalogs; the bit tree is scored chunk by chunk too,
+        by expanding only the subtrees over each chunk. `exclude_seen` drops the prefix's items."""
+        k = min(k, self.n_items)
+        ctx = self._context(items, lengths, chunk_size)
+        best_s = torch.full((items.shape[0], 0), -math.inf, device=items.device)
+        best_i = torch.zeros((items.shape[0], 0), dtype=torch.long, device=items.device)
+        for lo, hi in self._item_chunks(chunk_size):
+            scores = self._chunk_scores(ctx, lo, hi)
+            if exclude_seen:
+                inside = (items >= lo) & (items < hi)
+                seen = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(
+                    1, torch.where(inside, items - lo, 0), inside.int())
+                scores = scores.masked_fill(seen > 0, -math.inf)
+            ids = torch.arange(lo, hi, device=items.device).expand_as(scores)
+            best_s, pos = torch.cat([best_s, scores], 1).topk(min(k, best_s.shape[1] + hi - lo), dim=1)
+            best_i = torch.cat([best_i, ids], 1).gather(1, pos)
+        return best_s, best_i
+
+    @torch.no_grad()
+    def label_ranks(self, items: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                    chunk_size: int = 65536) -> torch.Tensor:
+        """Rank of each label among all items, ties counted against the label: 1 + #items scoring
+        higher + #other items scoring the same. Labels outside 1..n_items rank +inf (a miss)."""
+        ctx = self._context(items, lengths, chunk_size)
+        known = (labels >= 1) & (labels <= self.n_items)
+        label_score = torch.full((items.shape[0],), -math.inf, device=items.device)
+        chunks = list(self._item_chunks(chunk_size))
+        cached = None
+        for lo, hi in chunks:
+            scores = self._chunk_scores(ctx, lo, hi)
+            inside = known & (labels >= lo) & (labels < hi)
+            label_score = torch.where(inside, scores.gather(1, (labels - lo).clamp(0, hi - lo - 1)[:, None])[:, 0], label_score)
+            cached = scores if len(chunks) == 1 else None
+        higher = torch.zeros_like(label_score)
+        ties = torch.zeros_like(label_score)
+        for lo, hi in chunks:
+            scores = cached if cached is not None else self._chunk_scores(ctx, lo, hi)
+            higher += (scores > label_score[:, None]).sum(1)
+            ties += (scores == label_score[:, None]).sum(1)
+        rank = 1 + higher + (ties - 1).clamp_min(0)
+        return torch.where(known, rank, torch.full_like(rank, math.inf))

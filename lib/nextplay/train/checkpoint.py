@@ -1,0 +1,61 @@
+"""Epoch checkpoints that survive a kill at any moment.
+
+Each checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over
+its final name with `os.replace` (atomic on POSIX and Windows), so the newest complete checkpoint is
+always readable: a process killed mid-write leaves only a stray temp file, which loading ignores.
+Files are loaded with `weights_only=True`, so `extra` must hold plain values (numbers, strings,
+lists, dicts, tensors).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+def _path(directory: Path, epoch: int) -> Path:
+    return directory / f"checkpoint-{epoch:06d}.pt"
+
+
+def save_checkpoint(directory: str | os.PathLike, epoch: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Write the checkpoint of a finished `epoch`; keep only the newest `keep` checkpoints."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra or {}}
+    final = _path(directory, epoch)
+    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    for old in _checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, newest epoch first."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest readable checkpoint as {"epoch", "model", "optimizer", "extra"}, or None if there is none.
+
+    An unreadable file (a disk that lied about fsync, a truncated copy) is skipped in favour of
+    the one before it rather than failing the resume."""
+    for path in _checkpoints(Path(directory)):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except (RuntimeError, EOFError, OSError):
+            continue
+    return None

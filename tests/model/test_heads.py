@@ -1,0 +1,55 @@
+"""Every head must give a proper distribution over items 1..V and agree with its own chunked scoring."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nextplay.config import ModelConfig
+from nextplay.model.rnn import SessionRNN
+
+HEADS = ["full", "sampled", "bit_tree"]
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    items = torch.tensor([[1, 2, 3, 2, 0], [4, 5, 6, 7, 11], [9, 9, 0, 0, 0], [11, 0, 0, 0, 0]])
+    return items, torch.tensor([4, 5, 2, 1])
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("n_items", [11, 16])  # 11: unused leaves in the bit tree; 16: a full tree
+@pytest.mark.parametrize("readout,repeat", [("last", False), ("attention", True)])
+def test_scores_are_a_distribution(head: str, n_items: int, readout: str, repeat: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(head=head, hidden_size=8, readout=readout, repeat=repeat, n_negatives=4, init_std=0.5)
+    model = SessionRNN(n_items, cfg, np.arange(n_items + 1)).eval()
+    items, lengths = _batch()
+    scores = model.score_all(items, lengths)
+    assert scores.shape == (4, n_items + 1)
+    assert torch.isneginf(scores[:, 0]).all()
+    torch.testing.assert_close(scores[:, 1:].exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
+    # distinct items get distinct scores: the distribution is not degenerate
+    assert (scores[:, 1:].std(1) > 1e-3).all()
+
+
+@pytest.mark.parametrize("head", ["full", "bit_tree"])
+def test_training_log_prob_matches_scoring(head: str) -> None:
+    """The loss of one (prefix -> next) pair is minus the scored log-probability of that next item."""
+    torch.manual_seed(1)
+    model = SessionRNN(13, ModelConfig(head=head, hidden_size=8, init_std=0.5)).eval()
+    seq = torch.tensor([[3, 7, 3, 12]])
+    loss, n = model.loss(seq, torch.tensor([4]), first_target=torch.tensor([2]))
+    assert n == 1
+    scores = model.score_all(seq[:, :3], torch.tensor([3]))
+    torch.testing.assert_close(-loss, scores[0, 12], atol=1e-5, rtol=1e-5)
+
+
+def test_sampled_loss_removes_accidental_hits_and_corrects_popularity() -> None:
+    """With every negative equal to the target, the sampled softmax has only the positive left: loss 0."""
+    torch.manual_seed(2)
+    counts = np.zeros(6)
+    counts[4] = 10  # the only item that can be drawn as a negative
+    model = SessionRNN(5, ModelConfig(head="sampled", hidden_size=8, n_negatives=16, repeat=False), counts)
+    loss, n = model.loss(torch.tensor([[1, 4], [2, 4]]), torch.tensor([2, 2]))
+    assert n == 2
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,57 @@
+"""Streaming top-k and ranking must equal brute force on score_all, whatever the chunk size."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nextplay.config import ModelConfig
+from nextplay.model.rnn import SessionRNN
+
+
+def _model(head: str, n_items: int = 37) -> SessionRNN:
+    torch.manual_seed(3)
+    cfg = ModelConfig(head=head, hidden_size=12, n_negatives=8, init_std=0.5)
+    return SessionRNN(n_items, cfg, np.arange(n_items + 1)).eval()
+
+
+ITEMS = torch.tensor([[5, 9, 5, 30, 0, 0], [1, 2, 3, 4, 5, 6], [37, 0, 0, 0, 0, 0]])
+LENGTHS = torch.tensor([4, 6, 1])
+
+
+@pytest.mark.parametrize("head", ["full", "sampled", "bit_tree"])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("chunk_size", [5, 16, 1000])
+def test_topk_equals_brute_force(head: str, exclude_seen: bool, chunk_size: int) -> None:
+    model = _model(head)
+    scores = model.score_all(ITEMS, LENGTHS)
+    if exclude_seen:
+        scores = scores.scatter(1, ITEMS, float("-inf"))
+    want_s, want_i = scores.topk(10, dim=1)
+    got_s, got_i = model.topk(ITEMS, LENGTHS, 10, exclude_seen=exclude_seen, chunk_size=chunk_size)
+    torch.testing.assert_close(got_s, want_s, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got_i, want_i)
+    assert (got_i != 0).all()
+    if exclude_seen:
+        for row, n in zip(range(3), LENGTHS.tolist()):
+            assert not set(got_i[row].tolist()) & set(ITEMS[row, :n].tolist())
+
+
+@pytest.mark.parametrize("head", ["full", "bit_tree"])
+@pytest.mark.parametrize("chunk_size", [7, 1000])
+def test_label_ranks_match_sorting(head: str, chunk_size: int) -> None:
+    model = _model(head)
+    labels = torch.tensor([5, 17, 0])
+    ranks = model.label_ranks(ITEMS, LENGTHS, labels, chunk_size=chunk_size)
+    scores = model.score_all(ITEMS, LENGTHS)
+    for row in range(2):
+        label_score = scores[row, labels[row]]
+        assert ranks[row] == 1 + int((scores[row, 1:] > label_score).sum())
+    assert torch.isinf(ranks[2])
+
+
+def test_topk_never_exceeds_catalog() -> None:
+    model = _model("full", n_items=4)
+    s, i = model.topk(ITEMS.clamp(max=4), LENGTHS, 10)
+    assert i.shape == (3, 4)
+    assert sorted(i[0].tolist()) == [1, 2, 3, 4]
