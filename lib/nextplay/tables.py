@@ -31,6 +31,15 @@ RAW_PLAYS = T.StructType([
     T.StructField("ms_played_raw", T.StringType()),
     T.StructField("event_id", T.StringType()),
     T.StructField("_raw", T.StringType()),  # the whole record as received, for quarantine
+    T.StructField("_source_file", T.StringType()),
+    # Set by a reader when the record could not be split into fields at all (broken JSON, a wrong
+    # number of columns); validation turns it into the quarantine reason.
+    T.StructField("_parse_error", T.StringType()),
+])
+
+PLAYS_BRONZE_SCHEMA = T.StructType(RAW_PLAYS.fields + [
+    T.StructField("_batch_id", T.StringType(), False),
+    T.StructField("_ingested_at", T.TimestampType(), False),
 ])
 
 PLAYS_SILVER_SCHEMA = T.StructType([
@@ -48,6 +57,21 @@ PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_source_file", T.StringType()),
     T.StructField("_ingested_at", T.TimestampType(), False),
+])
+
+INGEST_LOG_SCHEMA = T.StructType([
+    T.StructField("batch_id", T.StringType(), False),
+    T.StructField("input", T.StringType(), False),
+    T.StructField("format", T.StringType(), False),
+    # rows_in = rows_silver + rows_quarantined + duplicates_removed, for every batch
+    T.StructField("rows_in", T.LongType(), False),
+    T.StructField("rows_silver", T.LongType(), False),
+    T.StructField("rows_quarantined", T.LongType(), False),
+    T.StructField("duplicates_removed", T.LongType(), False),
+    T.StructField("duplicates_in_batch", T.LongType(), False),  # the two parts of duplicates_removed
+    T.StructField("duplicates_in_silver", T.LongType(), False),
+    T.StructField("ingested_at", T.TimestampType(), False),
+    T.StructField("seconds", T.DoubleType(), False),
 ])
 
 ITEM_INDEX_SCHEMA = T.StructType([
@@ -78,6 +102,12 @@ PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("scored_at", T.TimestampType(), False),
     T.StructField("score_date", T.DateType(), False),
 ])
+
+SCHEMAS = {
+    PLAYS_BRONZE: PLAYS_BRONZE_SCHEMA, PLAYS_SILVER: PLAYS_SILVER_SCHEMA, PLAYS_QUARANTINE: PLAYS_QUARANTINE_SCHEMA,
+    INGEST_LOG: INGEST_LOG_SCHEMA, ITEM_INDEX: ITEM_INDEX_SCHEMA, SESSIONS: SESSIONS_SCHEMA,
+    PREDICTIONS: PREDICTIONS_SCHEMA,
+}
 
 PARTITIONS = {PLAYS_SILVER: ["event_date"], SESSIONS: ["event_date"], PREDICTIONS: ["score_date"]}
 
