@@ -94,14 +94,14 @@ class SessionizeConfig:
 @dataclass
 class ModelConfig:
     cell: Literal["rnn", "gru", "lstm"] = "gru"
-    head: Literal["full", "sampled", "bit_tree"] = "full"
+    head: Literal["full", "sampled", "bit_tree"] = "sampled"
     hidden_size: int = 100
     embedding_size: int = 0  # 0: same as hidden_size
     num_layers: int = 1
     dropout: float = 0.2
     embedding_dropout: float = 0.0
     tie_embeddings: bool = True
-    n_negatives: int = 2048
+    n_negatives: int = 1024
     sample_alpha: float = 0.75  # popularity ** alpha for the sampled head's negatives
     logq: bool = True
     init_std: float = 0.05
@@ -119,7 +119,7 @@ class ModelConfig:
 class TrainConfig:
     launcher: Literal["local", "horovod", "spark", "torch_distributor"] = "local"
     num_proc: int = 1
-    epochs: int = 10
+    epochs: int = 4
     batch_size: int = 256
     max_len: int = 50
     optimizer: Literal["adam", "adagrad_sgd"] = "adam"
@@ -169,7 +169,7 @@ class ScoreConfig:
     history_length: int = 50
     exclude_played: bool = False
     batch_size: int = 512  # histories per forward pass in a scoring process
-    chunk_size: int = 65536  # items scored at once by the streaming top-K (bounds memory)
+    chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
 
 

@@ -78,7 +78,8 @@ class SessionKNN:
     """V-SKNN: the current session is compared with past sessions; items of the nearest ones score.
 
     - query vector: each prefix item weighted by recency (position / length, the latest item = 1)
-      times its idf, log(#sessions / #sessions containing it), so rare shared items say more;
+      times its idf, log(1 + #sessions / #sessions containing it), so rare shared items say more
+      (the 1 + keeps an item found in every session from counting for nothing);
     - candidates: the `sample` most recent training sessions sharing at least one item (sessions are
       in time order, so a larger index is more recent);
     - neighbours: the `k` candidates of highest similarity (dot product with the binary session vector);
@@ -99,7 +100,7 @@ class SessionKNN:
         self.sessions = m
         self.sessions_t = m.T.tocsr()
         df = np.asarray((m > 0).sum(axis=0)).ravel()
-        self.idf = np.where(df > 0, np.log(len(sessions) / np.maximum(df, 1)), 0.0)
+        self.idf = np.log1p(len(sessions) / np.maximum(df, 1))
         self.popularity = _popularity(sessions, n_items)
         return self
 

@@ -59,42 +59,46 @@ class FullSoftmax(nn.Module):
 class SampledSoftmax(FullSoftmax):
     """Trains on a sampled softmax, scores with the full one.
 
-    Candidates for every row are the batch's other targets (drawn, in effect, from item popularity)
-    plus `n_negatives` items drawn from popularity ** alpha. Each candidate's logit is corrected by
-    the log of its expected number of draws (log-q), without which the sampled objective is biased
-    towards popular items; a candidate equal to the row's own target ("accidental hit") is removed.
+    Each row's target competes with a shared candidate set: the batch's targets (drawn, in effect,
+    from item popularity; a random `n_negatives` of them when the batch has more, so a batch of long
+    sessions does not cost O(targets^2)) plus `n_negatives` items drawn from popularity ** alpha. Every
+    logit, the target's included, is corrected by the log of that item's expected number of draws
+    (log-q), without which the sampled objective favours popular items; a candidate equal to the
+    row's own target ("accidental hit") is removed.
     """
 
     def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
                  alpha: float, logq: bool) -> None:
         super().__init__(n_items)
-        counts = torch.ones(n_items + 1, dtype=torch.float64)
+        counts = torch.zeros(n_items + 1, dtype=torch.float64)
         if item_counts is not None:
             counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64)).clamp_min(0)
             if counts.shape != (n_items + 1,):
                 raise ValueError(f"item_counts must have length n_items + 1 = {n_items + 1}, got {tuple(counts.shape)}")
         counts[0] = 0.0
-        pop = counts / counts.sum() if counts.sum() > 0 else torch.full_like(counts, 1.0 / n_items)
-        pop[0] = 0.0
-        smoothed = (counts + (counts.sum() == 0)).pow(alpha)
-        smoothed[0] = 0.0
+        if counts.sum() == 0:  # no counts: sample uniformly
+            counts[1:] = 1.0
+        smoothed = counts.pow(alpha) * (counts > 0)
         self.n_negatives = n_negatives
         self.logq = logq
         self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
-        self.register_buffer("pop_probs", pop.float(), persistent=False)
+        self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
+
+    def _bias(self, items: torch.Tensor, n_batch: int) -> torch.Tensor:
+        """Item biases with the log-q correction folded in (no extra pass over [N, candidates])."""
+        if not self.logq:
+            return self.bias[items]
+        expected = n_batch * self.pop_probs[items] + self.n_negatives * self.neg_probs[items]
+        return self.bias[items] - torch.log(expected.clamp_min(1e-12))
 
     def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n = targets.shape[0]
-        negatives = torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)
-        cand = torch.cat([targets, negatives])
-        z = torch.addmm(self.bias[cand], s, weight[cand].t())
-        if self.logq:
-            expected = n * self.pop_probs[cand] + self.n_negatives * self.neg_probs[cand]
-            z = z - torch.log(expected.clamp_min(1e-12))
-        hits = cand[None, :] == targets[:, None]
-        hits[torch.arange(n, device=s.device), torch.arange(n, device=s.device)] = False
-        z = z.masked_fill(hits, -math.inf)
-        return -F.cross_entropy(z, torch.arange(n, device=s.device), reduction="none")
+        in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
+        cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
+        positive = (s * weight[targets]).sum(dim=1) + self._bias(targets, in_batch.shape[0])
+        z = torch.addmm(self._bias(cand, in_batch.shape[0]), s, weight[cand].t())
+        z = z.masked_fill(cand[None, :] == targets[:, None], -math.inf)
+        return positive - torch.logaddexp(positive, torch.logsumexp(z, dim=1))
 
 
 class BitTreeSoftmax(nn.Module):

@@ -1,17 +1,19 @@
 """From the RNN's hidden states to what the output needs at each step: a session vector, and for the
 repeat-aware mixture a gate and a distribution over the prefix positions.
 
-`last` reads the final hidden state alone (the seed article). `attention` adds NARM-style additive
-attention over the session's earlier states with the last state as query, so a long session's main
-purpose survives the RNN's recency bias. Both attention and the repeat pointer are computed at every
-prefix step at once (a causal [T, L] pattern), because training uses every step of a session.
+`last` reads the final hidden state alone (the seed article). `attention` adds attention over the
+session's earlier states with the last state as query (NARM-style), so a long session's main purpose
+survives the RNN's recency bias. Both attention and the repeat pointer are computed at every prefix
+step at once (a causal [T, L] pattern), because training uses every step of a session.
 
-The pairwise features `sigmoid(A h_t + B h_j + P[t - j])` are shared by the attention and the repeat
-pointer; P is a learned embedding of the distance back in time, which lets the pointer learn that the
-item just played is the likeliest to be played again.
+Both use bilinear scores (W_q h_t) . (W_k h_j) / sqrt(H) plus a learned bias per distance t - j:
+the [T, L] score matrix is one batched matmul, where additive (NARM) attention would materialise a
+[T, L, H] tensor per row, by far the costliest part of training on CPU. The distance bias lets the
+pointer learn that the item just played is the likeliest to be played again.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,14 +35,13 @@ class SessionReadout(nn.Module):
         self.attention = attention
         self.repeat = repeat
         if attention or repeat:
-            self.query = nn.Linear(hidden_size, hidden_size, bias=False)
-            self.key = nn.Linear(hidden_size, hidden_size)
-            self.distance = nn.Embedding(MAX_DISTANCE, hidden_size)
-            nn.init.normal_(self.distance.weight, std=0.05)
+            self.key = nn.Linear(hidden_size, hidden_size, bias=False)
+            self.distance_bias = nn.Embedding(MAX_DISTANCE, 2)  # channel 0: attention, 1: pointer
+            nn.init.zeros_(self.distance_bias.weight)
         if attention:
-            self.attn_score = nn.Linear(hidden_size, 1, bias=False)
+            self.attn_query = nn.Linear(hidden_size, hidden_size, bias=False)
         if repeat:
-            self.pointer_score = nn.Linear(hidden_size, 1, bias=False)
+            self.pointer_query = nn.Linear(hidden_size, hidden_size, bias=False)
         state_size = 2 * hidden_size if attention else hidden_size
         self.project = nn.Identity() if state_size == out_size else nn.Linear(state_size, out_size, bias=False)
         if repeat:
@@ -62,16 +63,14 @@ class SessionReadout(nn.Module):
         if self.attention or self.repeat:
             j = torch.arange(l, device=device)
             dist = q_pos[:, :, None] - j[None, None, :]  # [R, T, L]
-            allowed = (dist >= 0) & (j[None, None, :] < lengths[:, None, None])
-            pair = self.query(query_h)[:, :, None, :] + self.key(h)[:, None, :, :]
-            pair += self.distance(dist.clamp(0, MAX_DISTANCE - 1))  # in place: [R, T, L, H] is the big one
-            pair = torch.sigmoid(pair)
+            allowed = (dist >= 0) & (j[None, None, :] < lengths.clamp_min(1)[:, None, None])
+            keys = self.key(h).transpose(1, 2) / math.sqrt(h.shape[-1])  # [R, H, L]
+            bias = self.distance_bias(dist.clamp(0, MAX_DISTANCE - 1))  # [1 or R, T, L, 2]
             if self.attention:
-                alpha = self.attn_score(pair).squeeze(-1).masked_fill(~allowed, float("-inf"))
-                alpha = torch.softmax(alpha, dim=-1)
-                context = torch.einsum("rtl,rlh->rth", alpha, h)
+                alpha = (torch.bmm(self.attn_query(query_h), keys) + bias[..., 0]).masked_fill(~allowed, float("-inf"))
+                context = torch.bmm(torch.softmax(alpha, dim=-1), h)
                 state = torch.cat([query_h, context], dim=-1)
             if self.repeat:
-                pointer_logits = self.pointer_score(pair).squeeze(-1).masked_fill(~allowed, float("-inf"))
+                pointer_logits = (torch.bmm(self.pointer_query(query_h), keys) + bias[..., 1]).masked_fill(~allowed, float("-inf"))
                 gate_logit = self.gate(state).squeeze(-1)
         return Readout(self.project(state), gate_logit, pointer_logits)

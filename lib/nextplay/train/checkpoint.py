@@ -56,6 +56,6 @@ def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | tor
     for path in _checkpoints(Path(directory)):
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
-        except (RuntimeError, EOFError, OSError):
+        except Exception:  # any failure to unpickle means the file is unusable, whatever the cause
             continue
     return None

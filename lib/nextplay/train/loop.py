@@ -164,7 +164,8 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
     if distributed is not None:
         opt = distributed.wrap_optimizer(opt, model.named_parameters())
         distributed.broadcast(model, opt)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    for group in opt.param_groups:  # kept in the optimizer's state, so a resumed run decays from the same base
+        group.setdefault("initial_lr", group["lr"])
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch, cfg.epochs):
@@ -178,8 +179,8 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
                    mininterval=2.0, leave=False)
         for step, batch in enumerate(bar):
             progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
-            for group, base in zip(opt.param_groups, base_lrs):
-                group["lr"] = base * lr_scale(cfg.lr_schedule, progress)
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, progress)
             items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
             items, lengths, first = items.to(dev), lengths.to(dev), first.to(dev)
             loss_sum, n = model.loss(items, lengths, first)
