@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
-    cfg: Config = load_config(os.devnull, [*args.set, "train.progress=false"])
+    cfg: Config = load_config(os.devnull, ["train.progress=false", *args.set])
     torch.set_num_threads(cfg.train.threads or 2)
     sessions = read_sessions(args.data / "train_sessions.txt")
     if args.test:
