@@ -90,7 +90,7 @@ def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int):
         schema_fields=["items", SPLIT_COLUMN, "session_id"],
         transform_spec=spec,
         num_epochs=1,
-        workers_count=2,
+        workers_count=1,  # one reader thread keeps the row-group order, hence the run, reproducible
         shuffle_row_groups=True,
         seed=seed,
         reader_pool_type="thread",
