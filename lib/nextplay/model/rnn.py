@@ -133,16 +133,26 @@ class SessionRNN(nn.Module):
         return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer)
 
     def _chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
-        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1)."""
-        logp = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm)
+        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1).
+
+        Only the prefix's items have repeat mass, so the mixture is computed for those entries alone
+        and written over the dense explore scores: two passes over [B, chunk] instead of a handful.
+        """
+        scores = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm)
         if ctx.pointer is None:
-            return logp
+            return scores
+        scores.add_(ctx.log_explore[:, None])
         inside = (ctx.items >= start) & (ctx.items < stop)
-        p_repeat = torch.zeros_like(logp).scatter_add_(
-            1, torch.where(inside, ctx.items - start, 0), torch.where(inside, ctx.pointer, 0.0))
-        explore = ctx.log_explore[:, None] + logp
-        mixed = torch.logaddexp(ctx.log_gate[:, None] + torch.log(p_repeat.clamp_min(_TINY)), explore)
-        return torch.where(p_repeat > 0, mixed, explore)
+        rows, pos = inside.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return scores
+        # repeat mass of each position's item: the pointer summed over every position holding it
+        same = ctx.items[:, :, None] == ctx.items[:, None, :]
+        mass = torch.bmm(same.to(ctx.pointer.dtype), ctx.pointer[:, :, None])[:, :, 0]
+        cols = ctx.items[rows, pos] - start
+        mixed = torch.logaddexp(ctx.log_gate[rows] + torch.log(mass[rows, pos].clamp_min(_TINY)), scores[rows, cols])
+        scores[rows, cols] = torch.where(mass[rows, pos] > 0, mixed, scores[rows, cols])
+        return scores
 
     def _item_chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
         for lo in range(1, self.n_items + 1, chunk_size):
