@@ -1,0 +1,92 @@
+"""The figures: their goals, the results.json layout, and the table printed to stdout.
+
+results.json holds every figure under its own top-level key (a number, or for the per-size rates a
+mapping of labels to numbers) and one `context` key with the machine, the mode, each stage's raw
+timings and settings, and any figure that was skipped or failed with the reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    unit: str
+    goal: str | None = None  # e.g. "<= 1.3"; None for informational figures
+
+    def met(self, value: float) -> bool | None:
+        if self.goal is None or not math.isfinite(value):
+            return None
+        op, bound = self.goal.split()
+        return value <= float(bound) if op == "<=" else value >= float(bound)
+
+
+FIGURES = (
+    Figure("sessionize_over_sort", "x", "<= 1.3"),
+    Figure("sessionize_scaling_exponent", "slope", "<= 1.1"),
+    Figure("ingest_events_per_second_per_core", "events/s/core"),
+    Figure("loader_over_train", "x", ">= 5"),
+    Figure("train_events_per_second", "events/s"),
+    Figure("sampled_over_full", "x", ">= 20"),
+    Figure("bit_tree_over_full", "x", ">= 20"),
+    Figure("horovod_np2_over_np1", "x"),
+    Figure("udf_over_inprocess", "x", "<= 1.5"),
+    Figure("score_users_per_second", "users/s"),
+    Figure("train_events_per_second_yoochoose1_64", "events/s"),
+)
+KEYS = tuple(f.key for f in FIGURES)
+
+
+def vocab_label(n: int) -> str:
+    """10000 -> '10k', 1000000 -> '1M': the labels the per-size figures are keyed by."""
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+def leaves(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every number in a figure with its path: ((), 1.2) for a plain figure, (("full", "1M"), 950.0)
+    for a nested one."""
+    if isinstance(value, dict):
+        return [leaf for sub, inner in value.items() for leaf in leaves(inner, path + (str(sub),))]
+    return [(path, value)]
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.2f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    """A fixed-width table: figure, value, goal and whether it is met."""
+    spec = {f.key: f for f in FIGURES}
+    lines = [f"{'figure':<52} {'value':>12}  {'unit':<14} {'goal':<8} met"]
+    context = results.get("context", {})
+    for key in KEYS:
+        if key not in results:
+            skipped, error = context.get("skipped", {}).get(key), context.get("errors", {}).get(key)
+            why = f"skipped: {skipped}" if skipped else f"failed: {error.strip().splitlines()[-1]}" if error \
+                else "not run"
+            lines.append(f"{key:<52} {'-':>12}  {'':<14} {spec[key].goal or '':<8} ({why[:90]})")
+            continue
+        for path, number in leaves(results[key]):
+            label = f"{key}[{', '.join(path)}]" if path else key
+            met = spec[key].met(number)
+            lines.append(f"{label:<52} {_fmt(number):>12}  {spec[key].unit:<14} {spec[key].goal or '':<8} "
+                         f"{'' if met is None else ('yes' if met else 'NO')}")
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,106 @@
+"""Scoring figures: what the Spark path costs on top of the model, and users scored per second.
+
+Both sides score the same users' histories with the same logged model and the same batch and chunk
+sizes: in process, `NextTrackModel.topk_items` on a list of arrays; through Spark, the scorer
+`nextplay score` runs (`make_scorer` in mapInPandas over the shipped MLflow model, on as many
+partitions as `score` uses) into Spark's no-op sink. Building histories from plays_silver and writing
+`predictions` are left out on both sides: this isolates the UDF hop (Arrow batches to Python workers
+and back, task scheduling, the shuffle that spreads users over cores). Python workers load the
+model once; a warm-up run pays that before timing.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nextplay.model.rnn import SessionRNN
+
+from bench.context import Bench, log
+from bench.measure import interleaved, median
+from bench.report import vocab_label
+from bench.training import zipf_items, zipf_popularity
+
+VOCABS = (10_000, 1_000_000)
+
+
+def _ship(b: Bench, n_items: int, counts: np.ndarray):
+    """Log an (untrained: speed does not depend on the weights) SessionRNN as the project's pyfunc
+    model in the bench's own MLflow store and ship it to Spark as `nextplay score` does."""
+    from nextplay import tracking
+    from nextplay.model.io import save_model
+    from nextplay.score import pyfunc
+    from nextplay.score.batch import ship_model
+    from nextplay.tracking import ResolvedModel
+
+    label = vocab_label(n_items)
+    rnn_dir = b.workdir / f"rnn_{label}"
+    save_model(SessionRNN(n_items, b.cfg.model, item_counts=counts).eval(), rnn_dir)
+    index = pd.DataFrame({"track_id": [f"t{i}" for i in range(1, n_items + 1)],
+                          "item_idx": np.arange(1, n_items + 1, dtype=np.int32),
+                          "play_count": counts[1:].astype(np.int64)})
+    with tracking.start_run(b.cfg, run_name=f"bench-score-{label}") as run:
+        info = pyfunc.log_model(str(rnn_dir), index, registered_model_name=None, top_k=b.cfg.score.top_k,
+                                collapse_repeats=b.cfg.sessionize.collapse_repeats)
+    resolved = ResolvedModel(uri=info.model_uri, name="bench", version=run.info.run_id)
+    shipped, local = ship_model(b.spark, resolved)
+    return resolved, shipped, local
+
+
+def _histories(p: np.ndarray, users: int, max_len: int, seed: int) -> pd.DataFrame:
+    """`users` histories of 1..max_len items drawn by popularity `p`."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, max_len + 1, size=users)
+    items = zipf_items(p, (users, max_len), rng).astype(np.int32)
+    return pd.DataFrame({"user_id": [f"u{i}" for i in range(users)],
+                         "items": [items[i, :n] for i, n in enumerate(lengths)]})
+
+
+def score_figures(b: Bench) -> dict[str, Any]:
+    import mlflow
+
+    from nextplay.score.batch import SCORED_SCHEMA, make_scorer
+
+    s = b.cfg.score
+    spark = b.spark
+    partitions = 2 * spark.sparkContext.defaultParallelism  # as `nextplay score` spreads users
+    details: dict[str, Any] = {"top_k": s.top_k, "batch_size": s.batch_size, "chunk_size": s.chunk_size,
+                               "partitions": partitions}
+    rates: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    for v in VOCABS:
+        label = vocab_label(v)
+        users = b.mode.score_users[v]
+        p = zipf_popularity(v)
+        resolved, shipped, local = _ship(b, v, np.round(p * 1e9))
+        pdf = _histories(p, users, s.history_length, seed=v)
+        hist = spark.createDataFrame(pdf.assign(items=pdf["items"].map(np.ndarray.tolist)), "user_id string, items array<int>")
+        hist = hist.cache()
+        hist.count()
+        scorer = make_scorer(resolved.uri, shipped, k=s.top_k, exclude_played=s.exclude_played,
+                             batch_size=s.batch_size, chunk_size=s.chunk_size)
+        model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+        seqs = [np.asarray(h, dtype=np.int64) for h in pdf["items"]]
+        torch.set_num_threads(os.cpu_count() or 1)
+
+        def through_spark() -> None:
+            hist.repartition(partitions).mapInPandas(scorer, SCORED_SCHEMA).write.format("noop").mode("overwrite").save()
+
+        def in_process() -> None:
+            model.topk_items(seqs, s.top_k, exclude_seen=s.exclude_played, batch_size=s.batch_size,
+                             chunk_size=s.chunk_size)
+
+        interleaved({"spark": through_spark, "inprocess": in_process}, 1)  # warm-up: workers load the model
+        times = interleaved({"spark": through_spark, "inprocess": in_process}, b.mode.repeats)
+        hist.unpersist()
+        rates[label] = users / median(times["spark"])
+        ratios[label] = median(times["spark"]) / median(times["inprocess"])
+        details[label] = {"users": users, "spark_seconds": times["spark"], "inprocess_seconds": times["inprocess"],
+                          "inprocess_users_per_second": users / median(times["inprocess"]),
+                          "udf_over_inprocess": ratios[label]}
+        log(f"score V={label}: Spark {rates[label]:,.0f} users/s, UDF / in-process {ratios[label]:.2f}")
+    b.details["score"] = details
+    return {"udf_over_inprocess": ratios[vocab_label(VOCABS[0])], "score_users_per_second": rates}

@@ -1,0 +1,42 @@
+"""The harness works: `python -m bench.run --tiny` produces every figure as a finite number.
+
+This checks the benchmark code, not speed (tiny inputs say nothing about speed). A figure may be
+missing only when its stage was skipped for a stated reason (the shared data is absent here).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import KEYS, leaves
+from bench.run import STAGE_FIGURES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_figure_has_a_stage() -> None:
+    assert sorted(k for keys in STAGE_FIGURES.values() for k in keys) == sorted(KEYS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # minutes on a busy 2-core machine: Spark, Horovod and MLflow all start
+def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1700)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    context = results["context"]
+    assert not context["errors"], next(iter(context["errors"].values()))
+    for key in KEYS:
+        if key in context["skipped"]:
+            assert key not in results and context["skipped"][key]
+            continue
+        numbers = leaves(results[key])
+        assert numbers and all(isinstance(v, (int, float)) and math.isfinite(v) for _, v in numbers), (key, results[key])
+    assert "sessionize_over_sort" in done.stdout  # the table went to stdout

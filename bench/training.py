@@ -1,0 +1,164 @@
+"""Training figures: does Petastorm keep the trainer fed, and what each output head costs per event
+as the catalog grows.
+
+Both run the project's own `fit` (windowing, clipping, optimizer, learning-rate schedule) on batches
+held in memory, so the figure is the trainer's speed alone; the loader is timed on its own.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import time
+from itertools import islice
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from nextplay.config import Config, ModelConfig, TrainConfig
+from nextplay.model.rnn import SessionRNN
+from nextplay.train.loop import Batch, build_optimizer, fit
+
+from bench.context import Bench, log
+from bench.measure import interleaved, median
+from bench.modes import HEADS, VOCABS
+from bench.report import vocab_label
+from bench.spark_stages import sessions_lake
+
+WARMUP_STEPS = 2  # first steps allocate optimizer state and buffers; they are not timed
+
+
+def use_all_cores(cfg: TrainConfig) -> int:
+    """Threads as `train_worker` sets them for one process."""
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+class Trainer:
+    """One model and optimizer trained for a fixed number of steps per call, state kept between calls
+    (so repetitions measure steady-state steps, not optimizer-state allocation)."""
+
+    def __init__(self, n_items: int, model_cfg: ModelConfig, train_cfg: TrainConfig, counts: np.ndarray) -> None:
+        self.cfg = train_cfg
+        self.model = SessionRNN(n_items, model_cfg, item_counts=counts)
+        self.optimizer = build_optimizer(self.model, train_cfg)
+
+    def run(self, batches: list[Batch], steps: int) -> dict[str, float]:
+        """Train `steps` steps cycling over `batches`; returns fit's stats (events, seconds)."""
+        return fit(self.model, lambda epoch: batches, self.cfg, steps_per_epoch=steps, device="cpu",
+                   optimizer=self.optimizer)[0]
+
+
+def training_snapshot(b: Bench) -> tuple[Any, int, np.ndarray]:
+    """The pinned sessions snapshot, catalog size and item counts `train` would use, built once."""
+    if "snapshot" not in b.inputs:
+        from nextplay.train.launch import snapshot_training_data
+
+        snapshot, n_items, counts, _ = snapshot_training_data(b.spark, sessions_lake(b))
+        b.inputs["snapshot"] = (snapshot, n_items, counts)
+    return b.inputs["snapshot"]
+
+
+def take_batches(make: Callable[[], Iterable[Batch]], n: int) -> tuple[list[Batch], float, float]:
+    """The first `n` batches, seconds to the first one (start-up) and seconds for the rest."""
+    started = time.perf_counter()
+    it = iter(make())
+    first = [next(it)]
+    ready = time.perf_counter()
+    rest = list(islice(it, n - 1))
+    return first + rest, ready - started, time.perf_counter() - ready
+
+
+def loader_over_train(b: Bench) -> dict[str, Any]:
+    """Batches/s Petastorm delivers from the sessions table alone / batches/s `fit` consumes, at the
+    configured batch size and model. Loader start-up (opening files, starting reader threads) is
+    reported apart: it is paid once per epoch, the rates are the steady state."""
+    from nextplay.train.loader import iterate_batches
+
+    cfg = sessions_lake(b)
+    snapshot, n_items, counts = training_snapshot(b)
+    bs = cfg.train.batch_size
+    n = max(2, min(b.mode.loader_batches, snapshot.steps_per_epoch(bs, 1)))
+    threads = use_all_cores(cfg.train)
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:
+        batches, startup, rest = take_batches(
+            lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed), n)
+        loaded.setdefault("startup", []).append(startup)
+        loaded.setdefault("rate", []).append((n - 1) / rest)
+        loaded["batches"] = batches
+
+    load()
+    trainer = Trainer(n_items, cfg.model, cfg.train, counts)
+    trainer.run(loaded["batches"], WARMUP_STEPS)
+    trained: list[float] = []
+    interleaved({"load": load, "train": lambda: trained.append(n / trainer.run(loaded["batches"], n)["seconds"])},
+                b.mode.repeats)
+    load_rate, train_rate = median(loaded["rate"][1:]), median(trained)
+    log(f"loader {load_rate:.1f} batches/s, training {train_rate:.2f} batches/s (batch {bs}, {n} batches)")
+    b.details["loader_over_train"] = {
+        "batch_size": bs, "batches": n, "train_sessions": snapshot.n_sessions, "n_items": n_items, "threads": threads,
+        "loader_batches_per_second": loaded["rate"][1:], "loader_startup_seconds": loaded["startup"][1:],
+        "train_batches_per_second": trained, "model": _model_summary(cfg.model),
+    }
+    return {"loader_over_train": load_rate / train_rate}
+
+
+def _model_summary(m: ModelConfig) -> dict[str, Any]:
+    return {"cell": m.cell, "head": m.head, "hidden_size": m.hidden_size, "readout": m.readout, "repeat": m.repeat,
+            "n_negatives": m.n_negatives}
+
+
+def zipf_popularity(n_items: int) -> np.ndarray:
+    """P(item) ~ rank ** -1.1 over items 1..n_items, with 0 (padding) at index 0: a catalog's long tail."""
+    p = np.zeros(n_items + 1)
+    p[1:] = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    return p / p.sum()
+
+
+def zipf_items(p: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(len(p) - 1, size=shape, p=p[1:]) + 1
+
+
+def zipf_batches(p: np.ndarray, batch: int, length: int, count: int, seed: int) -> list[Batch]:
+    """`count` batches of full-length sessions with items drawn by popularity `p`."""
+    rng = np.random.default_rng(seed)
+    return [{"items": torch.from_numpy(zipf_items(p, (batch, length), rng)),
+             "length": torch.full((batch,), length, dtype=torch.int64)} for _ in range(count)]
+
+
+def head_figures(b: Bench) -> dict[str, Any]:
+    """train_events_per_second per head and catalog size, through `fit` on synthetic in-memory batches
+    of the same shape for every head, and the sampled / bit-tree speed-ups at the largest catalog."""
+    cfg: Config = b.cfg
+    threads = use_all_cores(cfg.train)
+    rates: dict[str, dict[str, float]] = {h: {} for h in HEADS}
+    raw: dict[str, dict[str, list[float]]] = {h: {} for h in HEADS}
+    for v in VOCABS:
+        p = zipf_popularity(v)
+        counts = np.round(p * 1e9)  # the sampled head draws its negatives from these
+        batches = zipf_batches(p, b.mode.head_batch, b.mode.head_length, 4, seed=v)
+        steps = b.mode.head_steps[v]
+        for head in HEADS:
+            model_cfg = copy.deepcopy(cfg.model)
+            model_cfg.head = head
+            trainer = Trainer(v, model_cfg, cfg.train, counts)
+            trainer.run(batches, WARMUP_STEPS if steps > 1 else 1)
+            runs = [trainer.run(batches, steps) for _ in range(b.mode.repeats if steps >= 8 else 1)]
+            per_run = [r["events"] / r["seconds"] for r in runs]
+            rates[head][vocab_label(v)] = median(per_run)
+            raw[head][vocab_label(v)] = per_run
+            log(f"head {head:<8} V={vocab_label(v):>4}: {median(per_run):,.0f} events/s ({steps} steps)")
+            del trainer
+            gc.collect()
+    top = vocab_label(VOCABS[-1])
+    b.details["train_heads"] = {"batch_sessions": b.mode.head_batch, "session_length": b.mode.head_length,
+                                "steps": {vocab_label(v): s for v, s in b.mode.head_steps.items()},
+                                "threads": threads, "optimizer": cfg.train.optimizer,
+                                "model": _model_summary(cfg.model), "events_per_second_runs": raw}
+    return {"train_events_per_second": rates,
+            "sampled_over_full": rates["sampled"][top] / rates["full"][top],
+            "bit_tree_over_full": rates["bit_tree"][top] / rates["full"][top]}
