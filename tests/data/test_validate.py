@@ -27,6 +27,9 @@ def test_timestamp_formats(spark):
         "1709287200123.5": utc(2024, 3, 1, 10, 0, 0, 123_500),
         "99999999999": utc(5138, 11, 16, 9, 46, 39),  # just below 1e11: still seconds
         "100000000000": utc(1973, 3, 3, 9, 46, 40),  # 1e11: milliseconds from here on
+        "1709287200123456": utc(2024, 3, 1, 10, 0, 0, 123_456),  # microseconds
+        "1709287200123456789": utc(2024, 3, 1, 10, 0, 0, 123_457),  # nanoseconds, rounded to the microsecond
+        "1e30": None,  # nanoseconds by magnitude, but after the year 9999: garbage
         "yesterday": None, "": None, "2024-02-30T10:00:00Z": None, "12:00": None, "1e400": None,
         "99999999999999999999999": None,
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from py4j.protocol import Py4JJavaError
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -144,12 +145,17 @@ def _read_csv(spark: SparkSession, path: str) -> DataFrame:
 
 
 def _read_parquet(spark: SparkSession, path: str) -> DataFrame:
-    """Columns matched by name, case-insensitively; any type is kept as its string form for validation."""
+    """Columns matched by name, case-insensitively; any type is kept as its string form for validation.
+    Files may add or lack columns, but one column must have one type across the batch."""
+    # pandas writes nanosecond timestamps, which Spark refuses unless it reads them as numbers
+    # (nanoseconds since the epoch; validation tells them apart by magnitude).
+    spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     try:
         df = spark.read.option("mergeSchema", "true").parquet(path)
-    except AnalysisException as e:
-        raise ValueError(f"ingest.input: the Parquet files under {path} disagree on column types ({e.getErrorClass()}); "
-                         "ingest them as separate batches") from None
+    except (AnalysisException, Py4JJavaError) as e:  # type clashes surface as a plain SparkException
+        why = e.java_exception.getMessage() if isinstance(e, Py4JJavaError) else str(e)
+        raise ValueError(f"ingest.input: cannot read the Parquet files under {path} as one batch "
+                         f"({why.splitlines()[0][:200]}); ingest files with different column types separately") from None
     by_lower = {c.lower(): c for c in df.columns}
     raw = F.to_json(F.struct(*[F.col(f"`{c}`").cast("string").alias(c) for c in df.columns]))
     df = df.select("*", F.col("_metadata.file_path").alias("_source_file"), raw.alias("_record"))

@@ -2,8 +2,9 @@
 cannot go to silver. Pure Spark SQL expressions (no Python UDF): they run inside the JVM at full speed.
 
 Timestamps: ISO-8601 with or without an offset (no offset means UTC), 'T' or a space, optional
-fractions; or a number (epoch seconds below 1e11, i.e. before the year 5138; epoch milliseconds
-from there on, i.e. after 1973), with fractions and exponents.
+fractions, always with a full date; or a number since the epoch, with fractions and exponents,
+whose magnitude tells the unit: below 1e11 seconds (until the year 5138), below 1e14 milliseconds,
+below 1e17 microseconds, above that nanoseconds (all of them after 1973).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from nextplay.config import IngestConfig
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # A full calendar date first: Spark alone would also take "12:00" (today at noon, a moving target).
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}([T ]|$)"
-_MILLIS_FROM = 1e11  # |epoch| at or above this is milliseconds
+_UNITS = ((1e11, 1), (1e14, 1_000), (1e17, 1_000_000))  # |epoch| below the bound: divide by this for seconds
+_NANOS = 1_000_000_000
+_YEAR_10000 = 253_402_300_800  # epoch seconds; later (or as early before 1970) is garbage, not a time
 _SHOWN = 40  # characters of a bad value quoted in a reason
 _ISO = "yyyy-MM-dd'T'HH:mm:ss'Z'"
 
@@ -26,9 +29,10 @@ def parse_timestamp(text: Column) -> Column:
     """A timestamp, or null when `text` is not one (no exception: ANSI-safe `try_` functions only)."""
     t = F.trim(text)
     number = t.try_cast("decimal(38, 6)")
-    seconds = F.when(F.abs(number) < _MILLIS_FROM, number).otherwise(F.try_divide(number, F.lit(1000)))
-    # Beyond +-1e13 s (year 318857) it is garbage; bounding it keeps timestamp_micros from overflowing.
-    micros = F.when(F.abs(seconds) < 1e13, F.try_multiply(seconds, F.lit(1_000_000)).cast("long"))
+    seconds = F.try_divide(number, F.lit(_NANOS))
+    for bound, per_second in reversed(_UNITS):
+        seconds = F.when(F.abs(number) < bound, F.try_divide(number, F.lit(per_second))).otherwise(seconds)
+    micros = F.when(F.abs(seconds) < _YEAR_10000, F.try_multiply(seconds, F.lit(1_000_000)).try_cast("long"))
     return F.when(t.rlike(_NUMBER), F.timestamp_micros(micros)).when(t.rlike(_ISO_DATE), F.try_to_timestamp(t))
 
 
