@@ -69,7 +69,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """`adam`: Adam on everything. `adagrad_sgd`: indexed Adagrad (step cfg.item_lr) on the model's
     item-indexed parameters and SGD (step cfg.lr) on the rest."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(model.parameters())
+        # The fused kernel updates every parameter in one pass instead of a dozen: at 1M items x 100
+        # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores (docs/benchmarks.md).
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     item_names = model.item_parameter_names()
     named = list(model.named_parameters())
     groups = [
