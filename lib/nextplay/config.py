@@ -120,10 +120,10 @@ class TrainConfig:
     launcher: Literal["local", "horovod", "spark", "torch_distributor"] = "local"
     num_proc: int = 1
     epochs: int = 4
-    batch_size: int = 256
+    batch_size: int = 128
     max_len: int = 50
     optimizer: Literal["adam", "adagrad_sgd"] = "adam"
-    lr: float = 0.001
+    lr: float = 0.005
     # Learning-rate multiplier over the run (per step when the epoch's step count is known).
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     item_lr: float = 0.05  # Adagrad step on item vectors when optimizer=adagrad_sgd
@@ -168,7 +168,7 @@ class ScoreConfig:
     lookback_days: int = 30
     history_length: int = 50
     exclude_played: bool = False
-    batch_size: int = 512  # histories per forward pass in a scoring process
+    batch_size: int = 128  # histories per forward pass in a scoring process (docs/scoring.md)
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
 

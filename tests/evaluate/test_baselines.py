@@ -26,12 +26,12 @@ def test_markov_chain_follows_the_last_item() -> None:
 
 
 def test_session_knn_scores_items_of_similar_sessions() -> None:
-    knn = SessionKNN(k=2, sample=10).fit(SESSIONS, 6)
+    knn = SessionKNN(k=3, sample=10).fit(SESSIONS, 6)
     scores = knn.score([[5], [1, 2], [4]])
     # every session with 5 also holds 6; items of the prefix itself are not excluded (repeats happen)
     assert scores[0, 6] == scores[0, 5] > max(scores[0, 1:5])
     assert scores[1, 3] > scores[1, 4] > scores[1, 5]  # neighbours of (1, 2): mostly ...3, once ...4
-    assert np.argmax(scores[2]) in (1, 2)  # the one session with 4 is (1, 2, 4)
+    assert set(np.argsort(-scores[2])[:3].tolist()) == {1, 2, 4}  # the one session with 4 is (1, 2, 4)
 
 
 def test_session_knn_keeps_only_the_most_recent_sample() -> None:
