@@ -9,6 +9,10 @@ How the figures in the report are reproduced:
     # the test figures of a chosen config: trains on all of train_sessions.txt, scores test_prefix_label.tsv
     .venv/bin/python experiments/tune_benchmark.py --data ../shared/data/yoochoose1_64 --test --baselines
 
+On a CPU shared with other work, one intra-op thread with passive OpenMP waiting was 3-4x faster
+than two spinning threads (`OMP_WAIT_POLICY=PASSIVE ... --set train.threads=1`); the figures in the
+report were taken that way, `--set train.progress=true` shows the per-step bar.
+
 Only the config (dataclass defaults + `--set` overrides; conf/local.yml is NOT read) changes what is
 trained. Item ids are re-indexed 1..V over the items seen in training; prefix items the model never
 saw are dropped from the prefix, and unseen labels become 0, which the metrics count as a miss. Each
