@@ -18,12 +18,14 @@ def seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def interleaved(runs: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each named run, `repeats` times, alternating between the runs."""
+def interleaved(runs: Mapping[str, Callable[[], object]], repeats: int,
+                timer: Callable[[str, Callable[[], object]], float] | None = None) -> dict[str, list[float]]:
+    """Seconds of each named run, `repeats` times, alternating between the runs. `timer(name, fn)`
+    replaces plain timing when a run's other costs (bytes shuffled) are recorded too."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            times[name].append(seconds(fn))
+            times[name].append(timer(name, fn) if timer else seconds(fn))
     return times
 
 

@@ -98,10 +98,12 @@ def ingest_figure(b: Bench) -> dict[str, Any]:
     cfg = _with_lake(b.cfg, b.workdir / "lake_ingest")
     cfg.ingest.input, cfg.ingest.format = str(raw_subset(b, b.mode.ratio_events)), "parquet"
     counts: dict[str, Any] = {}
-    took = seconds(lambda: counts.update(ingest(b.spark, cfg)))
+    costs = SparkCosts(b.spark)
+    took = costs("ingest", lambda: counts.update(ingest(b.spark, cfg)))
     cores = os.cpu_count() or 1
     b.details["ingest"] = {"format": "parquet", "rows_in": counts["rows_in"], "seconds": round(took, 2),
-                           "cores": cores, "rows_quarantined": counts["rows_quarantined"]}
+                           "cores": cores, "rows_quarantined": counts["rows_quarantined"],
+                           **costs.per_event("ingest", counts["rows_in"])}
     return {"ingest_events_per_second_per_core": counts["rows_in"] / took / cores}
 
 
@@ -110,6 +112,26 @@ def sort_baseline(b: Bench, cfg: Config, out: Path) -> None:
     plays together in time order (hash shuffle on user + sort, as a window needs) and write them."""
     plays = Lake(cfg.lake).read(b.spark, PLAYS_SILVER).select("user_id", "track_id", "ts")
     plays.repartition("user_id").sortWithinPartitions("user_id", "ts").write.mode("overwrite").parquet(str(out))
+
+
+class SparkCosts:
+    """An `interleaved` timer that also keeps each run's bytes read and shuffled, per run name."""
+
+    def __init__(self, spark) -> None:
+        self.spark = spark
+        self.runs: dict[str, list[dict[str, float]]] = {}
+
+    def __call__(self, name: str, fn) -> float:
+        from bench.sparkmetrics import measured
+
+        costs = measured(self.spark, fn)
+        self.runs.setdefault(name, []).append(costs)
+        return costs["seconds"]
+
+    def per_event(self, name: str, events: int) -> dict[str, float]:
+        last = self.runs[name][-1]
+        return {"input_bytes_per_event": last["input_bytes"] / events,
+                "shuffle_bytes_per_event": last["shuffle_write_bytes"] / events}
 
 
 def sessionize_figures(b: Bench) -> dict[str, Any]:
@@ -124,22 +146,28 @@ def sessionize_figures(b: Bench) -> dict[str, Any]:
     if b.mode.repeats > 1:  # JVM warm-up (class loading, code generation) before anything is timed
         seconds(lambda: sessionize(b.spark, smallest_cfg))
         seconds(lambda: sort_baseline(b, smallest_cfg, sort_out))
-    ratio_cfg = lakes[b.mode.ratio_events][0]
+    ratio_cfg, ratio_rows = lakes[b.mode.ratio_events]
+    costs = SparkCosts(b.spark)
     times = interleaved({"sessionize": lambda: sessionize(b.spark, ratio_cfg),
-                         "sort": lambda: sort_baseline(b, ratio_cfg, sort_out)}, b.mode.repeats)
-    log(f"sessionize {times['sessionize']} s vs sort+write {times['sort']} s at {lakes[b.mode.ratio_events][1]:,} events")
-    sweep = {}
+                         "sort": lambda: sort_baseline(b, ratio_cfg, sort_out)}, b.mode.repeats, costs)
+    log(f"sessionize {times['sessionize']} s vs sort+write {times['sort']} s at {ratio_rows:,} events")
+    sweep, per_event = {}, {}
     for n in sizes:
         cfg, rows = lakes[n]
-        runs = times["sessionize"] if n == b.mode.ratio_events else interleaved(
-            {"s": lambda c=cfg: sessionize(b.spark, c)}, b.mode.repeats if n < b.mode.ratio_events else 1)["s"]
-        sweep[rows] = runs
-        log(f"sessionize {rows:,} events: {runs} s")
+        if n != b.mode.ratio_events:
+            interleaved({f"sessionize_{n}": lambda c=cfg: sessionize(b.spark, c)},
+                        b.mode.repeats if n < b.mode.ratio_events else 1, costs)
+        name = "sessionize" if n == b.mode.ratio_events else f"sessionize_{n}"
+        sweep[rows] = [c["seconds"] for c in costs.runs[name]]
+        per_event[str(rows)] = costs.per_event(name, rows)
+        log(f"sessionize {rows:,} events: {sweep[rows]} s, {per_event[str(rows)]}")
     b.inputs["sessions_cfg"] = ratio_cfg  # the ratio runs left a sessions table: training reads it
+    largest = max(sweep)
     b.details["sessionize"] = {
-        "ratio_events": lakes[b.mode.ratio_events][1], "sessionize_seconds": times["sessionize"],
-        "sort_write_seconds": times["sort"], "method": b.cfg.sessionize.method,
-        "sweep_seconds": {str(rows): runs for rows, runs in sweep.items()},
+        "ratio_events": ratio_rows, "sessionize_seconds": times["sessionize"], "sort_write_seconds": times["sort"],
+        "sort_bytes_per_event": costs.per_event("sort", ratio_rows), "method": b.cfg.sessionize.method,
+        "sweep_seconds": {str(rows): runs for rows, runs in sweep.items()}, "bytes_per_event": per_event,
+        "events_per_second_per_core_at_largest": largest / median(sweep[largest]) / (os.cpu_count() or 1),
     }
     rows = sorted(sweep)
     return {

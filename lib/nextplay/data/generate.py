@@ -7,7 +7,7 @@ state, and 10M events take a couple of minutes on a laptop.
 How the events are laid out, and why:
 
 - Events 0..N-1 are cut into slots of 32. A 32-bit mask per slot (hash words ANDed together, about
-  3 bits in 32 set) marks where sessions start, so session lengths are geometric (mean ~9, at
+  3 bits in 32 set) marks where sessions start, so session lengths are geometric (mean ~8, at
   most 32) and the total is exactly N without any global running sum.
 - Each session gets a listener from a heavy-tailed draw (the busiest listeners play ~10x the
   average: real skew for the sessioniser to cope with) and a way of listening:

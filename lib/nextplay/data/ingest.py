@@ -8,7 +8,7 @@ Re-running a batch: a batch id already in `ingest_log` is skipped and its logged
 `ingest_log` is written last, so a batch that died half-way runs again; its appends to bronze and
 quarantine carry Delta's idempotent-write tag (txnAppId = the batch id), so any that had already
 been committed are skipped by Delta instead of doubled, and silver is a MERGE on event_id, a no-op
-for rows it already has. The default batch id is a hash of the input's file names, sizes and
+for rows it already has (the redone batch then logs those rows as duplicates_in_silver). The default batch id is a hash of the input's file names, sizes and
 modification times: the same files are the same batch.
 
 Concurrency: different batches may be ingested at the same time (Delta's optimistic concurrency);
@@ -55,17 +55,18 @@ CONFLICTS = (
 
 def with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
     """Run a Delta commit, again after a jittered back-off when a concurrent writer got there first."""
-    for attempt in range(1, attempts + 1):
+    attempt = 1
+    while True:
         try:
             return action()
         except CONFLICTS as e:
-            if attempt == attempts:
+            if attempt >= attempts:
                 raise
             wait = min(20.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.5)
-            log.warning("%s: lost a commit race (%s); attempt %d of %d in %.1f s",
-                        what, type(e).__name__, attempt + 1, attempts, wait)
+            attempt += 1
+            log.warning("%s: lost a commit race (%s); attempt %d of %d in %.1f s", what, type(e).__name__,
+                        attempt, attempts, wait)
             time.sleep(wait)
-    raise AssertionError("unreachable")
 
 
 def _logged(spark: SparkSession, lake: Lake, batch_id: str) -> dict | None:

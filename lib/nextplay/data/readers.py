@@ -125,16 +125,17 @@ def _read_csv(spark: SparkSession, path: str) -> DataFrame:
     so files with columns in another order, extra or missing columns are all read correctly."""
     lines = _lines(spark, path)
     width = ", ".join(f"c{i} string" for i in range(_CSV_WIDTH))
+    rfc4180 = {"escape": '"'}  # a quote inside a quoted field is doubled, as every CSV writer does it
     split = lambda c: F.array(*[F.col(f"{c}.c{i}") for i in range(_CSV_WIDTH)])  # noqa: E731
     # A file's header is its first line: the lowest line id in the split that starts the file.
     headers = (lines.where(F.col("_block") == 0).groupBy("_source_file")
                .agg(F.min_by("value", "_line").alias("header"), F.min("_line").alias("_header_line"))
-               .select("_source_file", "_header_line", F.from_csv("header", width).alias("h"))
+               .select("_source_file", "_header_line", F.from_csv("header", width, rfc4180).alias("h"))
                .select("_source_file", "_header_line",
                        F.transform(split("h"), lambda x: F.lower(F.trim(x))).alias("names")))
     data = (lines.join(F.broadcast(headers), "_source_file", "left")
             .where(F.col("_header_line").isNull() | (F.col("_line") != F.col("_header_line")))
-            .select("value", "_source_file", "names", F.from_csv("value", width).alias("p")))
+            .select("value", "_source_file", "names", F.from_csv("value", width, rfc4180).alias("p")))
     data = data.select("value", "_source_file", "names", split("p").alias("fields"))
 
     def field(name: str) -> Column:
@@ -169,8 +170,8 @@ def _read_parquet(spark: SparkSession, path: str) -> DataFrame:
 def _split_lines(spark: SparkSession, path: str, sep: str, expected: int, header: str | None, what: str) -> DataFrame:
     """Lines split on `sep`, with a parse error when a line has the wrong number of fields."""
     lines = _lines(spark, path)
-    if header is not None:  # header lines (one per file) are not records
-        lines = lines.where(~F.lower(F.col("value")).startswith(header))
+    if header is not None:  # header lines (one per file) are not records; a data line never equals one
+        lines = lines.where(F.lower(F.trim("value")) != header)
     lines = lines.select("value", "_source_file", F.split("value", sep, -1).alias("f"))
     n = F.size("f")
     error = F.when(n != expected, F.format_string(f"malformed line: expected {expected} {what} fields, got %d", n))
@@ -198,7 +199,7 @@ def _read_lfm1b(spark: SparkSession, path: str) -> DataFrame:
 
 def _read_yoochoose(spark: SparkSession, path: str) -> DataFrame:
     """YooChoose clicks: SessionId, ItemId, Time (epoch seconds); each session stands for a listener."""
-    df = _split_lines(spark, path, "\t", 3, "sessionid", "tab-separated")
+    df = _split_lines(spark, path, "\t", 3, "sessionid\titemid\ttime", "tab-separated")
     return _shape(df, _f(0), _f(1), _f(2), error=F.col("_error"))
 
 
@@ -206,7 +207,7 @@ def _read_diginetica(spark: SparkSession, path: str) -> DataFrame:
     """Diginetica views: session_id;user_id;item_id;timeframe;eventdate. Anonymous views (user NA) belong
     to "session-<session_id>", kept apart from the numeric user ids. The time is the event date plus
     `timeframe` milliseconds; when either part is unreadable both are passed on for the reason."""
-    df = _split_lines(spark, path, ";", 5, "session_id;", "semicolon-separated")
+    df = _split_lines(spark, path, ";", 5, "session_id;user_id;item_id;timeframe;eventdate", "semicolon-separated")
     user = F.trim(_f(1))
     user = F.when(user.isNull() | (user == "") | (F.upper(user) == "NA"), F.concat(F.lit("session-"), F.trim(_f(0)))
                   ).otherwise(user)

@@ -140,10 +140,15 @@ def score(cfg: Config) -> dict:
     newest = history.newest_event(plays)
     recent = history.recent_plays(plays, newest, cfg.score.lookback_days)
     active = recent.select("user_id").distinct().count()
+    newest_iso = datetime.fromtimestamp(newest / 1e6, tz=timezone.utc).isoformat()
     if active == 0:
-        raise ValueError(f"no plays in the {cfg.score.lookback_days} days before {newest}")
+        raise ValueError(f"no plays in the {cfg.score.lookback_days} days before {newest_iso}")
     shipped, local = ship_model(spark, model)
-    collapse = bool(pyfunc.model_config(local)[pyfunc.CONF_COLLAPSE])
+    config = pyfunc.model_config(local)
+    if pyfunc.CONF_COLLAPSE not in config:
+        raise ValueError(f"{model.uri} was not logged by nextplay.score.pyfunc.log_model (no '{pyfunc.CONF_COLLAPSE}' "
+                         "in its model config): score a model that the train stage logged")
+    collapse = bool(config[pyfunc.CONF_COLLAPSE])
     index = item_index_frame(spark, local)
     hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
     scorer = make_scorer(model.uri, shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
@@ -161,7 +166,7 @@ def score(cfg: Config) -> dict:
     seconds = time.monotonic() - started
     return {
         "table": lake.name(PREDICTIONS), "score_date": str(score_date), "model_uri": model.uri,
-        "model_name": model.name, "model_version": model.version, "newest_play": str(newest),
+        "model_name": model.name, "model_version": model.version, "newest_play": newest_iso,
         "active_users": active, "scored_users": counts["users"], "rows": counts["rows"],
         "seconds": round(seconds, 1), "users_per_s": round(counts["users"] / seconds, 1),
     }

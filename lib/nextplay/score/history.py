@@ -6,24 +6,26 @@ into the scoring processes, and a user with a million plays costs Spark a sort, 
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+_DAY_US = 86_400_000_000
 
-def newest_event(plays: DataFrame) -> datetime:
-    """The latest play time: the lookback is relative to the data, so replayed or synthetic history works."""
-    newest = plays.agg(F.max("ts")).first()[0]
+
+def newest_event(plays: DataFrame) -> int:
+    """The latest play time in epoch microseconds: the lookback is relative to the data, so replayed
+    or synthetic history works. Microseconds, not a Python datetime, which would pick up the
+    driver's local time zone."""
+    newest = plays.agg(F.unix_micros(F.max("ts"))).first()[0]
     if newest is None:
         raise ValueError("plays_silver is empty: ingest some plays before scoring")
-    return newest
+    return int(newest)
 
 
-def recent_plays(plays: DataFrame, newest: datetime, lookback_days: int) -> DataFrame:
-    """Plays in the `lookback_days` before `newest`; the event_date filter prunes partitions."""
-    since = newest - timedelta(days=lookback_days)
-    return plays.where((F.col("event_date") >= F.lit(since.date())) & (F.col("ts") > F.lit(since)))
+def recent_plays(plays: DataFrame, newest_us: int, lookback_days: int) -> DataFrame:
+    """Plays in the `lookback_days` before `newest_us`; the event_date filter prunes partitions."""
+    since = F.timestamp_micros(F.lit(newest_us - lookback_days * _DAY_US))
+    return plays.where((F.col("event_date") >= F.to_date(since)) & (F.col("ts") > since))
 
 
 def histories(recent: DataFrame, index: DataFrame, *, history_length: int, collapse: bool) -> DataFrame:
@@ -34,11 +36,11 @@ def histories(recent: DataFrame, index: DataFrame, *, history_length: int, colla
     so every run builds the same history.
     """
     mapped = recent.select("user_id", "track_id", "ts", "event_id").join(index.select("track_id", "item_idx"), "track_id")
-    if collapse:
-        by_time = Window.partitionBy("user_id").orderBy("ts", "event_id")
-        mapped = mapped.withColumn("_prev", F.lag("item_idx").over(by_time))
-        mapped = mapped.where(F.col("_prev").isNull() | (F.col("_prev") != F.col("item_idx")))
+    # One window order for both steps (newest first), so Spark shuffles and sorts the plays once.
     newest_first = Window.partitionBy("user_id").orderBy(F.desc("ts"), F.desc("event_id"))
+    if collapse:
+        older = F.lead("item_idx").over(newest_first)  # the play just before this one
+        mapped = mapped.withColumn("_older", older).where(F.col("_older").isNull() | (F.col("_older") != F.col("item_idx")))
     last = mapped.withColumn("_age", F.row_number().over(newest_first)).where(F.col("_age") <= history_length)
     # Sorting (age, item) pairs descending puts the oldest play first.
     ordered = F.sort_array(F.collect_list(F.struct("_age", "item_idx")), asc=False)

@@ -24,15 +24,17 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
+from nextplay.config import ScoreConfig
+
 ARTIFACT_RNN = "rnn"
 ARTIFACT_INDEX = "item_index"
 INDEX_FILE = "item_index.parquet"
 # Scoring settings fixed at training time, stored as the pyfunc's model_config.
 CONF_TOP_K = "top_k"
 CONF_COLLAPSE = "collapse_repeats"
-# Rows per forward pass when the pyfunc is called directly; the batch scorer passes its own.
-DEFAULT_BATCH_SIZE = 512
-DEFAULT_CHUNK_SIZE = 65536
+# When the pyfunc is called directly; the batch scorer passes the configured values.
+DEFAULT_BATCH_SIZE = ScoreConfig.batch_size
+DEFAULT_CHUNK_SIZE = ScoreConfig.chunk_size
 
 SIGNATURE = ModelSignature(
     inputs=Schema([
