@@ -23,8 +23,8 @@ class Mode:
     repeats: int  # repetitions of every run short enough to repeat; the median is reported
     events_per_user: int = 200  # as in conf/local.yml: 1M plays over 5,000 listeners
     tracks: int = 20_000
-    # Training: batches timed by loader_over_train, and steps per head and catalog size.
-    loader_batches: int = 200
+    # Training: steps per head and catalog size (the sweep), per Horovod run, on yoochoose1_64.
+    train_batches: int = 100  # batches `fit` is timed over in loader_over_train (the loader: one epoch)
     head_steps: dict[int, int] = field(default_factory=lambda: {10_000: 20, 100_000: 10, 1_000_000: 4})
     head_batch: int = 32  # sessions per step of the head sweep; 32 x 10 items keeps V = 1M in memory
     head_length: int = 10
@@ -44,10 +44,10 @@ class Mode:
 
 
 FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3)
-QUICK = Mode("quick", largest_events=800_000, ratio_events=200_000, repeats=3, loader_batches=60,
+QUICK = Mode("quick", largest_events=400_000, ratio_events=100_000, repeats=3, train_batches=20,
              head_steps={10_000: 8, 100_000: 4, 1_000_000: 2}, horovod_steps=40, yoochoose_steps=40,
              score_users={10_000: 5_000, 1_000_000: 400})
-TINY = Mode("tiny", largest_events=16_000, ratio_events=4_000, repeats=1, tracks=2_000, loader_batches=4,
+TINY = Mode("tiny", largest_events=16_000, ratio_events=4_000, repeats=1, tracks=2_000, train_batches=4,
             head_steps={10_000: 1, 100_000: 1, 1_000_000: 1}, head_batch=4, head_length=5, hidden_size=8,
             horovod_steps=4, yoochoose_steps=2, score_users={10_000: 100, 1_000_000: 20})
 

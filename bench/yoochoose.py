@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.context import Bench, log
-from bench.training import WARMUP_STEPS, Trainer, take_batches
+from bench.training import WARMUP_STEPS, Trainer, timed_batches
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRAIN_FILE = SHARED_DATA / "yoochoose1_64" / "train_sessions.txt"
@@ -59,8 +59,8 @@ def yoochoose_figure(b: Bench) -> dict[str, Any]:
     snapshot = SessionSnapshot((str(file),), "train", n_sessions, int(counts.sum()), count_row_groups([str(file)]))
     cfg = b.cfg
     steps = b.mode.yoochoose_steps
-    batches, _, _ = take_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size,
-                                                         seed=cfg.train.seed), steps)
+    batches, _ = timed_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size,
+                                                       seed=cfg.train.seed), steps)
     rates = {}
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
