@@ -168,7 +168,7 @@ class ScoreConfig:
     lookback_days: int = 30
     history_length: int = 50
     exclude_played: bool = False
-    batch_size: int = 128  # histories per forward pass in a scoring process (docs/scoring.md)
+    batch_size: int = 512  # histories per forward pass in a scoring process
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
 
