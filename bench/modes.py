@@ -45,8 +45,8 @@ class Mode:
 
 FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3)
 QUICK = Mode("quick", largest_events=400_000, ratio_events=100_000, repeats=3, train_batches=20,
-             head_steps={10_000: 8, 100_000: 4, 1_000_000: 2}, horovod_steps=40, yoochoose_steps=40,
-             score_users={10_000: 5_000, 1_000_000: 400})
+             head_steps={10_000: 4, 100_000: 2, 1_000_000: 1}, horovod_steps=20, yoochoose_steps=20,
+             score_users={10_000: 2_000, 1_000_000: 100})
 TINY = Mode("tiny", largest_events=16_000, ratio_events=4_000, repeats=1, tracks=2_000, train_batches=4,
             head_steps={10_000: 1, 100_000: 1, 1_000_000: 1}, head_batch=4, head_length=5, hidden_size=8,
             horovod_steps=4, yoochoose_steps=2, score_users={10_000: 100, 1_000_000: 20})
