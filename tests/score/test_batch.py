@@ -80,7 +80,8 @@ def test_spark_scores_equal_the_model_in_process(spark: SparkSession, lake: Lake
     assert first_run["active_users"] == first_run["scored_users"] + 1  # u_unknown: no known track
     pd.testing.assert_frame_equal(got[["user_id", "rank", "track_id", "item_idx"]],
                                   want[["user_id", "rank", "track_id", "item_idx"]], check_dtype=False)
-    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
+    # Batched float32 vs one row at a time: same ranking, scores equal up to summation order.
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4, atol=1e-4)
     assert set(got["model_name"]) == {tiny.cfg.tracking.model_name}
     assert set(got["model_version"]) == {tiny.version} and got["scored_at"].nunique() == 1
 
