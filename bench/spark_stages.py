@@ -134,6 +134,18 @@ class SparkCosts:
                 "shuffle_bytes_per_event": last["shuffle_write_bytes"] / events}
 
 
+def _fixed_and_marginal(medians: dict[int, float]) -> dict[str, float]:
+    """Least-squares time = fixed + events / rate over the sweep: the fixed part (job scheduling, Delta
+    commits, small-table reads) dominates small inputs; the marginal rate is what a cluster-sized
+    input costs per event (docs/scaling.md)."""
+    xs, ys = list(medians), list(medians.values())
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    cores = os.cpu_count() or 1
+    return {"fixed_seconds": my - slope * mx,
+            "marginal_events_per_second_per_core": (1.0 / slope / cores) if slope > 0 else float("nan")}
+
+
 def sessionize_figures(b: Bench) -> dict[str, Any]:
     """sessionize_over_sort at the ratio size (interleaved repetitions) and the scaling exponent
     over the three sizes (repeated where a run is as short as the ratio size's)."""
@@ -168,6 +180,7 @@ def sessionize_figures(b: Bench) -> dict[str, Any]:
         "sort_bytes_per_event": costs.per_event("sort", ratio_rows), "method": b.cfg.sessionize.method,
         "sweep_seconds": {str(rows): runs for rows, runs in sweep.items()}, "bytes_per_event": per_event,
         "events_per_second_per_core_at_largest": largest / median(sweep[largest]) / (os.cpu_count() or 1),
+        **_fixed_and_marginal({r: median(t) for r, t in sweep.items()}),
     }
     rows = sorted(sweep)
     return {

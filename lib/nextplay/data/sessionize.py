@@ -26,6 +26,7 @@ import logging
 import time
 from datetime import datetime, timezone
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -118,14 +119,23 @@ def _to_rows(sessions: DataFrame, cfg: SessionizeConfig, valid_start: Column, te
     )
 
 
+def cut_fragments(plays: DataFrame, index: DataFrame, cfg: SessionizeConfig) -> DataFrame:
+    """Stage 1: plays (user_id, track_id, ts) cut into gap-separated runs within each (user, UTC day)."""
+    indexed = (plays.join(index.select("track_id", "item_idx"), "track_id", "left")
+               .select("user_id", "ts", "item_idx", F.to_date("ts").alias("day")))
+    return FRAGMENTERS[cfg.method](indexed, cfg.session_gap_minutes * 60_000_000)
+
+
+def sessions_from_fragments(fragments: DataFrame, cfg: SessionizeConfig,
+                            valid_start: Column, test_start: Column) -> DataFrame:
+    """Stage 2: fragments stitched across midnight and shaped into SESSIONS_SCHEMA rows."""
+    return _to_rows(_stitch(fragments, cfg.session_gap_minutes * 60_000_000), cfg, valid_start, test_start)
+
+
 def build_sessions(plays: DataFrame, index: DataFrame, cfg: SessionizeConfig,
                    valid_start: Column, test_start: Column) -> DataFrame:
     """Sessions (SESSIONS_SCHEMA) from plays (user_id, track_id, ts) and an item index."""
-    gap_us = cfg.session_gap_minutes * 60_000_000
-    indexed = (plays.join(index.select("track_id", "item_idx"), "track_id", "left")
-               .select("user_id", "ts", "item_idx", F.to_date("ts").alias("day")))
-    fragments = FRAGMENTERS[cfg.method](indexed, gap_us)
-    return _to_rows(_stitch(fragments, gap_us), cfg, valid_start, test_start)
+    return sessions_from_fragments(cut_fragments(plays, index, cfg), cfg, valid_start, test_start)
 
 
 def sessionize(spark: SparkSession, cfg: Config) -> dict:
@@ -150,8 +160,14 @@ def sessionize(spark: SparkSession, cfg: Config) -> dict:
     if vocabulary == 0:
         raise ValueError(f"no track has {scfg.min_item_count} plays before {_iso(valid_us)} "
                          "(the training window): lower sessionize.min_item_count or ingest more history")
-    sessions = build_sessions(plays, index, scfg, valid_start, test_start)
-    lake.write(sessions.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite")
+    # Two branches read the fragments (whole sessions, and those stitched across midnight): keep
+    # them rather than cut them twice. MEMORY_AND_DISK spills like a shuffle would at any scale.
+    fragments = cut_fragments(plays, index, scfg).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        sessions = sessions_from_fragments(fragments, scfg, valid_start, test_start)
+        lake.write(sessions.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite")
+    finally:
+        fragments.unpersist()
 
     written = lake.read(spark, SESSIONS).groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("items"))
     per_split = {r["split"]: (r["n"], r["items"]) for r in written.collect()}
