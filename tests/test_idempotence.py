@@ -15,7 +15,8 @@ VOLATILE = {"_ingested_at", "scored_at"}
 
 def checksum(df: DataFrame) -> tuple[int, int]:
     cols = [c for c in df.columns if c not in VOLATILE]
-    row = df.select(F.count("*").alias("n"), F.sum(F.xxhash64(*cols)).alias("h")).first()
+    # Summed as decimals: a sum of 64-bit hashes overflows a long, which ANSI mode rejects.
+    row = df.select(F.count("*").alias("n"), F.sum(F.xxhash64(*cols).cast("decimal(38,0)")).alias("h")).first()
     return int(row["n"]), int(row["h"] or 0)
 
 
