@@ -19,7 +19,7 @@ jars: .cache/jars/.done
 	touch $@
 
 DEMO_SQL := SELECT user_id, rank, track_id, round(score, 3) AS score, model_version \
-	FROM predictions WHERE user_id IN (SELECT user_id FROM predictions ORDER BY user_id LIMIT 3) \
+	FROM predictions WHERE user_id IN (SELECT DISTINCT user_id FROM predictions ORDER BY user_id LIMIT 3) \
 	AND rank <= 5 ORDER BY user_id, rank
 
 # The whole pipeline on ~1M synthetic plays, then a look at what it wrote.

@@ -6,6 +6,8 @@ Every stage reads and writes tables through `Lake`, which hides whether a table 
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -131,7 +133,11 @@ class Lake:
     def path(self, table: str) -> str:
         if self.is_catalog:
             raise ValueError("Unity Catalog tables have no path; use Lake.name()")
-        return f"{self.cfg.root.rstrip('/')}/{table}"
+        root = self.cfg.root.rstrip("/")
+        if "://" not in root and not root.startswith("/"):
+            # A relative path is resolved here: Delta's table builder reads `lake/x` as a table name.
+            root = os.path.abspath(root)
+        return f"{root}/{table}"
 
     def exists(self, spark: SparkSession, table: str) -> bool:
         if self.is_catalog:
