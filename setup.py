@@ -10,16 +10,11 @@ setup(
     packages=find_packages("lib"),
     include_package_data=True,
     package_data={"nextplay": ["conf/*.yml"]},
-    install_requires=[
-        "pyspark>=4.0,<4.1",
-        "delta-spark>=4.0,<4.5",
-        "pyyaml>=6",
-        "numpy>=1.24,<2",
-        "pandas>=2,<3",
-        "pyarrow>=12,<15",
-        "tqdm>=4.60",
-    ],
+    # Spark and its Arrow/NumPy companions are an extra: a Databricks runtime ships its own and a
+    # wheel that required them would make pip replace the runtime's copies.
+    install_requires=["pyyaml>=6", "tqdm>=4.60"],
     extras_require={
+        "local": ["pyspark>=4.0,<4.1", "delta-spark>=4.0,<4.5", "numpy>=1.24,<2", "pandas>=2,<3", "pyarrow>=12,<15"],
         "train": ["torch>=2.1", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5"],
         "horovod": ["horovod==0.28.1"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
