@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nextplay.config import ModelConfig
+from nextplay.config import ModelConfig, TrainConfig
 from nextplay.model.rnn import SessionRNN
+from nextplay.train.loop import build_optimizer
 
 N_ITEMS = 30
 
@@ -23,7 +24,7 @@ def test_learns_planted_cycles(cell: str, head: str) -> None:
     gen = torch.Generator().manual_seed(0)
     cfg = ModelConfig(cell=cell, head=head, hidden_size=32, dropout=0.0, n_negatives=8, init_std=0.1)
     model = SessionRNN(N_ITEMS, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    opt = build_optimizer(model, TrainConfig(lr=0.02))  # row-wise Adam where item gradients are sparse
     lengths = torch.full((64,), 6)
     for _ in range(150):
         loss, n = model.loss(_cycles(64, 6, gen), lengths)

@@ -81,15 +81,17 @@ def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40):
     """A few Adam steps on the users' histories: enough for distinct, non-uniform scores."""
     import torch
 
+    from nextplay.config import TrainConfig
     from nextplay.model.rnn import SessionRNN
     from nextplay.score.pyfunc import pad
+    from nextplay.train.loop import build_optimizer
 
     torch.manual_seed(3)
     cfg = load_config(None, ["model.hidden_size=16", "model.dropout=0.0"]).model
     model = SessionRNN(n_items, cfg)
     seqs = [h for h in histories if len(h) >= 2]
     items, lengths = (torch.from_numpy(a) for a in pad(seqs))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = build_optimizer(model, TrainConfig(lr=0.05))  # row-wise Adam where item gradients are sparse
     model.train()
     for _ in range(steps):
         opt.zero_grad()

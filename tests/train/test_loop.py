@@ -9,7 +9,7 @@ import torch
 from nextplay.config import ModelConfig, TrainConfig
 from nextplay.model.rnn import SessionRNN
 from nextplay.train.checkpoint import load_latest_checkpoint, save_checkpoint
-from nextplay.train.loop import AdagradSGD, build_optimizer, cut_windows, fit
+from nextplay.train.loop import AdagradSGD, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
 
 N_ITEMS = 20
 
@@ -194,3 +194,48 @@ def test_distributed_hook_is_used() -> None:
     history = fit(_model(), _batches(_sessions(32, 5), 16), _cfg(epochs=1), steps_per_epoch=2, distributed=hook)
     assert hook.calls[:2] == ["wrap", "broadcast"] and hook.calls.count("allreduce") == 3
     assert len(history) == 1
+
+
+def test_row_adam_is_adam_on_dense_gradients_and_touches_only_sparse_rows() -> None:
+    torch.manual_seed(0)
+    init_dense, init_sparse = torch.randn(30, 4), torch.randn(30, 4)
+    dense_ref, dense = torch.nn.Parameter(init_dense.clone()), torch.nn.Parameter(init_dense.clone())
+    sparse_ref, sparse = torch.nn.Parameter(init_sparse.clone()), torch.nn.Parameter(init_sparse.clone())
+    opts = [torch.optim.Adam([dense_ref, sparse_ref], lr=0.01), RowAdam([dense, sparse], lr=0.01)]
+    rows = torch.tensor([3, 5, 5, 11])  # a repeated row sums, as an embedding lookup would
+    for _ in range(4):
+        g, w = torch.randn(30, 4), torch.randn(4, 4)
+        for p in (dense_ref, dense, sparse_ref, sparse):
+            p.grad = None
+        dense_ref.grad, dense.grad = g.clone(), g.clone()
+        (torch.nn.functional.embedding(rows, sparse_ref) * w).sum().backward()
+        (torch.nn.functional.embedding(rows, sparse, sparse=True) * w).sum().backward()
+        assert sparse.grad.is_sparse
+        for opt in opts:
+            opt.step()
+    assert torch.allclose(dense, dense_ref, atol=1e-6)
+    touched = torch.tensor([3, 5, 11])
+    assert torch.allclose(sparse[touched], sparse_ref[touched], atol=1e-6)
+    untouched = torch.ones(30, dtype=torch.bool)
+    untouched[touched] = False
+    assert torch.equal(sparse[untouched], init_sparse[untouched])  # lazy rows: no decay, no weight decay
+    assert torch.equal(sparse_ref[untouched], init_sparse[untouched])  # dense Adam never moved them either
+
+
+def test_sampled_head_steps_cost_the_batch_not_the_catalog() -> None:
+    """Item gradients are row-sparse, and one step moves only the rows the batch and its negatives used."""
+    model = _model(head="sampled", n_negatives=3, dropout=0.0)
+    assert model.sparse_items and not _model(head="full").sparse_items
+    opt = build_optimizer(model, _cfg())
+    items = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
+    before = model.embedding.weight.detach().clone()
+    loss, n = model.loss(items, torch.tensor([3, 4]))
+    (loss / n).backward()
+    grad = model.embedding.weight.grad
+    assert grad.is_sparse
+    used = set(grad.coalesce().indices()[0].tolist())
+    assert {1, 2, 3, 4, 5, 6, 7} <= used and len(used) < N_ITEMS + 1
+    clip_grad_norm(list(model.parameters()), 1.0)
+    opt.step()
+    moved = (model.embedding.weight.detach() != before).any(dim=1).nonzero().squeeze(1).tolist()
+    assert set(moved) == used

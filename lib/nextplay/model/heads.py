@@ -13,6 +13,11 @@ never care which one is configured:
 
 `weight` is the output item matrix [V + 1, D] owned by the model (tied to the input embedding or
 not, cosine-normalised or not); the bit tree has its own node vectors and ignores it.
+
+With `sparse`, the sampled and bit-tree heads gather the rows they train with `F.embedding(...,
+sparse=True)`: their gradient then holds only the rows a batch touched, so a step costs the batch
+and its negatives instead of the whole catalog (a dense [V, D] gradient and optimizer pass per step
+is what made 1M-item training slow; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -68,8 +73,9 @@ class SampledSoftmax(FullSoftmax):
     """
 
     def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
-                 alpha: float, logq: bool) -> None:
+                 alpha: float, logq: bool, sparse: bool = False) -> None:
         super().__init__(n_items)
+        self.sparse = sparse
         counts = torch.zeros(n_items + 1, dtype=torch.float64)
         if item_counts is not None:
             counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64)).clamp_min(0)
@@ -95,8 +101,8 @@ class SampledSoftmax(FullSoftmax):
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
         cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
-        positive = (s * weight[targets]).sum(dim=1) + self._bias(targets, in_batch.shape[0])
-        z = torch.addmm(self._bias(cand, in_batch.shape[0]), s, weight[cand].t())
+        positive = (s * F.embedding(targets, weight, sparse=self.sparse)).sum(dim=1) + self._bias(targets, in_batch.shape[0])
+        z = torch.addmm(self._bias(cand, in_batch.shape[0]), s, F.embedding(cand, weight, sparse=self.sparse).t())
         z = z.masked_fill(cand[None, :] == targets[:, None], -math.inf)
         return positive - torch.logaddexp(positive, torch.logsumexp(z, dim=1))
 
@@ -110,9 +116,10 @@ class BitTreeSoftmax(nn.Module):
     probabilities of items 1..V sum to one exactly.
     """
 
-    def __init__(self, n_items: int, dim: int, init_std: float) -> None:
+    def __init__(self, n_items: int, dim: int, init_std: float, sparse: bool = False) -> None:
         super().__init__()
         self.n_items = n_items
+        self.sparse = sparse
         self.depth = max(1, math.ceil(math.log2(n_items)))
         n_nodes = 1 << self.depth  # internal nodes 1 .. 2^D - 1; row 0 unused
         self.node_weight = nn.Parameter(torch.randn(n_nodes, dim) * init_std)
@@ -136,7 +143,7 @@ class BitTreeSoftmax(nn.Module):
         leaf = code + (1 << self.depth)
         nodes = leaf[:, None] >> (self.shifts + 1)[None, :]  # ancestors, root first: [N, D]
         bits = (code[:, None] >> self.shifts[None, :]) & 1
-        z = torch.einsum("nd,nkd->nk", s, self.node_weight[nodes]) + self.node_bias[nodes]
+        z = torch.einsum("nd,nkd->nk", s, F.embedding(nodes, self.node_weight, sparse=self.sparse)) + self.node_bias[nodes]
         left, right = self._branch_log_probs(z, nodes)
         return torch.where(bits.bool(), right, left).sum(dim=1)
 
@@ -164,11 +171,11 @@ class BitTreeSoftmax(nn.Module):
 
 
 def make_head(kind: str, n_items: int, dim: int, item_counts: np.ndarray | None, *, n_negatives: int,
-              alpha: float, logq: bool, init_std: float) -> nn.Module:
+              alpha: float, logq: bool, init_std: float, sparse: bool = False) -> nn.Module:
     if kind == "full":
         return FullSoftmax(n_items)
     if kind == "sampled":
-        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq)
+        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq, sparse)
     if kind == "bit_tree":
-        return BitTreeSoftmax(n_items, dim, init_std)
+        return BitTreeSoftmax(n_items, dim, init_std, sparse)
     raise ValueError(f"unknown head {kind!r}; choose one of full, sampled, bit_tree")

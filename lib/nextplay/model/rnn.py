@@ -50,7 +50,12 @@ class SessionRNN(nn.Module):
         self.cfg = cfg
         self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
         dim = cfg.embedding_size or cfg.hidden_size
-        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        uses_item_matrix = cfg.head in ("full", "sampled")
+        self._cosine = uses_item_matrix and cfg.cosine_scale > 0
+        # Row-sparse item gradients wherever a step touches only some rows: not with the full
+        # softmax (every row, every step) nor cosine scores (they normalise the whole matrix).
+        self.sparse_items = cfg.head in ("sampled", "bit_tree") and not self._cosine
+        self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0, sparse=self.sparse_items)
         nn.init.normal_(self.embedding.weight, std=cfg.init_std)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
@@ -58,13 +63,12 @@ class SessionRNN(nn.Module):
         self.rnn = RecurrentStack(cfg.cell, dim, cfg.hidden_size, cfg.num_layers, cfg.dropout)
         self.hidden_dropout = nn.Dropout(cfg.dropout)
         self.readout = SessionReadout(cfg.hidden_size, dim, attention=cfg.readout == "attention", repeat=cfg.repeat)
-        uses_item_matrix = cfg.head in ("full", "sampled")
         self.output_items = None
         if uses_item_matrix and not cfg.tie_embeddings:
             self.output_items = nn.Parameter(torch.randn(n_items + 1, dim) * cfg.init_std)
         self.head = make_head(cfg.head, n_items, dim, self.item_counts, n_negatives=cfg.n_negatives,
-                              alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std)
-        self._cosine = uses_item_matrix and cfg.cosine_scale > 0
+                              alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std,
+                              sparse=self.sparse_items)
 
     # -- parameters the optimiser treats per row -------------------------------------------------
     def item_parameter_names(self) -> set[str]:
