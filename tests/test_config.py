@@ -1,10 +1,12 @@
 """Configuration: defaults, YAML, --set overrides, and one clear line (exit 2) for every mistake."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nextplay.cli import main
-from nextplay.config import ConfigError, load_config
+from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
 
 
 def test_layers_defaults_then_yaml_then_overrides(tmp_path):
@@ -63,3 +65,15 @@ def test_cli_prints_one_line_and_exits_2(argv, capsys):
 def test_flat_keys_cover_every_section():
     flat = load_config(None, []).flat()
     assert {"train.epochs", "model.head", "lake.root", "score.top_k", "tracking.uri"} <= set(flat)
+
+
+@pytest.mark.parametrize("name", ["local.yml", "benchmark.yml", "databricks.yml"])
+def test_every_shipped_conf_file_is_valid(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / name, [])
+    assert cfg.model.cell in ("rnn", "gru", "lstm")
+
+
+def test_benchmark_conf_keeps_the_tuned_model_and_training_defaults():
+    bench = load_config(Path(__file__).resolve().parents[1] / "conf" / "benchmark.yml", [])
+    assert bench.model == ModelConfig() and bench.train.epochs == TrainConfig().epochs
+    assert bench.train.lr == TrainConfig().lr and bench.train.batch_size == TrainConfig().batch_size

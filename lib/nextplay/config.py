@@ -105,8 +105,8 @@ class ModelConfig:
     sample_alpha: float = 0.75  # popularity ** alpha for the sampled head's negatives
     logq: bool = True
     init_std: float = 0.05
-    # What the output reads: the last hidden state (the seed article) or that state plus additive
-    # attention over the session's earlier states (NARM-style).
+    # What the output reads: the last hidden state (the seed article) or that state plus attention
+    # over the session's earlier states (NARM-style; bilinear scores, see model/readout.py).
     readout: Literal["last", "attention"] = "attention"
     # Mix the head's distribution with a learned pointer over items already in the session
     # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
