@@ -101,7 +101,7 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
     log(f"loader {load_rate:.1f} batches/s over an epoch of {epoch}, training {train_rate:.2f} batches/s (batch {bs})")
     b.details["loader_over_train"] = {
         "batch_size": bs, "epoch_batches": epoch, "train_batches": n, "train_sessions": snapshot.n_sessions,
-        "n_items": n_items, "threads": threads, "train_batches_per_second": loaded["rate"][1:],
+        "n_items": n_items, "threads": threads, "loader_batches_per_second": loaded["rate"][1:],
         "train_batches_per_second": trained, "model": _model_summary(cfg.model),
     }
     return {"loader_over_train": load_rate / train_rate}

@@ -12,7 +12,9 @@ from nextplay.tables import Lake
 def test_relative_root_resolves_under_the_working_directory(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert Lake(LakeConfig(root="lake")).path("sessions") == str(tmp_path / "lake" / "sessions")
-    assert Lake(LakeConfig(root="s3://bucket/lake/")).path("sessions") == "s3://bucket/lake/sessions"
+    assert Lake(LakeConfig(root="s3a://bucket/lake/")).path("sessions") == "s3a://bucket/lake/sessions"
+    assert Lake(LakeConfig(root="dbfs:/mnt/lake")).path("sessions") == "dbfs:/mnt/lake/sessions"
+    assert Lake(LakeConfig(root="/data/lake")).path("sessions") == "/data/lake/sessions"
 
 
 def test_tables_are_created_under_a_relative_root(spark, tmp_path: Path, monkeypatch) -> None:

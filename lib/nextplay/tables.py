@@ -7,7 +7,7 @@ Every stage reads and writes tables through `Lake`, which hides whether a table 
 from __future__ import annotations
 
 import os
-
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -114,6 +114,9 @@ SCHEMAS = {
 PARTITIONS = {PLAYS_SILVER: ["event_date"], SESSIONS: ["event_date"], PREDICTIONS: ["score_date"]}
 
 
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3a://, abfss://, dbfs:/, file:/
+
+
 @dataclass(frozen=True)
 class Lake:
     """Where the tables live; see module docstring."""
@@ -134,8 +137,8 @@ class Lake:
         if self.is_catalog:
             raise ValueError("Unity Catalog tables have no path; use Lake.name()")
         root = self.cfg.root.rstrip("/")
-        if "://" not in root and not root.startswith("/"):
-            # A relative path is resolved here: Delta's table builder reads `lake/x` as a table name.
+        if not _URI_SCHEME.match(root):
+            # A plain local path becomes absolute: Delta's table builder reads `lake/x` as a table name.
             root = os.path.abspath(root)
         return f"{root}/{table}"
 
