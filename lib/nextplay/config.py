@@ -106,6 +106,11 @@ class ModelConfig:
     n_negatives: int = 2048
     sample_alpha: float = 0.3  # popularity ** alpha for the sampled head's negatives
     logq: bool = True
+    # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
+    # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,
+    # plus `bpr_reg` times their weighted squared scores).
+    loss: Literal["cross_entropy", "bpr_max"] = "cross_entropy"
+    bpr_reg: float = 1.0
     init_std: float = 0.05
     # What the output reads: the last hidden state (the seed article) or that state plus attention
     # over the session's earlier states (NARM-style; bilinear scores, see model/readout.py).
@@ -311,6 +316,10 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be > 0, got {v}")
     if cfg.model.cosine_scale < 0:
         raise ConfigError(f"model.cosine_scale: must be >= 0 (0 = off), got {cfg.model.cosine_scale}")
+    if cfg.model.loss == "bpr_max" and cfg.model.head != "sampled":
+        raise ConfigError(f"model.loss: bpr_max needs model.head=sampled (it ranks against negatives), got {cfg.model.head}")
+    if cfg.model.bpr_reg < 0:
+        raise ConfigError(f"model.bpr_reg: must be >= 0, got {cfg.model.bpr_reg}")
     if cfg.model.init_std <= 0:
         raise ConfigError(f"model.init_std: must be > 0, got {cfg.model.init_std}")
     if not 0.0 <= cfg.model.sample_alpha <= 1.0:

@@ -53,3 +53,39 @@ def test_sampled_loss_removes_accidental_hits_and_corrects_popularity() -> None:
     loss, n = model.loss(torch.tensor([[1, 4], [2, 4]]), torch.tensor([2, 2]))
     assert n == 2
     assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bpr_max_weights_the_negatives_that_outrank_the_target() -> None:
+    """BPR-max is near 0 when the target outscores every negative by far and large when one
+    negative outscores it; accidental hits never count as negatives."""
+    from nextplay.model.heads import SampledSoftmax
+
+    torch.manual_seed(3)
+    head = SampledSoftmax(4, np.array([0, 1, 1, 1, 1]), n_negatives=64, alpha=1.0, logq=False)
+    weight = torch.eye(5)[:, :4] * 10.0  # item i's vector is 10 * e_(i-1)
+    targets = torch.tensor([1, 1])
+    s = torch.stack([weight[1], weight[2]])  # row 0 points at its target, row 1 at another item
+    loss, logp = (t.detach() for t in head.bpr_max(s, targets, weight, reg=0.0))
+    assert float(loss[0]) < 1e-3
+    assert float(loss[1]) > 5.0
+    assert float(logp[0]) > float(logp[1])
+
+
+@pytest.mark.parametrize("head", ["full", "sampled"])
+def test_cosine_scores_are_a_distribution_and_sampled_gradients_stay_sparse(head: str) -> None:
+    """Cosine scores normalise item rows as they are read, so the sampled head keeps row-sparse
+    gradients (a step touches the batch's rows only) and scoring still sums to one."""
+    torch.manual_seed(4)
+    cfg = ModelConfig(head=head, hidden_size=8, n_negatives=3, cosine_scale=8.0, init_std=0.5, repeat=False)
+    model = SessionRNN(40, cfg, np.arange(41))
+    items, lengths = _batch()
+    loss, _ = model.loss(items, lengths)
+    loss.backward()
+    grad = model.embedding.weight.grad
+    assert grad.is_sparse == (head == "sampled")
+    if head == "sampled":
+        assert grad.coalesce().indices().shape[1] < 41
+    scores = model.eval().score_all(items, lengths)
+    torch.testing.assert_close(scores[:, 1:].exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
+    # cosine logits are bounded by the scale (plus the learned bias, zero at init)
+    assert float(scores[:, 1:].max() - scores[:, 1:].min()) <= 2 * 8.0 + 1e-4

@@ -36,3 +36,25 @@ def test_learns_planted_cycles(cell: str, head: str) -> None:
     _, top = model.topk(test[:, :4], torch.full((200,), 4), k=1, chunk_size=7)
     accuracy = (top[:, 0] == test[:, 4]).float().mean().item()
     assert accuracy > 0.95, f"{cell}/{head}: top-1 accuracy {accuracy:.2f}"
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_bpr_max_learns_planted_cycles(repeat: bool) -> None:
+    """The sampled head trained by BPR-max (GRU4Rec's ranking loss) instead of cross-entropy."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    cfg = ModelConfig(cell="gru", head="sampled", loss="bpr_max", bpr_reg=0.5, repeat=repeat, hidden_size=32,
+                      dropout=0.0, n_negatives=8, init_std=0.1)
+    model = SessionRNN(N_ITEMS, cfg)
+    opt = build_optimizer(model, TrainConfig(lr=0.02))
+    lengths = torch.full((64,), 6)
+    for _ in range(150):
+        loss, n = model.loss(_cycles(64, 6, gen), lengths)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    model.eval()
+    test = _cycles(200, 5, gen)
+    _, top = model.topk(test[:, :4], torch.full((200,), 4), k=1, chunk_size=7)
+    accuracy = (top[:, 0] == test[:, 4]).float().mean().item()
+    assert accuracy > 0.95, f"bpr_max (repeat={repeat}): top-1 accuracy {accuracy:.2f}"

@@ -12,7 +12,7 @@ never care which one is configured:
   start >= 1, so scoring and ranking can stream over a large catalog.
 
 `weight` is the output item matrix [V + 1, D] owned by the model (tied to the input embedding or
-not, cosine-normalised or not); the bit tree has its own node vectors and ignores it.
+not); the bit tree has its own node vectors and ignores it.
 
 With `sparse`, the sampled and bit-tree heads gather the rows they train with `F.embedding(...,
 sparse=True)`: their gradient then holds only the rows a batch touched, so a step costs the batch
@@ -35,15 +35,23 @@ def _chunks(start: int, stop: int, size: int):
 
 
 class FullSoftmax(nn.Module):
-    """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands."""
+    """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands.
 
-    def __init__(self, n_items: int) -> None:
+    With `normalize`, item vectors are L2-normalised as they are read (cosine scores; the model
+    scales the session vector), so a sampled step normalises only the rows it touches.
+    """
+
+    def __init__(self, n_items: int, normalize: bool = False) -> None:
         super().__init__()
         self.n_items = n_items
+        self.normalize = normalize
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
+    def _unit(self, rows: torch.Tensor) -> torch.Tensor:
+        return F.normalize(rows, dim=-1) if self.normalize else rows
+
     def logits(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return torch.addmm(self.bias[start:stop], s, weight[start:stop].t())
+        return torch.addmm(self.bias[start:stop], s, self._unit(weight[start:stop]).t())
 
     def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         z = self.logits(s, weight, 1, self.n_items + 1)
@@ -73,8 +81,8 @@ class SampledSoftmax(FullSoftmax):
     """
 
     def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
-                 alpha: float, logq: bool, sparse: bool = False) -> None:
-        super().__init__(n_items)
+                 alpha: float, logq: bool, sparse: bool = False, normalize: bool = False) -> None:
+        super().__init__(n_items, normalize)
         self.sparse = sparse
         counts = torch.zeros(n_items + 1, dtype=torch.float64)
         if item_counts is not None:
@@ -90,21 +98,57 @@ class SampledSoftmax(FullSoftmax):
         self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
         self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
 
-    def _bias(self, items: torch.Tensor, n_batch: int) -> torch.Tensor:
-        """Item biases with the log-q correction folded in (no extra pass over [N, candidates])."""
-        if not self.logq:
-            return self.bias[items]
-        expected = n_batch * self.pop_probs[items] + self.n_negatives * self.neg_probs[items]
-        return self.bias[items] - torch.log(expected.clamp_min(1e-12))
-
-    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits of each row's target [N] and of the shared candidates [N, C] (with the log-q
+        correction folded into the biases when `corrected` and the head uses it, which saves a pass
+        over [N, C]), which candidates are the row's own target (accidental hits), and, when not
+        corrected, the correction [N + C] for a caller that needs both kinds."""
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
         cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
-        positive = (s * F.embedding(targets, weight, sparse=self.sparse)).sum(dim=1) + self._bias(targets, in_batch.shape[0])
-        z = torch.addmm(self._bias(cand, in_batch.shape[0]), s, F.embedding(cand, weight, sparse=self.sparse).t())
-        z = z.masked_fill(cand[None, :] == targets[:, None], -math.inf)
+        both = torch.cat([targets, cand])
+        log_q = None
+        if self.logq:
+            expected = in_batch.shape[0] * self.pop_probs[both] + self.n_negatives * self.neg_probs[both]
+            log_q = torch.log(expected.clamp_min(1e-12))
+        bias = self.bias[both]
+        if corrected and log_q is not None:
+            bias, log_q = bias - log_q, None
+        positive = (s * self._unit(F.embedding(targets, weight, sparse=self.sparse))).sum(dim=1) + bias[:n]
+        z = torch.addmm(bias[n:], s, self._unit(F.embedding(cand, weight, sparse=self.sparse)).t())
+        return positive, z, cand[None, :] == targets[:, None], log_q
+
+    @staticmethod
+    def _log_prob(positive: torch.Tensor, z: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
+        """log p(target) under the softmax over the target and its candidates (hits removed)."""
+        z = z.masked_fill(hit, -math.inf)
         return positive - torch.logaddexp(positive, torch.logsumexp(z, dim=1))
+
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        positive, z, hit, _ = self._candidate_logits(s, targets, weight, corrected=True)
+        return self._log_prob(positive, z, hit)
+
+    def bpr_max(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, reg: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU4Rec's BPR-max loss per row, and the sampled log-probability of the same candidates
+        with the head's inputs detached (for a repeat gate to weigh, without training the head).
+
+        BPR-max compares the target's score with every negative's through a sigmoid, weighting each
+        negative by its softmax among the negatives, so the loss concentrates on the negatives that
+        currently outrank the target; `reg` penalises their (weighted) squared scores, which keeps
+        scores from drifting upward together. Scores pass through an ELU first, as in GRU4Rec.
+        """
+        positive, z, hit, log_q = self._candidate_logits(s, targets, weight, corrected=False)
+        r_pos, r_neg = F.elu(positive), F.elu(z)
+        w = torch.softmax(r_neg.masked_fill(hit, -math.inf), dim=1)
+        above = (w * torch.sigmoid(r_pos[:, None] - r_neg)).sum(dim=1)
+        loss = -torch.log(above.clamp_min(1e-24)) + reg * (w * r_neg.square()).sum(dim=1)
+        positive, z = positive.detach(), z.detach()
+        if log_q is not None:
+            n = targets.shape[0]
+            positive, z = positive - log_q[:n], z - log_q[None, n:]
+        return loss, self._log_prob(positive, z, hit)
 
 
 class BitTreeSoftmax(nn.Module):
@@ -171,11 +215,11 @@ class BitTreeSoftmax(nn.Module):
 
 
 def make_head(kind: str, n_items: int, dim: int, item_counts: np.ndarray | None, *, n_negatives: int,
-              alpha: float, logq: bool, init_std: float, sparse: bool = False) -> nn.Module:
+              alpha: float, logq: bool, init_std: float, sparse: bool = False, normalize: bool = False) -> nn.Module:
     if kind == "full":
-        return FullSoftmax(n_items)
+        return FullSoftmax(n_items, normalize)
     if kind == "sampled":
-        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq, sparse)
+        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq, sparse, normalize)
     if kind == "bit_tree":
         return BitTreeSoftmax(n_items, dim, init_std, sparse)
     raise ValueError(f"unknown head {kind!r}; choose one of full, sampled, bit_tree")

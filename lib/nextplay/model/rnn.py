@@ -53,8 +53,8 @@ class SessionRNN(nn.Module):
         uses_item_matrix = cfg.head in ("full", "sampled")
         self._cosine = uses_item_matrix and cfg.cosine_scale > 0
         # Row-sparse item gradients wherever a step touches only some rows: not with the full
-        # softmax (every row, every step) nor cosine scores (they normalise the whole matrix).
-        self.sparse_items = cfg.head in ("sampled", "bit_tree") and not self._cosine
+        # softmax (every row, every step).
+        self.sparse_items = cfg.head in ("sampled", "bit_tree")
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0, sparse=self.sparse_items)
         nn.init.normal_(self.embedding.weight, std=cfg.init_std)
         with torch.no_grad():
@@ -68,7 +68,7 @@ class SessionRNN(nn.Module):
             self.output_items = nn.Parameter(torch.randn(n_items + 1, dim) * cfg.init_std)
         self.head = make_head(cfg.head, n_items, dim, self.item_counts, n_negatives=cfg.n_negatives,
                               alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std,
-                              sparse=self.sparse_items)
+                              sparse=self.sparse_items, normalize=self._cosine)
 
     # -- parameters the optimiser treats per row -------------------------------------------------
     def item_parameter_names(self) -> set[str]:
@@ -88,8 +88,7 @@ class SessionRNN(nn.Module):
     def _output_weight(self) -> torch.Tensor | None:
         if self.cfg.head == "bit_tree":
             return None
-        w = self.embedding.weight if self.output_items is None else self.output_items
-        return F.normalize(w, dim=1) if self._cosine else w
+        return self.embedding.weight if self.output_items is None else self.output_items
 
     def _session_vectors(self, s: torch.Tensor) -> torch.Tensor:
         return F.normalize(s, dim=-1) * self.cfg.cosine_scale if self._cosine else s
@@ -97,7 +96,8 @@ class SessionRNN(nn.Module):
     # -- training --------------------------------------------------------------------------------
     def loss(self, items: torch.Tensor, lengths: torch.Tensor,
              first_target: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-        """Summed negative log-likelihood of every next item, and how many targets it covers.
+        """Summed training loss of every next item, and how many targets it covers: the negative
+        log-likelihood, or with `loss=bpr_max` the head's BPR-max plus the repeat mixture's likelihood.
 
         `first_target` [B] (optional) skips each row's first targets: they are context that an
         earlier window of the same session already trained on.
@@ -113,14 +113,21 @@ class SessionRNN(nn.Module):
         rows, cols = valid.nonzero(as_tuple=True)
         y = targets[rows, cols]
         s = self._session_vectors(ro.session[rows, cols])
-        logp = self.head.target_log_prob(s, y, self._output_weight())
+        head_loss = None
+        if self.cfg.loss == "bpr_max":
+            head_loss, logp = self.head.bpr_max(s, y, self._output_weight(), self.cfg.bpr_reg)
+        else:
+            logp = self.head.target_log_prob(s, y, self._output_weight())
         if ro.gate_logit is not None:
             pointer = torch.softmax(ro.pointer_logits[rows, cols], dim=-1)
             p_repeat = (pointer * (inputs[rows] == y[:, None])).sum(dim=-1)
             g = ro.gate_logit[rows, cols]
             mixed = torch.logaddexp(F.logsigmoid(g) + torch.log(p_repeat.clamp_min(_TINY)), F.logsigmoid(-g) + logp)
             logp = torch.where(p_repeat > 0, mixed, F.logsigmoid(-g) + logp)
-        return -logp.sum(), int(y.shape[0])
+        if head_loss is None:
+            return -logp.sum(), int(y.shape[0])
+        # BPR-max trains the head; the mixture's likelihood (head detached) trains the gate and pointer.
+        return head_loss.sum() - (logp.sum() if ro.gate_logit is not None else 0.0), int(y.shape[0])
 
     # -- scoring ---------------------------------------------------------------------------------
     def _context(self, items: torch.Tensor, lengths: torch.Tensor, chunk_size: int) -> _ScoringContext:
