@@ -73,6 +73,16 @@ def test_resume_continues_from_the_last_checkpoint(spark, cfg, tmp_path):
     assert resumed.data.metrics["valid_recall_at_10"] >= first.data.metrics["valid_recall_at_10"] - 0.05
 
 
+@pytest.mark.slow
+def test_resume_under_other_model_settings_is_refused_in_one_line(spark, cfg, capsys):
+    write_planted_lake(spark, cfg)
+    assert main(["train", *_args(cfg, "train.epochs=1", "model.readout=last")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", *_args(cfg, "model.readout=attention")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "model.readout='last' there, 'attention' now" in err[-1] and "Traceback" not in "".join(err)
+
+
 def test_local_launcher_refuses_several_processes(cfg, capsys):
     assert main(["train", "--set", "train.num_proc=2", "--set", f"lake.root={cfg.lake.root}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

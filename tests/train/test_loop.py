@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nextplay.config import ModelConfig, TrainConfig
+from nextplay.config import ConfigError, ModelConfig, TrainConfig
 from nextplay.model.rnn import SessionRNN
-from nextplay.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
 from nextplay.train.loop import AdagradSGD, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
 
 N_ITEMS = 20
@@ -139,6 +139,20 @@ def test_checkpoints_skip_interrupted_writes_and_keep_the_newest(tmp_path: Path)
     (tmp_path / "checkpoint-000003.pt").write_bytes(b"truncated")  # a broken newest file
     assert load_latest_checkpoint(tmp_path)["epoch"] == 2
     assert load_latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_resume_refuses_a_checkpoint_of_other_model_settings(tmp_path: Path) -> None:
+    model = _model()
+    saved = model_signature(ModelConfig(readout="last"), N_ITEMS)
+    save_checkpoint(tmp_path, 0, model, build_optimizer(model, _cfg()), {"signature": saved})
+    state = load_latest_checkpoint(tmp_path)
+    check_resumable(state, model_signature(ModelConfig(readout="last"), N_ITEMS), tmp_path)  # same settings
+    with pytest.raises(ConfigError, match=r"model\.readout='last' there, 'attention' now") as e:
+        check_resumable(state, model_signature(ModelConfig(readout="attention"), N_ITEMS), tmp_path)
+    assert "n_items" not in str(e.value) and "train.checkpoint_dir" in str(e.value)
+    with pytest.raises(ConfigError, match="n_items=20 there, 21 now"):
+        check_resumable(state, model_signature(ModelConfig(readout="last"), N_ITEMS + 1), tmp_path)
+    check_resumable({"extra": {}}, saved, tmp_path)  # checkpoints from before signatures: no check
 
 
 def test_indexed_adagrad_touches_only_rows_in_the_batch() -> None:

@@ -8,12 +8,15 @@ lists, dicts, tensors).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nextplay.config import ConfigError, ModelConfig
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -59,3 +62,21 @@ def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | tor
         except Exception:  # any failure to unpickle means the file is unusable, whatever the cause
             continue
     return None
+
+
+def model_signature(model_cfg: ModelConfig, n_items: int) -> dict[str, Any]:
+    """What a checkpoint's weights were trained as: stored with each checkpoint so that a resume under
+    another model or item index fails with the keys that changed, not with a state_dict traceback."""
+    return {"n_items": n_items, **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}}
+
+
+def check_resumable(state: dict[str, Any], signature: dict[str, Any], directory: str | os.PathLike) -> None:
+    """Refuse to resume a checkpoint written under other model settings (a resumed run is the same
+    run: its logged params must describe every epoch). Checkpoints without a signature pass."""
+    saved = state.get("extra", {}).get("signature")
+    if not saved:
+        return
+    changed = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in signature.items() if saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"train.resume: the checkpoint in {directory} was trained with other settings "
+                          f"({'; '.join(changed)}); resume with the same ones or set another train.checkpoint_dir")

@@ -83,7 +83,7 @@ def train_worker(spec: TrainSpec) -> None:
     from nextplay.evaluate.metrics import evaluate_model
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
-    from nextplay.train.checkpoint import load_latest_checkpoint, save_checkpoint
+    from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
     from nextplay.train.loader import iterate_batches
     from nextplay.train.loop import build_optimizer, fit
 
@@ -102,9 +102,11 @@ def train_worker(spec: TrainSpec) -> None:
     optimizer = build_optimizer(model, train_cfg)
 
     start_epoch = 0
+    signature = model_signature(cfg.model, spec.n_items)
     if cfg.train.resume:
         state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device)
         if state is not None:
+            check_resumable(state, signature, cfg.train.checkpoint_dir)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"]) + 1
@@ -117,7 +119,8 @@ def train_worker(spec: TrainSpec) -> None:
             return
         # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
         stepped = getattr(comm, "optimizer", None) or optimizer
-        save_checkpoint(cfg.train.checkpoint_dir, epoch, model, stepped, extra={"run_id": spec.run_id or ""})
+        save_checkpoint(cfg.train.checkpoint_dir, epoch, model, stepped,
+                        extra={"run_id": spec.run_id or "", "signature": signature})
         metrics = {k: float(v) for k, v in stats.items() if k != "epoch" and isinstance(v, (int, float))}
         if spec.valid_prefixes:
             valid = evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks, device=device)
