@@ -74,11 +74,14 @@ def test_resume_continues_from_the_last_checkpoint(spark, cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_under_other_model_settings_is_refused_in_one_line(spark, cfg, capsys):
+@pytest.mark.parametrize("launcher", ["local", pytest.param("horovod", marks=pytest.mark.horovod)])
+def test_resume_under_other_model_settings_is_refused_in_one_line(spark, cfg, capsys, launcher):
+    """Checked on the driver before any worker starts, so a Horovod resume fails as plainly."""
     write_planted_lake(spark, cfg)
     assert main(["train", *_args(cfg, "train.epochs=1", "model.readout=last")]) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", *_args(cfg, "model.readout=attention")]) == 2
+    procs = [] if launcher == "local" else ["train.launcher=horovod", "train.num_proc=2"]
+    assert main(["train", "--resume", *_args(cfg, "model.readout=attention", *procs)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "model.readout='last' there, 'attention' now" in err[-1] and "Traceback" not in "".join(err)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nextplay.config import ConfigError, ModelConfig, TrainConfig
+from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
 from nextplay.model.rnn import SessionRNN
 from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
 from nextplay.train.loop import AdagradSGD, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
@@ -142,17 +142,21 @@ def test_checkpoints_skip_interrupted_writes_and_keep_the_newest(tmp_path: Path)
 
 
 def test_resume_refuses_a_checkpoint_of_other_model_settings(tmp_path: Path) -> None:
+    def signature(n_items: int = N_ITEMS, *overrides: str) -> dict:
+        return model_signature(load_config(None, list(overrides)), n_items)
+
     model = _model()
-    saved = model_signature(ModelConfig(readout="last"), N_ITEMS)
-    save_checkpoint(tmp_path, 0, model, build_optimizer(model, _cfg()), {"signature": saved})
-    state = load_latest_checkpoint(tmp_path)
-    check_resumable(state, model_signature(ModelConfig(readout="last"), N_ITEMS), tmp_path)  # same settings
+    opt = build_optimizer(model, _cfg())
+    check_resumable(tmp_path, signature())  # nothing to resume: nothing to refuse
+    save_checkpoint(tmp_path, 0, model, opt, {})  # written before checkpoints had signatures
+    check_resumable(tmp_path, signature())
+    save_checkpoint(tmp_path, 1, model, opt, {"signature": signature(N_ITEMS, "model.readout=last")})
+    check_resumable(tmp_path, signature(N_ITEMS, "model.readout=last", "train.lr=0.1"))  # train.* may change
     with pytest.raises(ConfigError, match=r"model\.readout='last' there, 'attention' now") as e:
-        check_resumable(state, model_signature(ModelConfig(readout="attention"), N_ITEMS), tmp_path)
+        check_resumable(tmp_path, signature(N_ITEMS, "model.readout=attention"))
     assert "n_items" not in str(e.value) and "train.checkpoint_dir" in str(e.value)
     with pytest.raises(ConfigError, match="n_items=20 there, 21 now"):
-        check_resumable(state, model_signature(ModelConfig(readout="last"), N_ITEMS + 1), tmp_path)
-    check_resumable({"extra": {}}, saved, tmp_path)  # checkpoints from before signatures: no check
+        check_resumable(tmp_path, signature(N_ITEMS + 1, "model.readout=last"))
 
 
 def test_indexed_adagrad_touches_only_rows_in_the_batch() -> None:

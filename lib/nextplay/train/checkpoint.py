@@ -8,7 +8,6 @@ lists, dicts, tensors).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nextplay.config import ConfigError, ModelConfig
+from nextplay.config import Config, ConfigError
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -51,29 +50,33 @@ def _checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                           mmap: bool = False) -> dict[str, Any] | None:
     """The newest readable checkpoint as {"epoch", "model", "optimizer", "extra"}, or None if there is none.
 
     An unreadable file (a disk that lied about fsync, a truncated copy) is skipped in favour of
-    the one before it rather than failing the resume."""
+    the one before it rather than failing the resume. `mmap` maps the tensors instead of reading
+    them, for a caller that only looks at `epoch` and `extra`."""
     for path in _checkpoints(Path(directory)):
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception:  # any failure to unpickle means the file is unusable, whatever the cause
             continue
     return None
 
 
-def model_signature(model_cfg: ModelConfig, n_items: int) -> dict[str, Any]:
-    """What a checkpoint's weights were trained as: stored with each checkpoint so that a resume under
-    another model or item index fails with the keys that changed, not with a state_dict traceback."""
-    return {"n_items": n_items, **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}}
+def model_signature(cfg: Config, n_items: int) -> dict[str, Any]:
+    """What a checkpoint's weights were trained as: every `model.*` key and the catalog size."""
+    return {"n_items": n_items, **{k: v for k, v in cfg.flat().items() if k.startswith("model.")}}
 
 
-def check_resumable(state: dict[str, Any], signature: dict[str, Any], directory: str | os.PathLike) -> None:
-    """Refuse to resume a checkpoint written under other model settings (a resumed run is the same
-    run: its logged params must describe every epoch). Checkpoints without a signature pass."""
-    saved = state.get("extra", {}).get("signature")
+def check_resumable(directory: str | os.PathLike, signature: dict[str, Any]) -> None:
+    """Refuse to resume the newest checkpoint if it was written under other model settings (a resumed
+    run is the same run: its logged params must describe every epoch), naming the keys that changed.
+    Called on the driver before any worker starts, so every launcher fails the same way, in one line.
+    Checkpoints without a signature (written before there were any) pass."""
+    state = load_latest_checkpoint(directory, mmap=True)
+    saved = (state or {}).get("extra", {}).get("signature")
     if not saved:
         return
     changed = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in signature.items() if saved.get(k) != v]

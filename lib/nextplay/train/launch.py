@@ -83,7 +83,7 @@ def train_worker(spec: TrainSpec) -> None:
     from nextplay.evaluate.metrics import evaluate_model
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
-    from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
+    from nextplay.train.checkpoint import load_latest_checkpoint, model_signature, save_checkpoint
     from nextplay.train.loader import iterate_batches
     from nextplay.train.loop import build_optimizer, fit
 
@@ -102,11 +102,10 @@ def train_worker(spec: TrainSpec) -> None:
     optimizer = build_optimizer(model, train_cfg)
 
     start_epoch = 0
-    signature = model_signature(cfg.model, spec.n_items)
+    signature = model_signature(cfg, spec.n_items)
     if cfg.train.resume:
         state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device)
         if state is not None:
-            check_resumable(state, signature, cfg.train.checkpoint_dir)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"]) + 1
@@ -249,8 +248,11 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
 
     from nextplay import tracking
     from nextplay.model.io import load_model
+    from nextplay.train.checkpoint import check_resumable, model_signature
 
     snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg)
+    if cfg.train.resume:
+        check_resumable(cfg.train.checkpoint_dir, model_signature(cfg, n_items))
     prefixes, labels = validation_lines(spark, cfg)
     output_dir = tempfile.mkdtemp(prefix="nextplay-train-")
     try:
