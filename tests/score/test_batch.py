@@ -154,9 +154,42 @@ def test_model_loads_once_per_python_worker(spark: SparkSession, tiny: TinyModel
 
     def probe(batches):
         for pdf in batches:
-            loaded = batch.load_cached(model.uri, shipped)
+            loaded = batch.load_cached(shipped)
             yield pd.DataFrame({"pid": [os.getpid()] * len(pdf), "model": [id(loaded)] * len(pdf)})
 
     seen = spark.range(0, 64, numPartitions=16).mapInPandas(probe, "pid long, model long").distinct().collect()
     pids = {r["pid"] for r in seen}
     assert len(seen) == len(pids)  # one model object per worker process, however many tasks it ran
+
+
+@pytest.mark.slow
+def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny: TinyModel, first_run: dict,
+                                                      tmp_path: Path) -> None:
+    """Another tracking store's version 1 has the same URI but another catalog: workers that scored
+    the tiny model must load this one, or its item indices overrun the old embedding."""
+    from nextplay import tracking
+    from nextplay.model.io import save_model
+    from nextplay.model.rnn import SessionRNN
+    from nextplay.score.pyfunc import log_model
+
+    cfg = copy.deepcopy(tiny.cfg)
+    cfg.tracking.uri = f"sqlite:///{tmp_path / 'other.db'}"
+    cfg.tracking.artifact_location = str(tmp_path / "other-artifacts")
+    n_items = len(tiny.item_index) + 7
+    index = pd.DataFrame({"track_id": [f"x{i}" for i in range(1, n_items + 1)],
+                          "item_idx": np.arange(1, n_items + 1, dtype=np.int32)})
+    save_model(SessionRNN(n_items, cfg.model), tmp_path / "rnn")
+    with tracking.start_run(cfg, run_name="other"):
+        log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
+                  collapse_repeats=True)
+    tracking.configure(cfg.tracking)
+    model = tracking.resolve_model(cfg.tracking, None)
+    assert model.uri == f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}"  # the clash under test
+    shipped, _ = batch.ship_model(spark, model)
+
+    def probe(batches):
+        for pdf in batches:
+            yield pd.DataFrame({"n_items": [batch.load_cached(shipped).rnn.n_items] * len(pdf)})
+
+    seen = spark.range(0, 64, numPartitions=16).mapInPandas(probe, "n_items long").distinct().collect()
+    assert {r["n_items"] for r in seen} == {n_items}

@@ -38,32 +38,34 @@ log = logging.getLogger(__name__)
 
 SCORED_SCHEMA = "user_id string, rank int, item_idx int, score float"
 
-# Per Python worker process: the one model it has loaded, by model URI (see load_cached).
+# Per Python worker process: the one model it has loaded, by shipped name (see load_cached).
 _LOADED: dict[str, pyfunc.NextTrackModel] = {}
 
 
-def load_cached(model_uri: str, shipped_name: str) -> pyfunc.NextTrackModel:
-    """The model for `model_uri`, loaded at most once per process from the copy Spark shipped.
+def load_cached(shipped_name: str) -> pyfunc.NextTrackModel:
+    """The model Spark shipped as `shipped_name`, loaded at most once per Python worker process.
 
-    Only the latest model is kept: a long-lived worker that scores several versions in turn
-    should not hold all of them in memory.
+    Keyed by the shipped name, which is fresh per scoring run, and not by model URI: workers
+    outlive a run, and `models:/name/1` of another tracking store (or a name deleted and
+    registered again) is another model under the same URI. Only the latest model is kept, so a
+    long-lived worker that scores several versions in turn does not hold all of them in memory.
     """
-    model = _LOADED.get(model_uri)
+    model = _LOADED.get(shipped_name)
     if model is None:
         from pyspark import SparkFiles
 
         _LOADED.clear()
         model = mlflow.pyfunc.load_model(SparkFiles.get(shipped_name)).unwrap_python_model()
-        _LOADED[model_uri] = model
+        _LOADED[shipped_name] = model
     return model
 
 
-def make_scorer(model_uri: str, shipped_name: str, *, k: int, exclude_played: bool, batch_size: int,
+def make_scorer(shipped_name: str, *, k: int, exclude_played: bool, batch_size: int,
                 chunk_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The mapInPandas function: (user_id, items) batches in, one row per (user, rank) out."""
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = load_cached(model_uri, shipped_name)
+        model = load_cached(shipped_name)
         for pdf in batches:
             if pdf.empty:
                 continue
@@ -151,7 +153,7 @@ def score(cfg: Config) -> dict:
     collapse = bool(config[pyfunc.CONF_COLLAPSE])
     index = item_index_frame(spark, local)
     hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
-    scorer = make_scorer(model.uri, shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
+    scorer = make_scorer(shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
                          batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
     # Scoring is CPU-bound on little data, so adaptive execution would pack it into one task:
     # spread it over every core instead (an explicit partition count is never coalesced).
