@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (the last always)")
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--blend", default="", metavar="W1,W2,...",
+                    help="after training, also rank (1 - w) * p_rnn + w * p_sknn for each weight w")
     args = ap.parse_args(argv)
 
     # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
@@ -171,6 +173,33 @@ def main(argv: list[str] | None = None) -> None:
         emit(record, args.log)
 
     fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
+    if args.blend:
+        weights = [float(w) for w in args.blend.split(",")]
+        knn = SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample).fit(train_ids, index.n_items)
+        for w, res in blend_metrics(model, knn, eval_prefixes, eval_labels, weights, ks).items():
+            emit({**base, "model": f"blend:{cfg.model.cell}/{cfg.model.head}+sknn", "weight": w, **res}, args.log)
+
+
+def blend_metrics(model: SessionRNN, knn: SessionKNN, prefixes: list[list[int]], labels: list[int],
+                  weights: list[float], ks: list[int], batch_size: int = 256) -> dict[float, dict]:
+    """Metrics of (1 - w) * p_rnn + w * p_knn per weight; p_knn is the kNN scores normalised per row."""
+    from nextplay.evaluate.metrics import _padded, metrics_from_ranks, ranks_from_scores
+
+    model.eval()
+    ranks = {w: np.empty(len(labels)) for w in weights}
+    labels_arr = np.asarray(labels)
+    for lo in range(0, len(labels), batch_size):
+        batch = prefixes[lo: lo + batch_size]
+        items, lengths = _padded(batch)
+        p_rnn = model.score_all(items, lengths).exp().numpy()
+        raw = knn.score(batch)
+        raw[:, 0] = 0.0
+        p_knn = raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
+        for w in weights:
+            mixed = (1 - w) * p_rnn + w * p_knn
+            mixed[:, 0] = -np.inf
+            ranks[w][lo: lo + batch_size] = ranks_from_scores(mixed, labels_arr[lo: lo + batch_size])
+    return {w: metrics_from_ranks(r, ks) for w, r in ranks.items()}
 
 
 if __name__ == "__main__":

@@ -53,12 +53,14 @@ def test_local_training_learns_logs_and_registers(spark, cfg):
 
 @pytest.mark.slow
 @pytest.mark.horovod
-def test_horovod_two_processes_learn(spark, cfg):
+def test_horovod_two_processes_learn(spark, cfg, capfd):
     write_planted_lake(spark, cfg)
     assert main(["train", *_args(cfg, "train.launcher=horovod", "train.num_proc=2")]) == 0
     run = _last_run(cfg)
     assert run.data.params["world_size"] == "2"
     assert run.data.metrics["valid_recall_at_10"] > 0.9
+    printed = "".join(capfd.readouterr())  # the workers' own log lines reach the command's output
+    assert "[rank 0]: epoch 3: loss=" in printed, printed[-2000:]
 
 
 @pytest.mark.slow

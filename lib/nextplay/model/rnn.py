@@ -8,12 +8,17 @@ The output distribution is p(i) = (1 - g) * p_head(i) + g * p_repeat(i) when `re
 distribution over the items already in the prefix and g a learned gate. A quarter of the benchmark's
 test labels were already in the prefix; the mixture lets the model put mass on them without
 distorting the ranking of new items. With `repeat` off, p = p_head.
+
+At scoring time, with `knn_weight` w > 0 and a filled `memory`, the answer is the hybrid
+(1 - w) * p + w * p_knn, p_knn being V-SKNN over stored training sessions (model/neighbors.py):
+the neighbourhood finds items the RNN ranks low on long-tail sets (diginetica). Training never
+sees the memory; the driver fills it after training.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from torch import nn
 from nextplay.config import ModelConfig
 from nextplay.model.cells import RecurrentStack
 from nextplay.model.heads import make_head
+from nextplay.model.neighbors import SessionMemory
 from nextplay.model.readout import SessionReadout
 
 _TINY = 1e-30  # keeps log() of a zero repeat probability finite; the branch is masked out anyway
@@ -39,6 +45,7 @@ class _ScoringContext:
     log_gate: torch.Tensor | None  # [B] log P(repeat)
     log_explore: torch.Tensor | None  # [B] log P(explore)
     pointer: torch.Tensor | None  # [B, L] repeat distribution over prefix positions
+    knn: Any | None  # scipy CSC [B, n_items + 1]: the memory's distribution, when it takes part
 
 
 class SessionRNN(nn.Module):
@@ -69,6 +76,7 @@ class SessionRNN(nn.Module):
         self.head = make_head(cfg.head, n_items, dim, self.item_counts, n_negatives=cfg.n_negatives,
                               alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std,
                               sparse=self.sparse_items, normalize=self._cosine)
+        self.memory = SessionMemory(n_items) if cfg.knn_weight > 0 else None
 
     # -- parameters the optimiser treats per row -------------------------------------------------
     def item_parameter_names(self) -> set[str]:
@@ -141,10 +149,24 @@ class SessionRNN(nn.Module):
             g = ro.gate_logit[:, 0]
             log_gate, log_explore = F.logsigmoid(g), F.logsigmoid(-g)
             pointer = torch.softmax(ro.pointer_logits[:, 0], dim=-1)
-        return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer)
+        knn = None
+        if self.memory is not None and self.memory.n_sessions > 0:
+            rows = items.cpu().numpy()
+            knn = self.memory.distribution([r[:n] for r, n in zip(rows, lengths.cpu().tolist())])
+        return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer, knn)
 
     def _chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
-        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1).
+        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1), the memory's
+        distribution mixed in when it takes part."""
+        scores = self._model_chunk_scores(ctx, start, stop)
+        if ctx.knn is None:
+            return scores
+        w = self.cfg.knn_weight
+        knn = torch.from_numpy(ctx.knn[:, start:stop].toarray()).to(scores)
+        return torch.logaddexp(scores + math.log1p(-w), torch.log(knn) + math.log(w))
+
+    def _model_chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
+        """The network's own log-probabilities of items start..stop-1, repeat mixture included.
 
         Only the prefix's items have repeat mass, so the mixture is computed for those entries alone
         and written over the dense explore scores: two passes over [B, chunk] instead of a handful.

@@ -169,6 +169,7 @@ def pip_requirements() -> list[str]:
         f"pandas=={v('pandas')}",
         f"pyarrow=={v('pyarrow')}",
         f"pyyaml=={v('pyyaml')}",
+        f"scipy=={v('scipy')}",  # the hybrid's session memory (nextplay.model.neighbors)
     ]
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,18 @@ def scaled_train_config(cfg: Config, world_size: int):
     return tc
 
 
+def _log_from_worker(rank: int) -> None:
+    """Give a fresh worker process the CLI's log format, its rank in every line.
+
+    Horovod, horovod.spark and TorchDistributor start ranks in new processes whose logging is
+    unconfigured, so the per-epoch INFO lines were dropped there and only MLflow had them; the
+    launchers forward each rank's stderr to the driver's. In-process ranks keep the CLI's setup.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s")
+
+
 def train_worker(spec: TrainSpec) -> None:
     """The training function every rank runs (a module-level function, so launchers can pickle it)."""
     import torch
@@ -91,6 +104,7 @@ def train_worker(spec: TrainSpec) -> None:
     comm = _collective(cfg.train.launcher)
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
     local_rank = comm.local_rank if comm else 0
+    _log_from_worker(rank)
     cores = os.cpu_count() or 1
     torch.set_num_threads(cfg.train.threads or max(1, cores // size))
     torch.manual_seed(cfg.train.seed)
@@ -230,6 +244,28 @@ def validation_lines(spark, cfg: Config) -> tuple[list[list[int]], list[int]]:
     return session_lines(recent_sessions(spark, cfg, "valid", cfg.evaluate.max_valid_sessions))
 
 
+def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes: list[list[int]],
+                      labels: list[int]) -> None:
+    """Fill the hybrid's memory with the most recent training sessions and save the model again.
+
+    Done on the driver, after training: the memory is data read from the same lake, not something
+    a rank learns. The per-epoch `valid_*` metrics measured the RNN alone; `hybrid_valid_*` is
+    the model as it will score.
+    """
+    import mlflow
+
+    from nextplay.evaluate.evaluate import recent_sessions
+    from nextplay.evaluate.metrics import evaluate_model
+    from nextplay.model.io import save_model
+
+    model.memory.remember(recent_sessions(spark, cfg, "train", cfg.model.knn_sessions))
+    save_model(model, output_dir)
+    mlflow.log_metric("knn_memory_sessions", model.memory.n_sessions)
+    if labels:
+        valid = evaluate_model(model, prefixes, labels, ks=cfg.evaluate.ks)
+        mlflow.log_metrics({f"hybrid_valid_{k}": v for k, v in valid.items() if k != "lines"})
+
+
 @dataclass
 class TrainedModel:
     run_id: str
@@ -269,8 +305,10 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
             mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second})
             tracking.log_loss_curve(history)
-            version = tracking.log_trained_model(spark, cfg, output_dir)
             model = load_model(output_dir)
+            if model.memory is not None:
+                remember_sessions(spark, cfg, model, output_dir, prefixes, labels)
+            version = tracking.log_trained_model(spark, cfg, output_dir)
         return TrainedModel(run.info.run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
     finally:
