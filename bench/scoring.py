@@ -30,7 +30,9 @@ VOCABS = (10_000, 1_000_000)
 
 def _ship(b: Bench, n_items: int, counts: np.ndarray):
     """Log an (untrained: speed does not depend on the weights) SessionRNN as the project's pyfunc
-    model in the bench's own MLflow store and ship it to Spark as `nextplay score` does."""
+    model in the bench's own MLflow store and ship it to Spark as `nextplay score` does. With the
+    default `model.knn_weight` the model is the hybrid, so its memory is filled with sessions drawn
+    by the same popularity (their count: the mode's `memory_sessions`)."""
     from nextplay import tracking
     from nextplay.model.io import save_model
     from nextplay.score import pyfunc
@@ -39,7 +41,11 @@ def _ship(b: Bench, n_items: int, counts: np.ndarray):
 
     label = vocab_label(n_items)
     rnn_dir = b.workdir / f"rnn_{label}"
-    save_model(SessionRNN(n_items, b.cfg.model, item_counts=counts).eval(), rnn_dir)
+    model = SessionRNN(n_items, b.cfg.model, item_counts=counts).eval()
+    if model.memory is not None:
+        p = np.concatenate([[0.0], counts[1:] / counts[1:].sum()])
+        model.memory.remember(zipf_items(p, (b.mode.memory_sessions, 8), np.random.default_rng(n_items)))
+    save_model(model, rnn_dir)
     index = pd.DataFrame({"track_id": [f"t{i}" for i in range(1, n_items + 1)],
                           "item_idx": np.arange(1, n_items + 1, dtype=np.int32),
                           "play_count": counts[1:].astype(np.int64)})
@@ -81,7 +87,7 @@ def score_figures(b: Bench) -> dict[str, Any]:
         hist = spark.createDataFrame(pdf.assign(items=pdf["items"].map(np.ndarray.tolist)), "user_id string, items array<int>")
         hist = hist.cache()
         hist.count()
-        scorer = make_scorer(resolved.uri, shipped, k=s.top_k, exclude_played=s.exclude_played,
+        scorer = make_scorer(shipped, k=s.top_k, exclude_played=s.exclude_played,
                              batch_size=s.batch_size, chunk_size=s.chunk_size)
         model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
         seqs = [np.asarray(h, dtype=np.int64) for h in pdf["items"]]
