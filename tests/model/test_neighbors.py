@@ -110,3 +110,12 @@ def test_a_model_saved_before_the_hybrid_loads_as_the_rnn_alone(tmp_path: Path) 
     loaded = load_model(tmp_path / "m")
     assert loaded.memory is None and loaded.cfg.knn_weight == 0.0
     assert torch.equal(loaded.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
+
+
+def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
+    import scipy.sparse as sp
+
+    sim = sp.csr_matrix(np.array([[3.0, 1.0, 2.0, 2.0, 2.0], [1.0, 0.0, 0.0, 0.0, 5.0]]))
+    keep = SessionNeighbors._keep_per_row(sim, sim.data, 3)
+    # row 0: 3 and the first two 2s (one 2 is cut); row 1 holds two entries, both stay
+    assert keep.tolist() == [True, False, True, True, False, True, True]
