@@ -125,7 +125,8 @@ class ModelConfig:
     # Hybrid scoring: p = (1 - w) * p_rnn + w * p_knn, p_knn being V-SKNN over the `knn_sessions`
     # most recent training sessions, stored in the model after training (model/neighbors.py). The
     # RNN trains alone either way. On the validation splits w = 0.3 added +1.1 / +0.5 (yoochoose1_64)
-    # and +3.1 / +0.6 (diginetica) to Recall@20 / MRR@20 (docs/benchmarks.md); 0 scores the RNN alone.
+    # and +3.1 / +0.6 (diginetica, BPR-max) to Recall@20 / MRR@20; under BPR-max, whose scores are
+    # flat, 0.02 did better still (docs/benchmarks.md). 0 scores the RNN alone.
     knn_weight: float = 0.3
     knn_sessions: int = 500_000
 
