@@ -33,6 +33,7 @@ import torch
 from nextplay.config import Config, load_config
 from nextplay.evaluate.baselines import MarkovChain, MostPopular, SessionKNN
 from nextplay.evaluate.metrics import evaluate_model
+from nextplay.model.neighbors import SessionMemory
 from nextplay.model.rnn import SessionRNN
 from nextplay.train.loop import fit
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--tag", default="")
     ap.add_argument("--blend", default="", metavar="W1,W2,...",
-                    help="after training, also rank (1 - w) * p_rnn + w * p_sknn for each weight w")
+                    help="after training, also score the hybrid (model.knn_weight) at each weight w")
     args = ap.parse_args(argv)
 
     # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
@@ -174,32 +175,13 @@ def main(argv: list[str] | None = None) -> None:
 
     fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
     if args.blend:
-        weights = [float(w) for w in args.blend.split(",")]
-        knn = SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample).fit(train_ids, index.n_items)
-        for w, res in blend_metrics(model, knn, eval_prefixes, eval_labels, weights, ks).items():
-            emit({**base, "model": f"blend:{cfg.model.cell}/{cfg.model.head}+sknn", "weight": w, **res}, args.log)
-
-
-def blend_metrics(model: SessionRNN, knn: SessionKNN, prefixes: list[list[int]], labels: list[int],
-                  weights: list[float], ks: list[int], batch_size: int = 256) -> dict[float, dict]:
-    """Metrics of (1 - w) * p_rnn + w * p_knn per weight; p_knn is the kNN scores normalised per row."""
-    from nextplay.evaluate.metrics import _padded, metrics_from_ranks, ranks_from_scores
-
-    model.eval()
-    ranks = {w: np.empty(len(labels)) for w in weights}
-    labels_arr = np.asarray(labels)
-    for lo in range(0, len(labels), batch_size):
-        batch = prefixes[lo: lo + batch_size]
-        items, lengths = _padded(batch)
-        p_rnn = model.score_all(items, lengths).exp().numpy()
-        raw = knn.score(batch)
-        raw[:, 0] = 0.0
-        p_knn = raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
-        for w in weights:
-            mixed = (1 - w) * p_rnn + w * p_knn
-            mixed[:, 0] = -np.inf
-            ranks[w][lo: lo + batch_size] = ranks_from_scores(mixed, labels_arr[lo: lo + batch_size])
-    return {w: metrics_from_ranks(r, ks) for w, r in ranks.items()}
+        # The model's own hybrid, filled with the training sessions and scored at each weight.
+        model.memory = SessionMemory(index.n_items)
+        model.memory.remember(train_ids)
+        for w in (float(x) for x in args.blend.split(",")):
+            model.cfg.knn_weight = w
+            res = evaluate_model(model, eval_prefixes, eval_labels, ks=ks, batch_size=512)
+            emit({**base, "model": f"hybrid:{cfg.model.cell}/{cfg.model.head}", "knn_weight": w, **res}, args.log)
 
 
 if __name__ == "__main__":

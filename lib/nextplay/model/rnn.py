@@ -150,7 +150,7 @@ class SessionRNN(nn.Module):
             log_gate, log_explore = F.logsigmoid(g), F.logsigmoid(-g)
             pointer = torch.softmax(ro.pointer_logits[:, 0], dim=-1)
         knn = None
-        if self.memory is not None and self.memory.n_sessions > 0:
+        if self.memory is not None and self.memory.n_sessions > 0 and self.cfg.knn_weight > 0:
             rows = items.cpu().numpy()
             knn = self.memory.distribution([r[:n] for r, n in zip(rows, lengths.cpu().tolist())])
         return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer, knn)
