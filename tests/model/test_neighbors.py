@@ -119,3 +119,16 @@ def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
     keep = SessionNeighbors._keep_per_row(sim, sim.data, 3)
     # row 0: 3 and the first two 2s (one 2 is cut); row 1 holds two entries, both stay
     assert keep.tolist() == [True, False, True, True, False, True, True]
+
+
+def test_a_state_dict_without_memory_loads_as_an_empty_memory() -> None:
+    """Checkpoints written before the hybrid existed must still resume."""
+    model = hybrid()
+    older = {k: v for k, v in model.state_dict().items() if not k.startswith("memory.")}
+    fresh = hybrid(seed=1)
+    assert fresh.memory.n_sessions == len(SESSIONS)
+    fresh.load_state_dict(older)
+    assert fresh.memory.n_sessions == 0
+    fresh.memory = None
+    model.memory = None
+    assert torch.equal(fresh.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))

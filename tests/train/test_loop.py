@@ -157,6 +157,9 @@ def test_resume_refuses_a_checkpoint_of_other_model_settings(tmp_path: Path) -> 
     assert "n_items" not in str(e.value) and "train.checkpoint_dir" in str(e.value)
     with pytest.raises(ConfigError, match="n_items=20 there, 21 now"):
         check_resumable(tmp_path, signature(N_ITEMS + 1, "model.readout=last"))
+    older = {k: v for k, v in signature(N_ITEMS, "model.readout=last").items() if not k.startswith("model.knn_")}
+    save_checkpoint(tmp_path, 2, model, opt, {"signature": older})  # written before model.knn_* existed
+    check_resumable(tmp_path, signature(N_ITEMS, "model.readout=last"))
 
 
 def test_indexed_adagrad_touches_only_rows_in_the_batch() -> None:

@@ -126,12 +126,19 @@ class SessionMemory(nn.Module):
         self.items = torch.from_numpy(fitted.sessions.indices.astype(np.int32))
         self._neighbors = fitted
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], *args: Any) -> None:
+        """Take the saved buffers at their saved sizes; a state_dict written before the memory
+        existed (an older checkpoint) loads as an empty memory instead of failing as incomplete."""
         for name in ("indptr", "items"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+            saved = state_dict.get(prefix + name)
+            empty = torch.zeros(1 if name == "indptr" else 0, dtype=getattr(self, name).dtype)
+            setattr(self, name, (empty if saved is None else torch.empty_like(saved)).to(getattr(self, name).device))
         self._neighbors = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+        for name in ("indptr", "items"):
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     def distribution(self, prefixes: Sequence[Sequence[int]]) -> sp.csc_matrix:
         """[B, n_items + 1] V-SKNN scores scaled to sum 1 per row (all-zero rows: no neighbour), as CSC

@@ -74,12 +74,13 @@ def check_resumable(directory: str | os.PathLike, signature: dict[str, Any]) -> 
     """Refuse to resume the newest checkpoint if it was written under other model settings (a resumed
     run is the same run: its logged params must describe every epoch), naming the keys that changed.
     Called on the driver before any worker starts, so every launcher fails the same way, in one line.
-    Checkpoints without a signature (written before there were any) pass."""
+    Checkpoints without a signature (written before there were any) pass, and so do keys added to
+    the config after the checkpoint was written."""
     state = load_latest_checkpoint(directory, mmap=True)
     saved = (state or {}).get("extra", {}).get("signature")
     if not saved:
         return
-    changed = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in signature.items() if saved.get(k) != v]
+    changed = [f"{k}={saved.get(k)!r} there, {v!r} now" for k, v in signature.items() if k in saved and saved[k] != v]
     if changed:
         raise ConfigError(f"train.resume: the checkpoint in {directory} was trained with other settings "
                           f"({'; '.join(changed)}); resume with the same ones or set another train.checkpoint_dir")
