@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from nextplay.config import Config, ConfigError, load_config
+from nextplay.logs import configure_logging
 
 log = logging.getLogger("nextplay")
 
@@ -153,9 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"nextplay: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines report normal socket closes as errors
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     _, fn = STAGES[args.stage]
     try:
         result = fn(cfg, args)

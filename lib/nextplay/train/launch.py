@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -85,8 +84,9 @@ def _log_from_worker(rank: int) -> None:
     launchers forward each rank's stderr to the driver's. In-process ranks keep the CLI's setup.
     """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format=f"%(asctime)s %(levelname)s %(name)s [rank {rank}]: %(message)s")
+        from nextplay.logs import configure_logging
+
+        configure_logging(logging.INFO, rank)
 
 
 def train_worker(spec: TrainSpec) -> None:
