@@ -28,7 +28,7 @@ from bench.training import zipf_items, zipf_popularity
 VOCABS = (10_000, 1_000_000)
 
 
-def _ship(b: Bench, n_items: int, counts: np.ndarray):
+def _ship(b: Bench, p: np.ndarray):
     """Log an (untrained: speed does not depend on the weights) SessionRNN as the project's pyfunc
     model in the bench's own MLflow store and ship it to Spark as `nextplay score` does. With the
     default `model.knn_weight` the model is the hybrid, so its memory is filled with sessions drawn
@@ -39,11 +39,11 @@ def _ship(b: Bench, n_items: int, counts: np.ndarray):
     from nextplay.score.batch import ship_model
     from nextplay.tracking import ResolvedModel
 
+    n_items, counts = len(p) - 1, np.round(p * 1e9)
     label = vocab_label(n_items)
     rnn_dir = b.workdir / f"rnn_{label}"
     model = SessionRNN(n_items, b.cfg.model, item_counts=counts).eval()
     if model.memory is not None:
-        p = np.concatenate([[0.0], counts[1:] / counts[1:].sum()])
         model.memory.remember(zipf_items(p, (b.mode.memory_sessions, 8), np.random.default_rng(n_items)))
     save_model(model, rnn_dir)
     index = pd.DataFrame({"track_id": [f"t{i}" for i in range(1, n_items + 1)],
@@ -82,7 +82,7 @@ def score_figures(b: Bench) -> dict[str, Any]:
         label = vocab_label(v)
         users = b.mode.score_users[v]
         p = zipf_popularity(v)
-        resolved, shipped, local = _ship(b, v, np.round(p * 1e9))
+        resolved, shipped, local = _ship(b, p)
         pdf = _histories(p, users, s.history_length, seed=v)
         hist = spark.createDataFrame(pdf.assign(items=pdf["items"].map(np.ndarray.tolist)), "user_id string, items array<int>")
         hist = hist.cache()

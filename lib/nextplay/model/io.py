@@ -35,9 +35,7 @@ def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionRNN:
     payload = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    saved = dict(payload["config"])
-    saved.setdefault("knn_weight", 0.0)  # saved before the hybrid existed: the RNN alone, as trained
-    cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg = ModelConfig(**{k: v for k, v in payload["config"].items() if k in known})
     counts = payload["item_counts"]
     model = SessionRNN(payload["n_items"], cfg, None if counts is None else counts.numpy())
     model.load_state_dict(payload["state_dict"])
