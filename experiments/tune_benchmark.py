@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (the last always)")
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--tag", default="")
-    ap.add_argument("--blend", default="", metavar="W1,W2,...",
-                    help="after training, also score the hybrid (model.knn_weight) at each weight w")
+    ap.add_argument("--blend", default="", metavar="W[/V],...",
+                    help="after training, also score the hybrid at each model.knn_weight W "
+                         "(and model.knn_explore_weight V, else the configured one)")
+    ap.add_argument("--save", type=Path, default=None, help="write the trained RNN's state_dict here")
+    ap.add_argument("--load", type=Path, default=None,
+                    help="skip training: load this state_dict (from --save, same data and --set) and go to --blend")
     args = ap.parse_args(argv)
 
     # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
@@ -173,15 +177,23 @@ def main(argv: list[str] | None = None) -> None:
             record["eval_seconds"] = round(time.perf_counter() - t0, 1)
         emit(record, args.log)
 
-    fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
+    if args.load is not None:
+        model.load_state_dict(torch.load(args.load, weights_only=True))
+    else:
+        fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
+    if args.save is not None:
+        torch.save(model.state_dict(), args.save)
     if args.blend:
         # The model's own hybrid, filled with the training sessions and scored at each weight.
-        model.memory = SessionMemory(index.n_items)
+        model.memory = SessionMemory(index.n_items, cfg.model.knn_position_decay)
         model.memory.remember(train_ids)
-        for w in (float(x) for x in args.blend.split(",")):
-            model.cfg.knn_weight = w
+        for pair in args.blend.split(","):
+            w, _, v = pair.partition("/")
+            model.cfg.knn_weight = float(w)
+            model.cfg.knn_explore_weight = float(v) if v else cfg.model.knn_explore_weight
             res = evaluate_model(model, eval_prefixes, eval_labels, ks=ks, batch_size=512)
-            emit({**base, "model": f"hybrid:{cfg.model.cell}/{cfg.model.head}", "knn_weight": w, **res}, args.log)
+            emit({**base, "model": f"hybrid:{cfg.model.cell}/{cfg.model.head}", "knn_weight": model.cfg.knn_weight,
+                  "knn_explore_weight": model.cfg.knn_explore_weight, **res}, args.log)
 
 
 if __name__ == "__main__":

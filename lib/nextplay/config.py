@@ -122,12 +122,15 @@ class ModelConfig:
     repeat: bool = True
     # > 0: L2-normalise session and item vectors and scale their dot product by this (full/sampled).
     cosine_scale: float = 0.0
-    # Hybrid scoring: p = (1 - w) * p_rnn + w * p_knn, p_knn being V-SKNN over the `knn_sessions`
-    # most recent training sessions, stored in the model after training (model/neighbors.py). The
-    # RNN trains alone either way. On the validation splits w = 0.3 added +1.1 / +0.5 (yoochoose1_64)
-    # and +3.1 / +0.6 (diginetica, BPR-max) to Recall@20 / MRR@20; under BPR-max, whose scores are
-    # flat, 0.02 did better still (docs/benchmarks.md). 0 scores the RNN alone.
-    knn_weight: float = 0.3
+    # Hybrid scoring with session-kNN over the `knn_sessions` most recent training sessions, stored
+    # in the model after training (model/rnn.py and model/neighbors.py): the memory's items outside
+    # the prefix take `knn_explore_weight` of what the repeat gate sends to new items, then its whole
+    # distribution takes `knn_weight` of the answer. Neighbour items count exp(-d / knn_position_decay)
+    # at d steps from where the sessions meet (0: all alike, plain V-SKNN). The RNN trains alone either
+    # way; both weights 0 score the RNN alone. Chosen on the validation splits: docs/benchmarks.md.
+    knn_weight: float = 0.1
+    knn_explore_weight: float = 0.5
+    knn_position_decay: float = 1.0
     knn_sessions: int = 500_000
 
 
@@ -331,8 +334,12 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"model.bpr_reg: must be >= 0, got {cfg.model.bpr_reg}")
     if cfg.model.init_std <= 0:
         raise ConfigError(f"model.init_std: must be > 0, got {cfg.model.init_std}")
-    if not 0.0 <= cfg.model.knn_weight < 1.0:
-        raise ConfigError(f"model.knn_weight: must be in [0, 1) (0 = the RNN alone), got {cfg.model.knn_weight}")
+    for key, v in {"model.knn_weight": cfg.model.knn_weight,
+                   "model.knn_explore_weight": cfg.model.knn_explore_weight}.items():
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1) (0 = without the memory there), got {v}")
+    if cfg.model.knn_position_decay < 0:
+        raise ConfigError(f"model.knn_position_decay: must be >= 0 (0 = plain V-SKNN), got {cfg.model.knn_position_decay}")
     if not 0.0 <= cfg.model.sample_alpha <= 1.0:
         raise ConfigError(f"model.sample_alpha: must be in [0, 1], got {cfg.model.sample_alpha}")
     if cfg.model.embedding_size < 0:

@@ -32,17 +32,32 @@ def prefixes() -> list[list[int]]:
     return [row[:n].tolist() for row, n in zip(ITEMS, LENGTHS)]
 
 
-def test_memory_is_the_neighbour_scores_as_a_distribution() -> None:
+def test_memory_views_are_the_neighbour_scores_as_distributions() -> None:
     memory = SessionMemory(N_ITEMS)
     memory.remember(SESSIONS)
     assert memory.n_sessions == len(SESSIONS)
-    dist = memory.distribution(prefixes()).toarray()
+    views = memory.distributions(prefixes())
+    everything, novel = views.everything.toarray(), views.novel.toarray()
     raw = SessionNeighbors().fit(SESSIONS, N_ITEMS).scores(prefixes()).toarray()
-    assert dist.shape == (len(LENGTHS), N_ITEMS + 1) and (dist[:, 0] == 0).all()
-    np.testing.assert_allclose(dist.sum(axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(dist, raw / raw.sum(axis=1, keepdims=True), rtol=1e-6)
+    assert everything.shape == novel.shape == (len(LENGTHS), N_ITEMS + 1)
+    np.testing.assert_allclose(everything, raw / raw.sum(axis=1, keepdims=True), rtol=1e-6)
+    outside = raw.copy()
+    for row, prefix in enumerate(prefixes()):
+        outside[row, prefix] = 0.0
+    total = outside.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(novel, outside / np.where(total > 0, total, 1.0), rtol=1e-6)
+    # [11, 10, 11]: its one neighbour, [10, 11], holds nothing new: an all-zero row, not NaN
+    assert (novel[4] == 0).all() and (everything[:, 0] == 0).all() and (novel[:, 0] == 0).all()
+    np.testing.assert_allclose(everything.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(novel.sum(axis=1), [1, 1, 1, 1, 0], rtol=1e-6)
     # [1, 2]: sessions 0, 1 and 3 are neighbours, so 3 (in two of them) outranks 4 (in one)
-    assert dist[0, 3] > dist[0, 4] > 0 and dist[0, 9] == 0
+    assert novel[0, 3] > novel[0, 4] > 0 and novel[0, 9] == 0 and novel[0, 1] == novel[0, 2] == 0
+
+
+def test_memory_keeps_the_play_order() -> None:
+    memory = SessionMemory(N_ITEMS, position_decay=1.0)
+    memory.remember([[5, 1, 2, 7, 7]])
+    assert memory.items.tolist() == [5, 1, 2, 7, 7] and memory.indptr.tolist() == [0, 5]
 
 
 def test_memory_refuses_items_outside_the_catalog() -> None:
@@ -57,20 +72,45 @@ def test_prefix_without_neighbours_scores_as_the_rnn_alone() -> None:
     model.memory = memory
     alone = hybrid(weight=0.3)
     alone.memory = None
-    items, lengths = torch.tensor([[9, 0]]), torch.tensor([1])
+    items, lengths = torch.tensor([[9, 0], [1, 2]]), torch.tensor([1, 2])
     got, want = model.score_all(items, lengths), alone.score_all(items, lengths)
-    torch.testing.assert_close(got[:, 1:], want[:, 1:] + math.log(0.7))  # (1 - w) p_rnn: same ranking
+    torch.testing.assert_close(got[0], want[0])  # no neighbour: the network alone, still a distribution
+    # [1, 2]: its only neighbour holds nothing new, so only the whole vote (w) takes part
+    assert not torch.allclose(got[1], want[1])
 
 
 @pytest.mark.parametrize("head", ["sampled", "full", "bit_tree"])
 def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str) -> None:
-    model = hybrid(0.3, head)
+    """p = (1 - w) [g p_repeat + (1 - g) ((1 - v) p_head + v p_new)] + w p_knn (model/rnn.py); v is 0
+    in a row whose neighbours hold nothing new (the last one), so every row stays a distribution."""
+    w, v = 0.3, 0.5
+    model = hybrid(w, head)
+    model.cfg.knn_explore_weight = v
+    got = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
+    with torch.no_grad():
+        ctx = model._context(ITEMS, LENGTHS, N_ITEMS + 1)
+        p_head = model.head.chunk_log_prob(ctx.session, ctx.weight, 1, N_ITEMS + 1, ctx.norm).exp().double()
+    gate = ctx.log_gate.exp().double()[:, None]
+    p_repeat = torch.zeros_like(p_head).scatter_add_(
+        1, (ITEMS - 1).clamp_min(0), torch.where(ITEMS > 0, ctx.pointer, 0.0).double())
+    views = model.memory.distributions(prefixes())
+    p_new, p_knn = (torch.from_numpy(m.toarray()[:, 1:]) for m in (views.novel, views.everything))
+    v = torch.tensor([v, v, v, v, 0.0], dtype=torch.float64)[:, None]
+    want = (1 - w) * (gate * p_repeat + (1 - gate) * ((1 - v) * p_head + v * p_new)) + w * p_knn
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(len(LENGTHS), dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+def test_without_the_repeat_mixture_the_hybrid_is_one_mixture() -> None:
+    torch.manual_seed(0)
+    model = SessionRNN(N_ITEMS, ModelConfig(hidden_size=8, n_negatives=4, repeat=False, knn_weight=0.3),
+                       np.arange(N_ITEMS + 1)).eval()
+    model.memory.remember(SESSIONS)
     got = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
     memory, model.memory = model.memory, None
     p_rnn = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
-    p_knn = torch.from_numpy(memory.distribution(prefixes()).toarray()[:, 1:])
+    p_knn = torch.from_numpy(memory.distributions(prefixes()).everything.toarray()[:, 1:])
     torch.testing.assert_close(got, 0.7 * p_rnn + 0.3 * p_knn, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(got.sum(dim=1), torch.ones(len(LENGTHS), dtype=torch.float64), rtol=1e-5, atol=0)
 
 
 def test_streamed_topk_and_ranks_agree_with_the_dense_scores() -> None:
@@ -112,6 +152,18 @@ def test_a_model_saved_before_the_hybrid_loads_as_the_rnn_alone(tmp_path: Path) 
     assert torch.equal(loaded.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
 
 
+def test_a_model_saved_before_the_ordered_memory_scores_as_it_did(tmp_path: Path) -> None:
+    """Its memory holds sorted item sets, so positions mean nothing there; nor had it the explore step."""
+    model = hybrid()
+    save_model(model, tmp_path / "m")
+    payload = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
+    del payload["config"]["knn_explore_weight"], payload["config"]["knn_position_decay"]
+    torch.save(payload, tmp_path / "m" / MODEL_FILE)
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.knn_explore_weight == 0.0 and loaded.cfg.knn_position_decay == 0.0
+    assert loaded.memory.position_decay == 0.0
+
+
 def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
     import scipy.sparse as sp
 
@@ -132,3 +184,32 @@ def test_a_state_dict_without_memory_loads_as_an_empty_memory() -> None:
     fresh.memory = None
     model.memory = None
     assert torch.equal(fresh.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
+
+
+def test_position_decay_weighs_neighbour_items_by_distance_from_the_shared_item() -> None:
+    neighbour = [1, 2, 3, 4, 5, 6]
+    nb = SessionNeighbors(idf_weight=0.0, position_decay=1.0).fit([neighbour], 8)
+    scores = nb.scores([[7, 3]]).toarray()[0]  # 3 meets the neighbour at position 2; 7 it lacks
+    sim = 1.0 / 1.0  # 3 is the prefix's last item: recency weight 1
+    expected = {1: math.exp(-2), 2: math.exp(-1), 3: 1.0, 4: math.exp(-1), 5: math.exp(-2), 6: math.exp(-3)}
+    for item, weight in expected.items():
+        assert scores[item] == pytest.approx(sim * weight, rel=1e-6)
+    assert scores[7] == 0 and scores[8] == 0
+
+
+def test_position_decay_anchors_on_the_most_recent_shared_item() -> None:
+    nb = SessionNeighbors(idf_weight=0.0, position_decay=1.0).fit([[1, 2, 3, 4, 5]], 6)
+    # both 1 and 5 are shared; 5 was played last, so the neighbour is read from its end
+    scores = nb.scores([[1, 5]]).toarray()[0]
+    similarity = 1 / 2 + 1 / 1
+    for item in range(1, 6):
+        assert scores[item] == pytest.approx(similarity * math.exp(-(5 - item)), rel=1e-6)
+
+
+def test_large_position_decay_is_plain_v_sknn() -> None:
+    rng = np.random.default_rng(0)
+    sessions = [list(rng.choice(np.arange(1, 40), size=rng.integers(2, 8), replace=False)) for _ in range(300)]
+    queries = [list(rng.choice(np.arange(1, 40), size=rng.integers(1, 5), replace=False)) for _ in range(50)]
+    plain = SessionNeighbors(k=20, sample=100).fit(sessions, 40).scores(queries).toarray()
+    decayed = SessionNeighbors(k=20, sample=100, position_decay=1e9).fit(sessions, 40).scores(queries).toarray()
+    np.testing.assert_allclose(decayed, plain, rtol=1e-5)

@@ -2,7 +2,8 @@
 
 Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
 it: loading a model never runs pickled code. Config keys added after a model was saved take their
-defaults; keys no longer known are dropped, so older files keep loading.
+defaults, except those in `_BEFORE_THE_KEY`, whose default would change what an older file scores;
+keys no longer known are dropped, so older files keep loading.
 """
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from nextplay.config import ModelConfig
 from nextplay.model.rnn import SessionRNN
 
 MODEL_FILE = "model.pt"
+
+# The value that reproduces a model saved before the key existed. Those memories were stored as
+# sorted item sets, not in play order, and their hybrid had no explore step.
+_BEFORE_THE_KEY = {"knn_explore_weight": 0.0, "knn_position_decay": 0.0}
 
 
 def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
@@ -35,7 +40,7 @@ def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionRNN:
     payload = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in payload["config"].items() if k in known})
+    cfg = ModelConfig(**{**_BEFORE_THE_KEY, **{k: v for k, v in payload["config"].items() if k in known}})
     counts = payload["item_counts"]
     model = SessionRNN(payload["n_items"], cfg, None if counts is None else counts.numpy())
     model.load_state_dict(payload["state_dict"])

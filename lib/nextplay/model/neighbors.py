@@ -14,6 +14,7 @@ state_dict (model.pt, checkpoints, the MLflow model) and load with `weights_only
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,10 +26,12 @@ from torch import nn
 class SessionNeighbors:
     """V-SKNN scores as a sparse [B, n_items + 1] matrix (only items the neighbours hold)."""
 
-    def __init__(self, k: int = 500, sample: int = 1000, idf_weight: float = 0.5) -> None:
+    def __init__(self, k: int = 500, sample: int = 1000, idf_weight: float = 0.5,
+                 position_decay: float = 0.0) -> None:
         self.k = k
         self.sample = sample
         self.idf_weight = idf_weight
+        self.position_decay = position_decay
 
     def fit(self, sessions: Sequence[Sequence[int]], n_items: int) -> "SessionNeighbors":
         lengths = np.fromiter((len(s) for s in sessions), dtype=np.int64, count=len(sessions))
@@ -41,6 +44,7 @@ class SessionNeighbors:
         if len(items) and (items.min() < 1 or items.max() > n_items):
             raise ValueError(f"item ids must be in 1..{n_items}; found {items.min()}..{items.max()}")
         self.n_items = n_items
+        self.seq_indptr, self.seq_items = np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64)
         m = sp.csr_matrix((np.ones(len(items), dtype=np.float32), items, indptr),
                           shape=(len(indptr) - 1, n_items + 1))
         m.sum_duplicates()
@@ -95,22 +99,70 @@ class SessionNeighbors:
         nearest = self._keep_per_row(sim, sim.data.astype(np.float64), self.k)
         sim.data[~nearest] = 0.0
         sim.eliminate_zeros()
-        scores = (sim @ self.sessions).tocsr()
+        if self.position_decay > 0:
+            scores = self._positional_scores(self._queries(prefixes), sim)
+        else:
+            scores = (sim @ self.sessions).tocsr()
         scores = scores.multiply(1.0 + self.idf_weight * self.idf[None, :]).tocsr()
         scores.eliminate_zeros()
         return scores
 
 
+    def _positional_scores(self, queries: sp.csr_matrix, sim: sp.csr_matrix) -> sp.csr_matrix:
+        """Neighbour items weighted by exp(-distance / position_decay) from the neighbour's anchor:
+        its occurrence of the prefix item played most recently (STAN's third factor, Garg et al.
+        2019). Items next to where the two sessions meet say more about what follows than items
+        at the far end of a long neighbour session."""
+        sim = sim.tocoo()
+        pair_row, pair_session, pair_sim = sim.row, sim.col, sim.data
+        starts = self.seq_indptr[pair_session]
+        counts = self.seq_indptr[pair_session + 1] - starts
+        pair = np.repeat(np.arange(len(counts)), counts)
+        pair_first = np.cumsum(counts) - counts
+        pos = np.arange(len(pair)) - pair_first[pair]
+        item = self.seq_items[starts[pair] + pos]
+        row = pair_row[pair]
+        queries.sort_indices()
+        width = self.n_items + 1
+        query_keys = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr)) * width + queries.indices
+        keys = row * width + item
+        at = np.minimum(np.searchsorted(query_keys, keys), max(len(query_keys) - 1, 0))
+        match = query_keys[at] == keys if len(query_keys) else np.zeros(len(keys), dtype=bool)
+        recency = np.where(match, queries.data[at] if len(query_keys) else 0.0, 0.0)
+        # anchor: the most recent prefix item's position in the neighbour (its last occurrence)
+        nonempty = counts > 0
+        best = np.zeros(len(counts))
+        best[nonempty] = np.maximum.reduceat(recency, pair_first[nonempty])
+        anchor_key = np.where(match & (recency == best[pair]), pos, -1)
+        anchor = np.zeros(len(counts), dtype=np.int64)
+        anchor[nonempty] = np.maximum.reduceat(anchor_key, pair_first[nonempty])
+        weight = pair_sim[pair] * np.exp(-np.abs(pos - anchor[pair]) / self.position_decay)
+        scores = sp.csr_matrix((weight, (row, item)), shape=(queries.shape[0], width))
+        scores.sum_duplicates()
+        return scores
+
+
+@dataclass
+class MemoryDistributions:
+    """The memory's two views of a batch of prefixes, [B, n_items + 1] CSC each (column slices are
+    the scorer's item chunks). A row with no mass (no neighbour, or neighbours holding only the
+    prefix's own items) is all zero; the model then leaves that row to the network."""
+
+    everything: sp.csc_matrix  # neighbour scores scaled to sum 1
+    novel: sp.csc_matrix  # the same without the prefix's own items, scaled to sum 1
+
+
 class SessionMemory(nn.Module):
-    """The most recent training sessions, and V-SKNN over them as a distribution over items.
+    """The most recent training sessions, in play order, and session-kNN over them.
 
     Empty until `remember` is called (the driver does it after training: the memory is data, not
     weights). Loading a state_dict resizes the buffers to what was saved.
     """
 
-    def __init__(self, n_items: int) -> None:
+    def __init__(self, n_items: int, position_decay: float = 0.0) -> None:
         super().__init__()
         self.n_items = n_items
+        self.position_decay = position_decay
         self.register_buffer("indptr", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("items", torch.zeros(0, dtype=torch.int32))
         self._neighbors: SessionNeighbors | None = None
@@ -121,9 +173,9 @@ class SessionMemory(nn.Module):
 
     def remember(self, sessions: Sequence[Sequence[int]]) -> None:
         """Store `sessions` (item ids 1..n_items, oldest first); ids outside the catalog are refused."""
-        fitted = SessionNeighbors().fit(sessions, self.n_items)
-        self.indptr = torch.from_numpy(fitted.sessions.indptr.astype(np.int64))
-        self.items = torch.from_numpy(fitted.sessions.indices.astype(np.int32))
+        fitted = SessionNeighbors(position_decay=self.position_decay).fit(sessions, self.n_items)
+        self.indptr = torch.from_numpy(fitted.seq_indptr)
+        self.items = torch.from_numpy(fitted.seq_items.astype(np.int32))
         self._neighbors = fitted
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
@@ -140,12 +192,19 @@ class SessionMemory(nn.Module):
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
 
-    def distribution(self, prefixes: Sequence[Sequence[int]]) -> sp.csc_matrix:
-        """[B, n_items + 1] V-SKNN scores scaled to sum 1 per row (all-zero rows: no neighbour), as CSC
-        so that the scorer's item chunks are column slices."""
+    def distributions(self, prefixes: Sequence[Sequence[int]]) -> MemoryDistributions:
+        """Both views from one neighbour search (the search is most of the hybrid's scoring cost)."""
         if self._neighbors is None:
-            self._neighbors = SessionNeighbors().fit_csr(self.indptr.cpu().numpy(), self.items.cpu().numpy(),
-                                                         self.n_items)
-        scores = self._neighbors.scores(prefixes)
-        total = np.asarray(scores.sum(axis=1)).ravel()
-        return sp.diags(1.0 / np.where(total > 0, total, 1.0)).dot(scores).tocsc()
+            self._neighbors = SessionNeighbors(position_decay=self.position_decay).fit_csr(
+                self.indptr.cpu().numpy(), self.items.cpu().numpy(), self.n_items)
+        scores = self._neighbors.scores(prefixes).tocsr()
+        seen = self._neighbors._queries(prefixes)
+        seen.data[:] = 1.0
+        novel = scores - scores.multiply(seen)
+        novel.eliminate_zeros()
+        return MemoryDistributions(_rows_summing_to_one(scores), _rows_summing_to_one(novel))
+
+
+def _rows_summing_to_one(m: sp.csr_matrix) -> sp.csc_matrix:
+    total = np.asarray(m.sum(axis=1)).ravel()
+    return sp.diags(1.0 / np.where(total > 0, total, 1.0)).dot(m).tocsc()

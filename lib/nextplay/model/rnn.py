@@ -9,10 +9,14 @@ distribution over the items already in the prefix and g a learned gate. A quarte
 test labels were already in the prefix; the mixture lets the model put mass on them without
 distorting the ranking of new items. With `repeat` off, p = p_head.
 
-At scoring time, with `knn_weight` w > 0 and a filled `memory`, the answer is the hybrid
-(1 - w) * p + w * p_knn, p_knn being V-SKNN over stored training sessions (model/neighbors.py):
-the neighbourhood finds items the RNN ranks low on long-tail sets (diginetica). Training never
-sees the memory; the driver fills it after training.
+At scoring time, with a filled `memory`, session-kNN over stored training sessions
+(model/neighbors.py) joins in twice. Its distribution over items outside the prefix, p_new, is mixed
+into what the gate sends to new items: p_head becomes (1 - v) * p_head + v * p_new (`knn_explore_weight`
+v; the network's calibrated gate keeps deciding repeat against explore). Its whole distribution p_knn
+is then mixed into the answer: (1 - w) * p + w * p_knn (`knn_weight` w), which lets the neighbours
+vote on repeats too. Without the repeat mixture only the second step applies. The neighbourhood finds
+items the network ranks low (long-tail sets such as diginetica). Training never sees the memory; the
+driver fills it after training.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from torch import nn
 from nextplay.config import ModelConfig
 from nextplay.model.cells import RecurrentStack
 from nextplay.model.heads import make_head
-from nextplay.model.neighbors import SessionMemory
+from nextplay.model.neighbors import MemoryDistributions, SessionMemory
 from nextplay.model.readout import SessionReadout
 
 _TINY = 1e-30  # keeps log() of a zero repeat probability finite; the branch is masked out anyway
@@ -45,7 +49,9 @@ class _ScoringContext:
     log_gate: torch.Tensor | None  # [B] log P(repeat)
     log_explore: torch.Tensor | None  # [B] log P(explore)
     pointer: torch.Tensor | None  # [B, L] repeat distribution over prefix positions
-    knn: Any | None  # scipy CSC [B, n_items + 1]: the memory's distribution, when it takes part
+    knn: MemoryDistributions | None  # the memory's view of the prefixes, when it takes part
+    log_knn_weight: torch.Tensor | None  # [B, 2]: log w, log (1 - w); w = 0 where a row has no mass
+    log_explore_weight: torch.Tensor | None  # [B, 2]: the same for v
 
 
 class SessionRNN(nn.Module):
@@ -76,7 +82,8 @@ class SessionRNN(nn.Module):
         self.head = make_head(cfg.head, n_items, dim, self.item_counts, n_negatives=cfg.n_negatives,
                               alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std,
                               sparse=self.sparse_items, normalize=self._cosine)
-        self.memory = SessionMemory(n_items) if cfg.knn_weight > 0 else None
+        uses_memory = cfg.knn_weight > 0 or (cfg.repeat and cfg.knn_explore_weight > 0)
+        self.memory = SessionMemory(n_items, cfg.knn_position_decay) if uses_memory else None
 
     # -- parameters the optimiser treats per row -------------------------------------------------
     def item_parameter_names(self) -> set[str]:
@@ -149,42 +156,39 @@ class SessionRNN(nn.Module):
             g = ro.gate_logit[:, 0]
             log_gate, log_explore = F.logsigmoid(g), F.logsigmoid(-g)
             pointer = torch.softmax(ro.pointer_logits[:, 0], dim=-1)
-        knn = None
-        if self.memory is not None and self.memory.n_sessions > 0 and self.cfg.knn_weight > 0:
+        knn = log_knn_weight = log_explore_weight = None
+        if self.memory is not None and self.memory.n_sessions > 0:
             rows = items.cpu().numpy()
-            knn = self.memory.distribution([r[:n] for r, n in zip(rows, lengths.cpu().tolist())])
-        return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer, knn)
+            knn = self.memory.distributions([r[:n] for r, n in zip(rows, lengths.cpu().tolist())])
+            if self.cfg.knn_weight > 0:
+                log_knn_weight = _log_weights(knn.everything, self.cfg.knn_weight, s)
+            if pointer is not None and self.cfg.knn_explore_weight > 0:
+                log_explore_weight = _log_weights(knn.novel, self.cfg.knn_explore_weight, s)
+        return _ScoringContext(items, s, weight, norm, log_gate, log_explore, pointer, knn,
+                               log_knn_weight, log_explore_weight)
 
     def _chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
-        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1), the memory's
-        distribution mixed in when it takes part."""
-        scores = self._model_chunk_scores(ctx, start, stop)
-        if ctx.knn is None:
-            return scores
-        w = self.cfg.knn_weight
-        knn = torch.from_numpy(ctx.knn[:, start:stop].toarray()).to(scores)
-        return torch.logaddexp(scores + math.log1p(-w), torch.log(knn) + math.log(w))
-
-    def _model_chunk_scores(self, ctx: _ScoringContext, start: int, stop: int) -> torch.Tensor:
-        """The network's own log-probabilities of items start..stop-1, repeat mixture included.
-
-        Only the prefix's items have repeat mass, so the mixture is computed for those entries alone
-        and written over the dense explore scores: two passes over [B, chunk] instead of a handful.
-        """
+        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1): the head, the
+        memory's new items, the repeat mixture, the memory's whole vote, in that order (module
+        docstring). Only the prefix's items have repeat mass, so the repeat mixture is computed for
+        those entries alone and written over the dense explore scores."""
         scores = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm)
-        if ctx.pointer is None:
-            return scores
-        scores.add_(ctx.log_explore[:, None])
-        inside = (ctx.items >= start) & (ctx.items < stop)
-        rows, pos = inside.nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return scores
-        # repeat mass of each position's item: the pointer summed over every position holding it
-        same = ctx.items[:, :, None] == ctx.items[:, None, :]
-        mass = torch.bmm(same.to(ctx.pointer.dtype), ctx.pointer[:, :, None])[:, :, 0]
-        cols = ctx.items[rows, pos] - start
-        mixed = torch.logaddexp(ctx.log_gate[rows] + torch.log(mass[rows, pos].clamp_min(_TINY)), scores[rows, cols])
-        scores[rows, cols] = torch.where(mass[rows, pos] > 0, mixed, scores[rows, cols])
+        if ctx.log_explore_weight is not None:
+            scores = _mix(scores, ctx.knn.novel[:, start:stop], ctx.log_explore_weight)
+        if ctx.pointer is not None:
+            scores.add_(ctx.log_explore[:, None])
+            inside = (ctx.items >= start) & (ctx.items < stop)
+            rows, pos = inside.nonzero(as_tuple=True)
+            if rows.numel() > 0:
+                # repeat mass of each position's item: the pointer summed over every position holding it
+                same = ctx.items[:, :, None] == ctx.items[:, None, :]
+                mass = torch.bmm(same.to(ctx.pointer.dtype), ctx.pointer[:, :, None])[:, :, 0]
+                cols = ctx.items[rows, pos] - start
+                mixed = torch.logaddexp(ctx.log_gate[rows] + torch.log(mass[rows, pos].clamp_min(_TINY)),
+                                        scores[rows, cols])
+                scores[rows, cols] = torch.where(mass[rows, pos] > 0, mixed, scores[rows, cols])
+        if ctx.log_knn_weight is not None:
+            scores = _mix(scores, ctx.knn.everything[:, start:stop], ctx.log_knn_weight)
         return scores
 
     def _item_chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
@@ -243,3 +247,17 @@ class SessionRNN(nn.Module):
             ties += (scores == label_score[:, None]).sum(1)
         rank = 1 + higher + (ties - 1).clamp_min(0)
         return torch.where(known, rank, torch.full_like(rank, math.inf))
+
+
+def _log_weights(dist: Any, weight: float, like: torch.Tensor) -> torch.Tensor:
+    """[B, 2] log mixture weights (memory, network) per row; a row the memory has no mass for keeps
+    the network alone, so every row stays a distribution."""
+    has_mass = torch.from_numpy(np.asarray(dist.sum(axis=1)).ravel() > 0).to(like.device)
+    w = torch.where(has_mass, weight, 0.0).to(like.dtype)
+    return torch.stack([torch.log(w), torch.log1p(-w)], dim=1)
+
+
+def _mix(log_p: torch.Tensor, dist_chunk: Any, log_w: torch.Tensor) -> torch.Tensor:
+    """log((1 - w) p + w q) for a chunk of items, q being a CSC column slice of the memory's view."""
+    q = torch.from_numpy(dist_chunk.toarray()).to(log_p)
+    return torch.logaddexp(log_p + log_w[:, 1:], torch.log(q) + log_w[:, :1])
