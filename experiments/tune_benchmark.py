@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(model.state_dict(), args.save)
     if args.blend:
         # The model's own hybrid, filled with the training sessions and scored at each weight.
-        model.memory = SessionMemory(index.n_items, cfg.model.knn_position_decay)
+        m = cfg.model
+        model.memory = SessionMemory(index.n_items, k=m.knn_neighbors, sample=m.knn_sample, position_decay=m.knn_position_decay)
         model.memory.remember(train_ids)
         for pair in args.blend.split(","):
             w, _, v = pair.partition("/")

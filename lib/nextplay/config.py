@@ -125,12 +125,16 @@ class ModelConfig:
     # Hybrid scoring with session-kNN over the `knn_sessions` most recent training sessions, stored
     # in the model after training (model/rnn.py and model/neighbors.py): the memory's items outside
     # the prefix take `knn_explore_weight` of what the repeat gate sends to new items, then its whole
-    # distribution takes `knn_weight` of the answer. Neighbour items count exp(-d / knn_position_decay)
-    # at d steps from where the sessions meet (0: all alike, plain V-SKNN). The RNN trains alone either
-    # way; both weights 0 score the RNN alone. Chosen on the validation splits: docs/benchmarks.md.
+    # distribution takes `knn_weight` of the answer. The search: the `knn_sample` most recent stored
+    # sessions sharing an item with the prefix, the `knn_neighbors` most similar of them; neighbour
+    # items count exp(-d / knn_position_decay) at d steps from where the sessions meet (0: all alike,
+    # plain V-SKNN). The RNN trains alone either way; both weights 0 score the RNN alone. Chosen on
+    # the validation splits: docs/benchmarks.md, "The hybrid".
     knn_weight: float = 0.1
     knn_explore_weight: float = 0.5
     knn_position_decay: float = 1.0
+    knn_neighbors: int = 100
+    knn_sample: int = 2000
     knn_sessions: int = 500_000
 
 
@@ -313,6 +317,7 @@ def _check_ranges(cfg: Config) -> None:
         "spark.shuffle_partitions": cfg.spark.shuffle_partitions,
         "generate.artists": cfg.generate.artists, "ingest.max_id_length": cfg.ingest.max_id_length,
         "ingest.commit_attempts": cfg.ingest.commit_attempts,
+        "model.knn_neighbors": cfg.model.knn_neighbors, "model.knn_sample": cfg.model.knn_sample,
     }
     for key, v in positive.items():
         if v <= 0:

@@ -157,11 +157,13 @@ def test_a_model_saved_before_the_ordered_memory_scores_as_it_did(tmp_path: Path
     model = hybrid()
     save_model(model, tmp_path / "m")
     payload = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
-    del payload["config"]["knn_explore_weight"], payload["config"]["knn_position_decay"]
+    for key in ("knn_explore_weight", "knn_position_decay", "knn_neighbors", "knn_sample"):
+        del payload["config"][key]
     torch.save(payload, tmp_path / "m" / MODEL_FILE)
     loaded = load_model(tmp_path / "m")
     assert loaded.cfg.knn_explore_weight == 0.0 and loaded.cfg.knn_position_decay == 0.0
-    assert loaded.memory.position_decay == 0.0
+    memory = loaded.memory
+    assert (memory.k, memory.sample, memory.position_decay) == (500, 1000, 0.0)
 
 
 def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:

@@ -19,8 +19,9 @@ from nextplay.model.rnn import SessionRNN
 MODEL_FILE = "model.pt"
 
 # The value that reproduces a model saved before the key existed. Those memories were stored as
-# sorted item sets, not in play order, and their hybrid had no explore step.
-_BEFORE_THE_KEY = {"knn_explore_weight": 0.0, "knn_position_decay": 0.0}
+# sorted item sets, not in play order, their hybrid had no explore step, and their neighbour search
+# used the baseline's k and sample.
+_BEFORE_THE_KEY = {"knn_explore_weight": 0.0, "knn_position_decay": 0.0, "knn_neighbors": 500, "knn_sample": 1000}
 
 
 def save_model(model: SessionRNN, path: str | os.PathLike) -> None:

@@ -159,10 +159,10 @@ class SessionMemory(nn.Module):
     weights). Loading a state_dict resizes the buffers to what was saved.
     """
 
-    def __init__(self, n_items: int, position_decay: float = 0.0) -> None:
+    def __init__(self, n_items: int, k: int = 500, sample: int = 1000, position_decay: float = 0.0) -> None:
         super().__init__()
         self.n_items = n_items
-        self.position_decay = position_decay
+        self.k, self.sample, self.position_decay = k, sample, position_decay
         self.register_buffer("indptr", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("items", torch.zeros(0, dtype=torch.int32))
         self._neighbors: SessionNeighbors | None = None
@@ -173,7 +173,7 @@ class SessionMemory(nn.Module):
 
     def remember(self, sessions: Sequence[Sequence[int]]) -> None:
         """Store `sessions` (item ids 1..n_items, oldest first); ids outside the catalog are refused."""
-        fitted = SessionNeighbors(position_decay=self.position_decay).fit(sessions, self.n_items)
+        fitted = self._search().fit(sessions, self.n_items)
         self.indptr = torch.from_numpy(fitted.seq_indptr)
         self.items = torch.from_numpy(fitted.seq_items.astype(np.int32))
         self._neighbors = fitted
@@ -192,11 +192,14 @@ class SessionMemory(nn.Module):
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
 
+    def _search(self) -> SessionNeighbors:
+        return SessionNeighbors(k=self.k, sample=self.sample, position_decay=self.position_decay)
+
     def distributions(self, prefixes: Sequence[Sequence[int]]) -> MemoryDistributions:
         """Both views from one neighbour search (the search is most of the hybrid's scoring cost)."""
         if self._neighbors is None:
-            self._neighbors = SessionNeighbors(position_decay=self.position_decay).fit_csr(
-                self.indptr.cpu().numpy(), self.items.cpu().numpy(), self.n_items)
+            self._neighbors = self._search().fit_csr(self.indptr.cpu().numpy(), self.items.cpu().numpy(),
+                                                     self.n_items)
         scores = self._neighbors.scores(prefixes).tocsr()
         seen = self._neighbors._queries(prefixes)
         seen.data[:] = 1.0

@@ -83,7 +83,8 @@ class SessionRNN(nn.Module):
                               alpha=cfg.sample_alpha, logq=cfg.logq, init_std=cfg.init_std,
                               sparse=self.sparse_items, normalize=self._cosine)
         uses_memory = cfg.knn_weight > 0 or (cfg.repeat and cfg.knn_explore_weight > 0)
-        self.memory = SessionMemory(n_items, cfg.knn_position_decay) if uses_memory else None
+        self.memory = SessionMemory(n_items, k=cfg.knn_neighbors, sample=cfg.knn_sample,
+                                    position_decay=cfg.knn_position_decay) if uses_memory else None
 
     # -- parameters the optimiser treats per row -------------------------------------------------
     def item_parameter_names(self) -> set[str]:
