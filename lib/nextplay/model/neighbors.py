@@ -23,6 +23,11 @@ import torch
 from torch import nn
 
 
+def _check_ids(items: np.ndarray, n_items: int) -> None:
+    if len(items) and (items.min() < 1 or items.max() > n_items):
+        raise ValueError(f"item ids must be in 1..{n_items}; found {items.min()}..{items.max()}")
+
+
 class SessionNeighbors:
     """V-SKNN scores as a sparse [B, n_items + 1] matrix (only items the neighbours hold)."""
 
@@ -36,16 +41,18 @@ class SessionNeighbors:
     def fit(self, sessions: Sequence[Sequence[int]], n_items: int) -> "SessionNeighbors":
         lengths = np.fromiter((len(s) for s in sessions), dtype=np.int64, count=len(sessions))
         items = np.fromiter((x for s in sessions for x in s), dtype=np.int64, count=int(lengths.sum()))
+        _check_ids(items, n_items)  # before the cast to int32 could wrap a huge id into range
         indptr = np.concatenate([[0], np.cumsum(lengths)])
-        return self.fit_csr(indptr, items, n_items)
+        return self.fit_csr(indptr, items.astype(np.int32), n_items)
 
     def fit_csr(self, indptr: np.ndarray, items: np.ndarray, n_items: int) -> "SessionNeighbors":
         """Sessions given as CSR rows: session r holds items[indptr[r]:indptr[r + 1]]."""
-        if len(items) and (items.min() < 1 or items.max() > n_items):
-            raise ValueError(f"item ids must be in 1..{n_items}; found {items.min()}..{items.max()}")
+        _check_ids(items, n_items)
         self.n_items = n_items
-        self.seq_indptr, self.seq_items = np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64)
-        m = sp.csr_matrix((np.ones(len(items), dtype=np.float32), items, indptr),
+        # int32 items: the memory's buffer shares this array instead of holding a second copy
+        self.seq_indptr, self.seq_items = np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int32)
+        # a copy: scipy sorts and merges the indices in place, and the play order must survive
+        m = sp.csr_matrix((np.ones(len(items), dtype=np.float32), self.seq_items.copy(), self.seq_indptr),
                           shape=(len(indptr) - 1, n_items + 1))
         m.sum_duplicates()
         m.data[:] = 1.0  # a session either contains an item or not
@@ -175,7 +182,7 @@ class SessionMemory(nn.Module):
         """Store `sessions` (item ids 1..n_items, oldest first); ids outside the catalog are refused."""
         fitted = self._search().fit(sessions, self.n_items)
         self.indptr = torch.from_numpy(fitted.seq_indptr)
-        self.items = torch.from_numpy(fitted.seq_items.astype(np.int32))
+        self.items = torch.from_numpy(fitted.seq_items)
         self._neighbors = fitted
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
