@@ -188,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
         m = cfg.model
         model.memory = SessionMemory(index.n_items, k=m.knn_neighbors, sample=m.knn_sample, position_decay=m.knn_position_decay)
         model.memory.remember(train_ids)
+        configured_v = m.knn_explore_weight  # model.cfg is cfg.model: read it before the loop changes it
         for pair in args.blend.split(","):
             w, _, v = pair.partition("/")
             model.cfg.knn_weight = float(w)
-            model.cfg.knn_explore_weight = float(v) if v else cfg.model.knn_explore_weight
+            model.cfg.knn_explore_weight = float(v) if v else configured_v
             res = evaluate_model(model, eval_prefixes, eval_labels, ks=ks, batch_size=512)
             emit({**base, "model": f"hybrid:{cfg.model.cell}/{cfg.model.head}", "knn_weight": model.cfg.knn_weight,
                   "knn_explore_weight": model.cfg.knn_explore_weight, **res}, args.log)

@@ -215,3 +215,12 @@ def test_large_position_decay_is_plain_v_sknn() -> None:
     plain = SessionNeighbors(k=20, sample=100).fit(sessions, 40).scores(queries).toarray()
     decayed = SessionNeighbors(k=20, sample=100, position_decay=1e9).fit(sessions, 40).scores(queries).toarray()
     np.testing.assert_allclose(decayed, plain, rtol=1e-5)
+
+
+def test_position_decay_holds_past_int32_keys() -> None:
+    """Row x catalog width passes 2**31 here (3,001 prefixes, a million items)."""
+    n = 1_000_000
+    nb = SessionNeighbors(k=5, sample=10, idf_weight=0.0, position_decay=1.0).fit([[1, 2, 3], [n - 1, n, 5]], n)
+    scores = nb.scores([[7]] * 3000 + [[n]]).getrow(3000).toarray()[0]
+    assert scores[n] == pytest.approx(1.0) and scores[5] == pytest.approx(math.exp(-1))
+    assert scores[n - 1] == pytest.approx(math.exp(-1))

@@ -62,7 +62,7 @@ class SessionNeighbors:
         self.idf = np.log1p(m.shape[0] / np.maximum(df, 1))
         return self
 
-    def _queries(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
+    def queries(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
         lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
         row = np.repeat(np.arange(len(prefixes)), lengths)
         item = np.fromiter((x for p in prefixes for x in p), dtype=np.int64, count=int(lengths.sum()))
@@ -98,7 +98,11 @@ class SessionNeighbors:
         return keep
 
     def scores(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
-        sim = (self._queries(prefixes) @ self.sessions_t).tocsr()
+        return self.score_queries(self.queries(prefixes))
+
+    def score_queries(self, queries: sp.csr_matrix) -> sp.csr_matrix:
+        """Scores for query vectors from `queries` (the memory keeps them to find each prefix's items)."""
+        sim = (queries @ self.sessions_t).tocsr()
         sim.eliminate_zeros()
         recent = self._keep_per_row(sim, sim.indices.astype(np.float64), self.sample)
         sim.data[~recent] = 0.0
@@ -107,13 +111,12 @@ class SessionNeighbors:
         sim.data[~nearest] = 0.0
         sim.eliminate_zeros()
         if self.position_decay > 0:
-            scores = self._positional_scores(self._queries(prefixes), sim)
+            scores = self._positional_scores(queries, sim)
         else:
             scores = (sim @ self.sessions).tocsr()
         scores = scores.multiply(1.0 + self.idf_weight * self.idf[None, :]).tocsr()
         scores.eliminate_zeros()
         return scores
-
 
     def _positional_scores(self, queries: sp.csr_matrix, sim: sp.csr_matrix) -> sp.csr_matrix:
         """Neighbour items weighted by exp(-distance / position_decay) from the neighbour's anchor:
@@ -128,7 +131,7 @@ class SessionNeighbors:
         pair_first = np.cumsum(counts) - counts
         pos = np.arange(len(pair)) - pair_first[pair]
         item = self.seq_items[starts[pair] + pos]
-        row = pair_row[pair]
+        row = pair_row[pair].astype(np.int64)  # row * width below passes 2**31 for big batches and catalogs
         queries.sort_indices()
         width = self.n_items + 1
         query_keys = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr)) * width + queries.indices
@@ -207,8 +210,9 @@ class SessionMemory(nn.Module):
         if self._neighbors is None:
             self._neighbors = self._search().fit_csr(self.indptr.cpu().numpy(), self.items.cpu().numpy(),
                                                      self.n_items)
-        scores = self._neighbors.scores(prefixes).tocsr()
-        seen = self._neighbors._queries(prefixes)
+        queries = self._neighbors.queries(prefixes)
+        scores = self._neighbors.score_queries(queries)
+        seen = queries.copy()
         seen.data[:] = 1.0
         novel = scores - scores.multiply(seen)
         novel.eliminate_zeros()
