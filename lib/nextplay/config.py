@@ -145,11 +145,12 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 128
     max_len: int = 50
-    optimizer: Literal["adam", "adagrad_sgd"] = "adam"
+    optimizer: Literal["adam", "adagrad_sgd", "adagrad"] = "adam"
     lr: float = 0.005
     # Learning-rate multiplier over the run (per step when the epoch's step count is known).
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     item_lr: float = 0.05  # Adagrad step on item vectors when optimizer=adagrad_sgd
+    momentum: float = 0.0  # optimizer=adagrad only (GRU4Rec's official code: 0 to 0.4)
     weight_decay: float = 0.0
     clip_norm: float = 5.0
     seed: int = 42
@@ -324,7 +325,7 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be a positive number, got {v}")
     for key, v in {"model.dropout": cfg.model.dropout, "model.embedding_dropout": cfg.model.embedding_dropout,
                    "generate.malformed_fraction": cfg.generate.malformed_fraction,
-                   "train.valid_fraction": cfg.train.valid_fraction}.items():
+                   "train.valid_fraction": cfg.train.valid_fraction, "train.momentum": cfg.train.momentum}.items():
         if not 0.0 <= v < 1.0:
             raise ConfigError(f"{key}: must be in [0, 1), got {v}")
     for key, v in {"train.lr": cfg.train.lr, "train.item_lr": cfg.train.item_lr,

@@ -86,7 +86,7 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adagrad_sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad_sgd", "adagrad"])
 def test_same_seed_same_run(optimizer: str) -> None:
     make = _batches(_sessions(48, 1), 16)
     runs = []
@@ -183,6 +183,41 @@ def test_adagrad_sgd_learns_the_planted_sequence() -> None:
     model = _model(head="full", dropout=0.0)
     cfg = _cfg(optimizer="adagrad_sgd", item_lr=0.2, lr=0.5, epochs=12, lr_schedule="constant")
     fit(model, _batches(_sessions(160, 4), 16), cfg, steps_per_epoch=None)
+    prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
+    _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
+    expected = (prefixes[:, 1] % N_ITEMS) + 1
+    assert (top[:, 0] == expected).float().mean() > 0.9
+
+
+def test_adagrad_momentum_by_hand_on_touched_rows_only() -> None:
+    """Two steps on a row-sparse matrix and a dense vector: v = m v + lr g / (sqrt(sum g^2) + eps)."""
+    rows = torch.nn.Parameter(torch.zeros(4, 2))
+    dense = torch.nn.Parameter(torch.zeros(3))
+    opt = AdagradSGD([{"params": [rows, dense], "rule": "adagrad", "lr": 0.1, "momentum": 0.5}], eps=0.0)
+    g1 = torch.tensor([[1.0, -2.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    g2 = torch.tensor([[3.0, 1.0], [0.0, 0.0], [2.0, 2.0], [0.0, 0.0]])
+    d1, d2 = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([-1.0, 2.0, 0.5])
+    for g, d in [(g1, d1), (g2, d2)]:
+        rows.grad = g.to_sparse(sparse_dim=1)  # as nn.Embedding(sparse=True) gives it
+        dense.grad = d.clone()
+        opt.step()
+    v1 = 0.1 * g1 / g1.abs().clamp_min(1e-30)  # first step: g / sqrt(g^2) = sign(g)
+    acc = g1 ** 2 + g2 ** 2
+    touched2 = torch.tensor([True, False, True, False])[:, None]
+    v2 = torch.where(touched2, 0.5 * v1 + 0.1 * g2 / acc.sqrt().clamp_min(1e-30), v1)
+    assert torch.allclose(rows.detach(), -(v1 + v2) * (g1 != 0) - v2 * ((g1 == 0) & touched2))
+    assert (rows.detach()[[1, 3]] == 0).all()  # never touched: value and velocity stay put
+    dv1 = 0.1 * torch.sign(d1)
+    dv2 = 0.5 * dv1 + 0.1 * d2 / (d1 ** 2 + d2 ** 2).sqrt()
+    assert torch.allclose(dense.detach(), -(dv1 + dv2))
+
+
+def test_adagrad_with_momentum_learns_the_planted_sequence() -> None:
+    model = _model(head="sampled", dropout=0.0)
+    cfg = _cfg(optimizer="adagrad", lr=0.1, momentum=0.3, epochs=12, lr_schedule="constant")
+    opt = build_optimizer(model, cfg)
+    assert [g["rule"] for g in opt.param_groups] == ["adagrad"]
+    fit(model, _batches(_sessions(160, 4), 16), cfg, steps_per_epoch=None, optimizer=opt)
     prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
     _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
     expected = (prefixes[:, 1] % N_ITEMS) + 1

@@ -28,22 +28,24 @@ Batch = dict[str, torch.Tensor]
 
 
 class AdagradSGD(torch.optim.Optimizer):
-    """The seed article's optimiser: Adagrad on item vectors, plain SGD on shared weights.
+    """Indexed Adagrad, with optional momentum, beside plain SGD: the seed article's optimiser and
+    the official GRU4Rec code's.
 
     A param group's `rule` says which. Adagrad groups update only the rows whose gradient is non-zero
-    (the items, or tree nodes, a batch touched), so untouched rows keep both their value and their
-    accumulator, weight decay included, and a step costs the touched rows rather than the catalog.
-    Constructible from param groups alone, as Horovod's DistributedOptimizer requires.
+    (the items, or tree nodes, a batch touched), so untouched rows keep their value, accumulator and
+    momentum, weight decay included, and a step costs the touched rows rather than the catalog.
+    With `momentum` m > 0 each touched row moves by v = m * v + lr * g / sqrt(sum g^2). Constructible
+    from param groups alone, as Horovod's DistributedOptimizer requires.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.05, eps: float = 1e-6, weight_decay: float = 0.0,
-                 rule: str = "sgd") -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, rule=rule))
+                 rule: str = "sgd", momentum: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, rule=rule, momentum=momentum))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:
         for group in self.param_groups:
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            lr, eps, wd, mom = group["lr"], group["eps"], group["weight_decay"], group.get("momentum", 0.0)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -53,6 +55,8 @@ class AdagradSGD(torch.optim.Optimizer):
                 state = self.state[p]
                 if "sum" not in state:
                     state["sum"] = torch.zeros_like(p)
+                if mom and "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p)
                 value = p.reshape(p.shape[0], -1)
                 acc = state["sum"].reshape(p.shape[0], -1)
                 if p.grad.is_sparse:
@@ -66,7 +70,12 @@ class AdagradSGD(torch.optim.Optimizer):
                     g = g + wd * value.index_select(0, rows)
                 a = acc.index_select(0, rows).addcmul_(g, g)
                 acc.index_copy_(0, rows, a)
-                value.index_add_(0, rows, g / (a.sqrt() + eps), alpha=-lr)
+                update = g / (a.sqrt() + eps) * lr
+                if mom:
+                    velocity = state["velocity"].reshape(p.shape[0], -1)
+                    update = velocity.index_select(0, rows).mul_(mom).add_(update)
+                    velocity.index_copy_(0, rows, update)
+                value.index_add_(0, rows, update, alpha=-1.0)
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -140,7 +149,9 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """`adam`: Adam on everything (row-wise where item gradients are sparse). `adagrad_sgd`: indexed
-    Adagrad (step cfg.item_lr) on the model's item-indexed parameters and SGD (step cfg.lr) on the rest."""
+    Adagrad (step cfg.item_lr) on the model's item-indexed parameters and SGD (step cfg.lr) on the rest.
+    `adagrad`: indexed Adagrad with momentum cfg.momentum (step cfg.lr) on every parameter, as the
+    official GRU4Rec code trains."""
     if cfg.optimizer == "adam":
         params = list(model.parameters())
         if getattr(model, "sparse_items", False):
@@ -149,6 +160,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores (docs/benchmarks.md).
         fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    if cfg.optimizer == "adagrad":
+        return AdagradSGD([{"params": list(model.parameters()), "rule": "adagrad", "lr": cfg.lr,
+                            "momentum": cfg.momentum}], weight_decay=cfg.weight_decay)
     item_names = model.item_parameter_names()
     named = list(model.named_parameters())
     groups = [
