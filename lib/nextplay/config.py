@@ -130,6 +130,10 @@ class ModelConfig:
     # items count exp(-d / knn_position_decay) at d steps from where the sessions meet (0: all alike,
     # plain V-SKNN). The RNN trains alone either way; both weights 0 score the RNN alone. Chosen on
     # the validation splits: docs/benchmarks.md, "The hybrid".
+    # Scoring only: the head's logits are divided by this before its softmax (training never sees
+    # it). Below 1 sharpens the head against the memory in the hybrid: BPR-max trains scores to rank,
+    # not to be a likelihood, and on diginetica's validation split they mixed best at 0.5.
+    score_temperature: float = 1.0
     knn_weight: float = 0.1
     knn_explore_weight: float = 0.5
     knn_position_decay: float = 1.0
@@ -338,6 +342,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"model.loss: bpr_max needs model.head=sampled (it ranks against negatives), got {cfg.model.head}")
     if cfg.model.bpr_reg < 0:
         raise ConfigError(f"model.bpr_reg: must be >= 0, got {cfg.model.bpr_reg}")
+    if cfg.model.score_temperature <= 0:
+        raise ConfigError(f"model.score_temperature: must be > 0, got {cfg.model.score_temperature}")
     if cfg.model.init_std <= 0:
         raise ConfigError(f"model.init_std: must be > 0, got {cfg.model.init_std}")
     for key, v in {"model.knn_weight": cfg.model.knn_weight,

@@ -89,3 +89,23 @@ def test_cosine_scores_are_a_distribution_and_sampled_gradients_stay_sparse(head
     torch.testing.assert_close(scores[:, 1:].exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
     # cosine logits are bounded by the scale (plus the learned bias, zero at init)
     assert float(scores[:, 1:].max() - scores[:, 1:].min()) <= 2 * 8.0 + 1e-4
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_score_temperature_keeps_a_distribution(head: str) -> None:
+    """Scoring-only: logits / T keep every head a distribution. For the softmax heads that is exactly
+    log_softmax(logits / T): the same item order, more mass on the top item when T < 1; the bit
+    tree divides every node's logit, which changes its leaves' distribution."""
+    items, lengths = _batch()
+    scores = {}
+    for t in (1.0, 0.5):
+        cfg = ModelConfig(head=head, hidden_size=8, repeat=False, n_negatives=4, init_std=0.5, score_temperature=t)
+        torch.manual_seed(4)
+        scores[t] = SessionRNN(11, cfg, np.arange(12)).eval().score_all(items, lengths)[:, 1:]
+        torch.testing.assert_close(scores[t].exp().sum(1), torch.ones(4), atol=1e-5, rtol=0)
+    if head == "bit_tree":
+        assert not torch.allclose(scores[0.5], scores[1.0])
+        return
+    torch.testing.assert_close(scores[0.5], torch.log_softmax(2 * scores[1.0], 1))
+    assert torch.equal(scores[1.0].argsort(dim=1, stable=True), scores[0.5].argsort(dim=1, stable=True))
+    assert (scores[0.5].max(1).values > scores[1.0].max(1).values).all()

@@ -57,16 +57,18 @@ class FullSoftmax(nn.Module):
         z = self.logits(s, weight, 1, self.n_items + 1)
         return -F.cross_entropy(z, targets - 1, reduction="none")
 
-    def normalizer(self, s: torch.Tensor, weight: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def normalizer(self, s: torch.Tensor, weight: torch.Tensor, chunk_size: int,
+                   temperature: float = 1.0) -> torch.Tensor:
         lse = torch.full((s.shape[0],), -math.inf, device=s.device, dtype=s.dtype)
         for lo, hi in _chunks(1, self.n_items + 1, chunk_size):
-            lse = torch.logaddexp(lse, torch.logsumexp(self.logits(s, weight, lo, hi), dim=1))
+            lse = torch.logaddexp(lse, torch.logsumexp(self.logits(s, weight, lo, hi) / temperature, dim=1))
         return lse
 
     def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int,
-                       norm: torch.Tensor | None) -> torch.Tensor:
+                       norm: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
+        """log softmax(logits / temperature) of items [start, stop), `norm` from `normalizer`."""
         assert norm is not None
-        return self.logits(s, weight, start, stop) - norm[:, None]
+        return self.logits(s, weight, start, stop) / temperature - norm[:, None]
 
 
 class SampledSoftmax(FullSoftmax):
@@ -191,12 +193,14 @@ class BitTreeSoftmax(nn.Module):
         left, right = self._branch_log_probs(z, nodes)
         return torch.where(bits.bool(), right, left).sum(dim=1)
 
-    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int) -> None:
+    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int,
+                   temperature: float = 1.0) -> None:
         return None
 
     def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
-                       norm: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log-probabilities of items [start, stop): expand only the subtrees over that range."""
+                       norm: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Exact log-probabilities of items [start, stop): expand only the subtrees over that range.
+        `temperature` divides every node's logit, so the leaves still sum to one."""
         a, b = start - 1, stop - 2  # first and last code
         top = 1 << self.depth
         logp = torch.zeros(s.shape[0], 1, device=s.device, dtype=s.dtype)
@@ -204,7 +208,7 @@ class BitTreeSoftmax(nn.Module):
         for d in range(self.depth):
             hi = (top + b) >> (self.depth - d)
             nodes = torch.arange(lo, hi + 1, device=s.device)
-            z = torch.addmm(self.node_bias[lo:hi + 1], s, self.node_weight[lo:hi + 1].t())
+            z = torch.addmm(self.node_bias[lo:hi + 1], s, self.node_weight[lo:hi + 1].t()) / temperature
             left, right = self._branch_log_probs(z, nodes)
             children = torch.stack([logp + left, logp + right], dim=2).flatten(1)  # nodes 2lo .. 2hi+1
             next_lo = (top + a) >> (self.depth - d - 1)

@@ -151,7 +151,7 @@ class SessionRNN(nn.Module):
         ro = self.readout(h, lengths, last_only=True)
         s = self._session_vectors(ro.session[:, 0])
         weight = self._output_weight()
-        norm = self.head.normalizer(s, weight, chunk_size)
+        norm = self.head.normalizer(s, weight, chunk_size, self.cfg.score_temperature)
         log_gate = log_explore = pointer = None
         if ro.gate_logit is not None:
             g = ro.gate_logit[:, 0]
@@ -173,7 +173,7 @@ class SessionRNN(nn.Module):
         memory's new items, the repeat mixture, the memory's whole vote, in that order (module
         docstring). Only the prefix's items have repeat mass, so the repeat mixture is computed for
         those entries alone and written over the dense explore scores."""
-        scores = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm)
+        scores = self.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm, self.cfg.score_temperature)
         if ctx.log_explore_weight is not None:
             scores = _mix(scores, ctx.knn.novel[:, start:stop], ctx.log_explore_weight)
         if ctx.pointer is not None:
