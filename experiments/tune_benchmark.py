@@ -87,8 +87,9 @@ class ItemIndex:
         return out, [self.index.get(x, 0) for x in labels], empty
 
 
-def batch_maker(sessions: list[list[int]], batch_size: int, seed: int):
-    """In-memory batches: sessions grouped by length (little padding), batch order shuffled per epoch."""
+def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, by_length: bool = True):
+    """In-memory batches: sessions grouped by length (little padding), batch order shuffled per epoch;
+    without `by_length`, random batches (sessions of all lengths together, more padding)."""
     lengths = np.array([len(s) for s in sessions])
     padded = np.zeros((len(sessions), lengths.max()), dtype=np.int64)
     for i, s in enumerate(sessions):
@@ -97,7 +98,7 @@ def batch_maker(sessions: list[list[int]], batch_size: int, seed: int):
     def make(epoch: int) -> list[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(len(sessions))
-        order = perm[np.argsort(lengths[perm], kind="stable")]
+        order = perm[np.argsort(lengths[perm], kind="stable")] if by_length else perm
         starts = np.arange(0, len(order), batch_size)
         rng.shuffle(starts)
         out = []
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blend", default="", metavar="W[/V],...",
                     help="after training, also score the hybrid at each model.knn_weight W "
                          "(and model.knn_explore_weight V, else the configured one)")
+    ap.add_argument("--random-batches", action="store_true",
+                    help="batches of random sessions instead of sessions of similar length")
     ap.add_argument("--save", type=Path, default=None, help="write the trained RNN's state_dict here")
     ap.add_argument("--load", type=Path, default=None,
                     help="skip training: load this state_dict (from --save, same data and --set) and go to --blend")
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_model:
         return
     model = SessionRNN(index.n_items, cfg.model, index.counts)
-    make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed)
+    make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, not args.random_batches)
     started = time.perf_counter()
 
     def on_epoch_end(epoch: int, stats: dict) -> None:
