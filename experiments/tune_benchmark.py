@@ -35,6 +35,7 @@ from nextplay.evaluate.baselines import MarkovChain, MostPopular, SessionKNN
 from nextplay.evaluate.metrics import evaluate_model
 from nextplay.model.neighbors import SessionMemory
 from nextplay.model.rnn import SessionRNN
+from nextplay.train.loader import cut_points
 from nextplay.train.loop import fit
 
 
@@ -87,9 +88,10 @@ class ItemIndex:
         return out, [self.index.get(x, 0) for x in labels], empty
 
 
-def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, by_length: bool = True):
-    """In-memory batches: sessions grouped by length (little padding), batch order shuffled per epoch;
-    without `by_length`, random batches (sessions of all lengths together, more padding)."""
+def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, unit: str, by_length: bool = True):
+    """In-memory batches cut as the Petastorm loader cuts them (`cut_points`, `train.batch_unit`):
+    sessions grouped by length (little padding), batch order shuffled per epoch; without
+    `by_length`, batch_size random sessions (all lengths together, more padding)."""
     lengths = np.array([len(s) for s in sessions])
     padded = np.zeros((len(sessions), lengths.max()), dtype=np.int64)
     for i, s in enumerate(sessions):
@@ -99,11 +101,10 @@ def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, by_length
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(len(sessions))
         order = perm[np.argsort(lengths[perm], kind="stable")] if by_length else perm
-        starts = np.arange(0, len(order), batch_size)
-        rng.shuffle(starts)
+        spans = cut_points(lengths[order], batch_size, unit if by_length else "sessions")
         out = []
-        for s in starts:
-            idx = order[s: s + batch_size]
+        for i in rng.permutation(len(spans)):
+            idx = order[spans[i][0]: spans[i][1]]
             width = int(lengths[idx].max())
             out.append({"items": torch.from_numpy(padded[idx, :width]), "length": torch.from_numpy(lengths[idx])})
         return out
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_model:
         return
     model = SessionRNN(index.n_items, cfg.model, index.counts)
-    make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, not args.random_batches)
+    make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, cfg.train.batch_unit, not args.random_batches)
     started = time.perf_counter()
 
     def on_epoch_end(epoch: int, stats: dict) -> None:

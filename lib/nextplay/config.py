@@ -148,6 +148,10 @@ class TrainConfig:
     num_proc: int = 1
     epochs: int = 5
     batch_size: int = 128
+    # `items`: a batch holds about batch_size x the mean session length items (many short sessions
+    # or few long ones), so every target weighs about the same; `sessions`: batch_size sessions.
+    # train/loader.py `cut_points` says why; docs/benchmarks.md has the validation figures.
+    batch_unit: Literal["items", "sessions"] = "items"
     max_len: int = 50
     optimizer: Literal["adam", "adagrad_sgd", "adagrad"] = "adam"
     lr: float = 0.005

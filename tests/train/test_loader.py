@@ -7,7 +7,7 @@ import pytest
 from nextplay import tables
 from nextplay.tables import Lake
 from nextplay.train.launch import snapshot_training_data
-from nextplay.train.loader import iterate_batches
+from nextplay.train.loader import cut_points, iterate_batches
 
 from .planted import write_planted_lake
 
@@ -66,3 +66,20 @@ def test_empty_shard_is_a_clear_error(spark, cfg):
     with pytest.raises(ValueError, match="found no 'no-such-split' sessions"):
         next(iterate_batches(empty, batch_size=8))
     assert np.isfinite(snapshot.n_events)
+
+
+def test_item_batches_hold_about_equal_targets_and_cover_every_session_once():
+    rng = np.random.default_rng(0)
+    lengths = np.sort(rng.choice([2, 3, 5, 20, 50], size=1000, p=[0.5, 0.2, 0.15, 0.1, 0.05]))
+    spans = cut_points(lengths, 32, "items")
+    assert spans[0][0] == 0 and spans[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, nothing lost or repeated
+    assert len(spans) <= -(-len(lengths) // 32)  # never more steps than snapshot.steps_per_epoch counts
+    budget = 32 * lengths.mean()
+    items = np.array([lengths[lo:hi].sum() for lo, hi in spans])
+    assert (np.abs(items[:-1] - budget) <= lengths.max()).all()
+    rows = [hi - lo for lo, hi in spans]
+    assert max(rows) > 5 * min(rows)  # many short sessions to a batch, few long ones
+    assert cut_points(lengths, 32, "sessions") == [(lo, min(1000, lo + 32)) for lo in range(0, 1000, 32)]
+    equal = cut_points(np.full(64, 3), 32, "items")
+    assert equal == [(0, 32), (32, 64)]

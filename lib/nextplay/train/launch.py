@@ -151,7 +151,7 @@ def train_worker(spec: TrainSpec) -> None:
     history = fit(
         model,
         lambda epoch: iterate_batches(spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size,
-                                      epoch=epoch, seed=cfg.train.seed),
+                                      epoch=epoch, seed=cfg.train.seed, unit=cfg.train.batch_unit),
         train_cfg,
         steps_per_epoch=steps,
         start_epoch=start_epoch,

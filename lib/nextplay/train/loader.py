@@ -106,13 +106,14 @@ def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int) -> Iterato
 
 
 def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0, size: int = 1,
-                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64) -> Iterator[dict[str, torch.Tensor]]:
+                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64,
+                    unit: str = "items") -> Iterator[dict[str, torch.Tensor]]:
     """Yield shuffled, length-bucketed mini-batches `{"items": [B, L], "length": [B]}` from one pass
     over this rank's shard, and keep cycling the shard (with a new shuffle) until the caller stops.
 
     A buffer of `buffer_batches` batches is filled, sorted by length, cut into batches and those
     batches are shuffled: the row order stays random across batches while each batch needs little
-    padding.
+    padding. `unit` says where the cuts go (`cut_points`).
     """
     rng = np.random.default_rng([seed, epoch, rank])
     cycle = 0
@@ -127,16 +128,36 @@ def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0
             buf_len.append(lengths)
             buffered += len(lengths)
             if buffered >= batch_size * buffer_batches:
-                yield from _drain(buf_items, buf_len, batch_size, rng)
+                yield from _drain(buf_items, buf_len, batch_size, unit, rng)
                 buf_items, buf_len, buffered = [], [], 0
         if buffered:
-            yield from _drain(buf_items, buf_len, batch_size, rng)
+            yield from _drain(buf_items, buf_len, batch_size, unit, rng)
         if seen == 0:
             raise ValueError(f"rank {rank}/{size} found no '{snapshot.split}' sessions in its shard of the sessions table")
         cycle += 1
 
 
-def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int,
+def cut_points(sorted_lengths: np.ndarray, batch_size: int, unit: str) -> list[tuple[int, int]]:
+    """Where to cut length-sorted sessions into batches: `sessions`, every `batch_size` rows;
+    `items`, wherever the running item count passes another multiple of batch_size x the mean
+    length, so a batch of short sessions holds many of them and one of long sessions few.
+
+    Why items: the loss is a mean over a batch's targets and every step moves the weights about
+    equally far, so with a fixed number of sessions per batch a target in a batch of two-item
+    sessions weighed ~10x one in a batch of twenty-item sessions. Either way there are about
+    len / batch_size batches, so the step count per epoch does not change.
+    """
+    n = len(sorted_lengths)
+    if unit == "sessions" or n == 0:
+        return [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
+    budget = max(1.0, batch_size * float(sorted_lengths.mean()))
+    first_item = np.cumsum(sorted_lengths) - sorted_lengths  # a session goes where its first item falls
+    ends = np.flatnonzero(np.diff(np.floor(first_item / budget))) + 1
+    bounds = [0, *ends.tolist(), n]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int, unit: str,
            rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
     width = max(a.shape[1] for a in items)
     all_items = np.zeros((sum(len(a) for a in items), width), dtype=np.int64)
@@ -147,9 +168,8 @@ def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int,
     all_len = np.concatenate(lengths)
     perm = rng.permutation(len(all_len))  # random tie order inside equal lengths
     order = perm[np.argsort(all_len[perm], kind="stable")]
-    starts = np.arange(0, len(order), batch_size)
-    rng.shuffle(starts)
-    for s in starts:
-        idx = order[s: s + batch_size]
+    spans = cut_points(all_len[order], batch_size, unit)
+    for i in rng.permutation(len(spans)):
+        idx = order[spans[i][0]: spans[i][1]]
         lens = all_len[idx]
         yield {"items": torch.from_numpy(all_items[idx, : int(lens.max())]), "length": torch.from_numpy(lens)}
