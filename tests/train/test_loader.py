@@ -14,7 +14,7 @@ from .planted import write_planted_lake
 
 def _collect(snapshot, batch_size, rank, size, steps):
     """Sessions delivered in `steps` batches, named by their first item (see write_planted_lake)."""
-    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, rank=rank, size=size, epoch=0, seed=1)
+    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, unit="items", rank=rank, size=size, epoch=0, seed=1)
     for _, batch in zip(range(steps), it):
         items, lengths = batch["items"].numpy(), batch["length"].numpy()
         assert items.shape[1] == lengths.max(), "a batch is trimmed to its own longest session"
@@ -64,7 +64,7 @@ def test_empty_shard_is_a_clear_error(spark, cfg):
     snapshot, *_ = snapshot_training_data(spark, cfg)
     empty = snapshot.__class__(snapshot.files, "no-such-split", 0, 0, snapshot.row_groups)
     with pytest.raises(ValueError, match="found no 'no-such-split' sessions"):
-        next(iterate_batches(empty, batch_size=8))
+        next(iterate_batches(empty, batch_size=8, unit="items"))
     assert np.isfinite(snapshot.n_events)
 
 

@@ -105,9 +105,8 @@ def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int) -> Iterato
                 yield batch.items, batch.length
 
 
-def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0, size: int = 1,
-                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64,
-                    unit: str = "items") -> Iterator[dict[str, torch.Tensor]]:
+def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, unit: str, rank: int = 0, size: int = 1,
+                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64) -> Iterator[dict[str, torch.Tensor]]:
     """Yield shuffled, length-bucketed mini-batches `{"items": [B, L], "length": [B]}` from one pass
     over this rank's shard, and keep cycling the shard (with a new shuffle) until the caller stops.
 
@@ -144,7 +143,7 @@ def cut_points(sorted_lengths: np.ndarray, batch_size: int, unit: str) -> list[t
 
     Why items: the loss is a mean over a batch's targets and every step moves the weights about
     equally far, so with a fixed number of sessions per batch a target in a batch of two-item
-    sessions weighed ~10x one in a batch of twenty-item sessions. Either way there are about
+    sessions (one target each) weighed ~19x one in a batch of twenty-item sessions (19 each). Either way there are about
     len / batch_size batches, so the step count per epoch does not change.
     """
     n = len(sorted_lengths)
