@@ -26,6 +26,7 @@ def test_layers_defaults_then_yaml_then_overrides(tmp_path):
     ("train.epochs=0", "train.epochs: must be a positive number"),
     ("model.dropout=1.5", "model.dropout: must be in [0, 1)"),
     ("train.resume=maybe", "train.resume: expected true or false"),
+    ("train.bptt_steps=-1", "train.bptt_steps: must be >= 0"),
     ("sessionize.min_session_length=1", "sessionize.min_session_length: must be at least 2"),
     ("lake.catalog=main", "lake.catalog and lake.schema"),
     ("train", "expected key=value"),

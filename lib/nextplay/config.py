@@ -154,6 +154,9 @@ class TrainConfig:
     # train/loader.py `cut_points` says why; docs/benchmarks.md has the validation figures.
     batch_unit: Literal["items", "sessions"] = "items"
     max_len: int = 50
+    # Backpropagation through time: 0 over each whole session window; k > 0 through at most k steps
+    # (the official GRU4Rec code: 1). Values are unchanged, only gradients are cut; model/cells.py.
+    bptt_steps: int = 0
     optimizer: Literal["adam", "adagrad_sgd", "adagrad"] = "adam"
     lr: float = 0.005
     # Learning-rate multiplier over the run (per step when the epoch's step count is known).
@@ -361,6 +364,8 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"model.sample_alpha: must be in [0, 1], got {cfg.model.sample_alpha}")
     if cfg.model.embedding_size < 0:
         raise ConfigError(f"model.embedding_size: must be >= 0 (0 = hidden_size), got {cfg.model.embedding_size}")
+    if cfg.train.bptt_steps < 0:
+        raise ConfigError(f"train.bptt_steps: must be >= 0 (0 = through the whole window), got {cfg.train.bptt_steps}")
     if cfg.train.max_len < 2:
         raise ConfigError(f"train.max_len: must be at least 2 (one input and one target), got {cfg.train.max_len}")
     if cfg.generate.artists > cfg.generate.tracks:

@@ -224,6 +224,25 @@ def test_adagrad_with_momentum_learns_the_planted_sequence() -> None:
     assert (top[:, 0] == expected).float().mean() > 0.9
 
 
+def test_truncated_bptt_reaches_the_trainer_and_learns_the_planted_sequence() -> None:
+    """train.bptt_steps changes the gradients fit applies (a truncation longer than any window is
+    the full gradient, bit for bit), and one-step truncation still learns an item -> next item rule."""
+    make = _batches(_sessions(48, 1), 16)
+    runs = {}
+    for k in (0, 1, 50):
+        model = _model(head="sampled")
+        fit(model, make, _cfg(bptt_steps=k), steps_per_epoch=None)
+        runs[k] = _weights(model)
+    assert all(torch.equal(runs[0][n], runs[50][n]) for n in runs[0])
+    assert not torch.equal(runs[0]["rnn.rnn.weight_hh_l0"], runs[1]["rnn.rnn.weight_hh_l0"])
+    model = _model(head="sampled", dropout=0.0)
+    fit(model, _batches(_sessions(160, 4), 16), _cfg(bptt_steps=1, epochs=12, lr=0.05), steps_per_epoch=None)
+    prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
+    _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
+    expected = (prefixes[:, 1] % N_ITEMS) + 1
+    assert (top[:, 0] == expected).float().mean() > 0.9
+
+
 class _SingleProcess:
     """The distributed hook as a one-process group: records what the loop asks of it."""
 

@@ -96,10 +96,11 @@ class SessionRNN(nn.Module):
         return names
 
     # -- shared pieces ---------------------------------------------------------------------------
-    def forward(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, L, H] of right-padded `items` [B, L] (dropout applied in training)."""
+    def forward(self, items: torch.Tensor, lengths: torch.Tensor, bptt_steps: int = 0) -> torch.Tensor:
+        """Hidden states [B, L, H] of right-padded `items` [B, L] (dropout applied in training);
+        `bptt_steps` as in RecurrentStack.forward."""
         x = self.input_dropout(self.embedding(items))
-        return self.hidden_dropout(self.rnn(x))
+        return self.hidden_dropout(self.rnn(x, bptt_steps))
 
     def _output_weight(self) -> torch.Tensor | None:
         if self.cfg.head == "bit_tree":
@@ -111,16 +112,17 @@ class SessionRNN(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def loss(self, items: torch.Tensor, lengths: torch.Tensor,
-             first_target: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+             first_target: torch.Tensor | None = None, bptt_steps: int = 0) -> tuple[torch.Tensor, int]:
         """Summed training loss of every next item, and how many targets it covers: the negative
         log-likelihood, or with `loss=bpr_max` the head's BPR-max plus the repeat mixture's likelihood.
 
         `first_target` [B] (optional) skips each row's first targets: they are context that an
-        earlier window of the same session already trained on.
+        earlier window of the same session already trained on. `bptt_steps` (train.bptt_steps)
+        truncates backpropagation through time; 0 keeps the whole session.
         """
         inputs, targets = items[:, :-1], items[:, 1:]
         in_len = (lengths - 1).clamp_min(0)
-        h = self.forward(inputs, in_len)
+        h = self.forward(inputs, in_len, bptt_steps)
         ro = self.readout(h, in_len, last_only=False)
         steps = torch.arange(inputs.shape[1], device=items.device)[None, :]
         valid = steps < in_len[:, None]

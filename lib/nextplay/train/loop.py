@@ -276,7 +276,7 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
                 group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, progress)
             items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
             items, lengths, first = items.to(dev), lengths.to(dev), first.to(dev)
-            loss_sum, n = model.loss(items, lengths, first)
+            loss_sum, n = model.loss(items, lengths, first, bptt_steps=cfg.bptt_steps)
             model.zero_grad(set_to_none=True)  # Horovod's optimizer wrapper has no set_to_none
             (loss_sum / max(n, 1)).backward()
             synchronize = getattr(opt, "synchronize", None)
