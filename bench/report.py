@@ -38,6 +38,7 @@ FIGURES = (
     Figure("udf_over_inprocess", "x", "<= 1.5"),
     Figure("score_users_per_second", "users/s"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
+    Figure("bptt1_over_full_yoochoose1_64", "x"),
 )
 KEYS = tuple(f.key for f in FIGURES)
 

@@ -5,10 +5,13 @@ The sessions of ../shared/data/yoochoose1_64/train_sessions.txt are written to a
 batched by the project's Petastorm loader (length-bucketed, as in training); the batches are then
 held in memory and `fit` runs the configured default model on them. Measured on one thread, the
 setting of the published reference (the official GRU4Rec PyTorch code: about 1,800 events/s on one
-thread of this machine kind), and on all cores.
+thread of this machine kind), and on all cores. `bptt1_over_full_yoochoose1_64`: the same steps on
+one thread with one-step truncated backpropagation (`train.bptt_steps=1`, the official code's way)
+over the default's whole-window backpropagation, alternated in this process.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
@@ -20,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.context import Bench, log
+from bench.measure import interleaved, median
 from bench.training import WARMUP_STEPS, Trainer, timed_batches
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -69,10 +73,17 @@ def yoochoose_figure(b: Bench) -> dict[str, Any]:
         stats = trainer.run(batches, steps)
         rates[threads] = stats["events"] / stats["seconds"]
         log(f"yoochoose1_64, {threads} thread(s): {rates[threads]:,.0f} events/s over {steps} steps")
+    torch.set_num_threads(1)
+    trainers = {k: Trainer(n_items, cfg.model, dataclasses.replace(cfg.train, bptt_steps=k), counts) for k in (0, 1)}
+    for trainer in trainers.values():
+        trainer.run(batches, WARMUP_STEPS)
+    times = interleaved({str(k): (lambda t=t: t.run(batches, steps)) for k, t in trainers.items()}, repeats=3)
+    bptt_ratio = median(times["0"]) / median(times["1"])
+    log(f"yoochoose1_64, 1 thread: one-step truncated BPTT {bptt_ratio:.2f}x the full-window steps/s")
     b.details["yoochoose1_64"] = {
         "sessions": n_sessions, "items": n_items, "steps": steps, "batch_size": cfg.train.batch_size,
         "events_per_second_by_threads": {str(k): v for k, v in rates.items()},
         "model": {"cell": cfg.model.cell, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
                   "readout": cfg.model.readout, "repeat": cfg.model.repeat, "optimizer": cfg.train.optimizer},
     }
-    return {"train_events_per_second_yoochoose1_64": rates[1]}
+    return {"train_events_per_second_yoochoose1_64": rates[1], "bptt1_over_full_yoochoose1_64": bptt_ratio}
