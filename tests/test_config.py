@@ -74,6 +74,18 @@ def test_every_shipped_conf_file_is_valid(name):
     assert cfg.model.cell in ("rnn", "gru", "lstm")
 
 
+def test_diginetica_conf_is_the_benchmark_conf_with_the_documented_overrides():
+    """docs/benchmarks.md reproduces the file's validation rows with these --set flags on the
+    benchmark conf; the file must not drift from them (nor from benchmark.yml's other keys)."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    digi = load_config(conf / "benchmark-diginetica.yml", []).flat()
+    flags = ["train.bptt_steps=1", "train.optimizer=adagrad", "train.lr=0.05", "train.momentum=0.15",
+             "train.lr_schedule=constant", "model.loss=bpr_max", "model.knn_position_decay=0",
+             "model.score_temperature=0.5", "model.knn_weight=0.02", "model.knn_explore_weight=0"]
+    bench = load_config(conf / "benchmark.yml", flags).flat()
+    assert {k for k in digi if digi[k] != bench[k]} == {"tracking.model_name"}
+
+
 def test_benchmark_conf_keeps_the_tuned_model_and_training_defaults():
     bench = load_config(Path(__file__).resolve().parents[1] / "conf" / "benchmark.yml", [])
     assert bench.model == ModelConfig() and bench.train.epochs == TrainConfig().epochs
