@@ -106,6 +106,9 @@ class ModelConfig:
     n_negatives: int = 2048
     sample_alpha: float = 0.3  # popularity ** alpha for the sampled head's negatives
     logq: bool = True
+    # Sampled head: a session's own items are never negatives for its targets (the batch's other
+    # targets include them, and they are related to the target rather than competing with it).
+    exclude_session_items: bool = False
     # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
     # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,
     # plus `bpr_reg` times their weighted squared scores). Cross-entropy won on yoochoose1_64's

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nextplay.config import ModelConfig
 from nextplay.model.rnn import SessionRNN
@@ -69,6 +70,62 @@ def test_bpr_max_weights_the_negatives_that_outrank_the_target() -> None:
     assert float(loss[0]) < 1e-3
     assert float(loss[1]) > 5.0
     assert float(logp[0]) > float(logp[1])
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bpr_max"])
+def test_a_sessions_own_items_are_not_its_negatives(loss: str) -> None:
+    """With `exclude_session_items`, the batch's targets from the same session leave the
+    candidates; those of other sessions stay, and without the key everything stays."""
+    from nextplay.model.heads import SampledSoftmax
+
+    torch.manual_seed(5)
+    counts = np.array([0, 0, 0, 0, 10.0])  # the drawn negatives are all item 4
+    head = SampledSoftmax(4, counts, n_negatives=8, alpha=1.0, logq=False)
+    weight = torch.randn(5, 3)
+    s = torch.randn(2, 3)
+    targets = torch.tensor([1, 2])
+
+    def row0(sessions: torch.Tensor | None, rows: torch.Tensor | None) -> float:
+        torch.manual_seed(6)
+        if loss == "bpr_max":
+            return float(head.bpr_max(s, targets, weight, 0.5, sessions, rows)[0][0].detach())
+        return float(head.target_log_prob(s, targets, weight, sessions, rows)[0].detach())
+
+    def expected(with_item_2: bool) -> float:
+        """Row 0 against the 8 draws of item 4, and the other target (item 2) if it counts."""
+        bias = head.bias.detach()
+        pos = float(s[0] @ weight[1] + bias[1])
+        negs = [float(s[0] @ weight[4] + bias[4])] * 8 + ([float(s[0] @ weight[2] + bias[2])] if with_item_2 else [])
+        z = torch.tensor(negs)
+        if loss == "bpr_max":
+            r_pos, r_neg = F.elu(torch.tensor(pos)), F.elu(z)
+            w = torch.softmax(r_neg, 0)
+            return float(-torch.log((w * torch.sigmoid(r_pos - r_neg)).sum()) + 0.5 * (w * r_neg.square()).sum())
+        return float(pos - torch.logsumexp(torch.cat([torch.tensor([pos]), z]), 0))
+
+    same = torch.tensor([[1, 2]]), torch.tensor([0, 0])
+    apart = torch.tensor([[1, 0], [2, 0]]), torch.tensor([0, 1])
+    assert row0(*same) == pytest.approx(expected(with_item_2=False), abs=1e-5)
+    assert row0(*apart) == pytest.approx(expected(with_item_2=True), abs=1e-5)
+    assert row0(None, None) == pytest.approx(expected(with_item_2=True), abs=1e-5)
+    assert expected(False) != pytest.approx(expected(True), abs=1e-3)
+
+
+def test_model_passes_its_sessions_to_the_head_only_when_asked() -> None:
+    """`model.exclude_session_items` changes the sampled loss of a batch whose sessions share
+    items with the batch's other targets, and the same seed gives the same loss without it."""
+    items, lengths = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]]), torch.tensor([4, 3])
+
+    def loss(exclude: bool) -> float:
+        torch.manual_seed(7)
+        cfg = ModelConfig(head="sampled", hidden_size=8, n_negatives=4, init_std=0.5, repeat=False,
+                          embedding_dropout=0.0, dropout=0.0, exclude_session_items=exclude)
+        model = SessionRNN(7, cfg, np.arange(8))
+        torch.manual_seed(8)
+        return float(model.loss(items, lengths)[0].detach())
+
+    assert loss(False) == loss(False)
+    assert loss(True) != pytest.approx(loss(False), rel=1e-4)
 
 
 @pytest.mark.parametrize("head", ["full", "sampled"])

@@ -100,12 +100,18 @@ class SampledSoftmax(FullSoftmax):
         self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
         self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
 
-    def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool
+    def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool,
+                          sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Logits of each row's target [N] and of the shared candidates [N, C] (with the log-q
         correction folded into the biases when `corrected` and the head uses it, which saves a pass
-        over [N, C]), which candidates are the row's own target (accidental hits), and, when not
-        corrected, the correction [N + C] for a caller that needs both kinds."""
+        over [N, C]), which candidates are not negatives for a row, and, when not corrected, the
+        correction [N + C] for a caller that needs both kinds.
+
+        A candidate is not a negative for its row when it is the row's target (accidental hit) or,
+        given `sessions` [R, L] (0-padded items) and `rows` [N] (target n belongs to session
+        rows[n]), when it is any item of the row's session. The batch's other targets include the
+        same session's other items, which are related to the target, not competitors of it."""
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
         cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
@@ -119,7 +125,11 @@ class SampledSoftmax(FullSoftmax):
             bias, log_q = bias - log_q, None
         positive = (s * self._unit(F.embedding(targets, weight, sparse=self.sparse))).sum(dim=1) + bias[:n]
         z = torch.addmm(bias[n:], s, self._unit(F.embedding(cand, weight, sparse=self.sparse)).t())
-        return positive, z, cand[None, :] == targets[:, None], log_q
+        hit = cand[None, :] == targets[:, None]
+        if sessions is not None and rows is not None:
+            in_session = (sessions[:, :, None] == cand[None, None, :]).any(dim=1)  # [R, C]
+            hit |= in_session[rows]
+        return positive, z, hit, log_q
 
     @staticmethod
     def _log_prob(positive: torch.Tensor, z: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
@@ -127,11 +137,13 @@ class SampledSoftmax(FullSoftmax):
         z = z.masked_fill(hit, -math.inf)
         return positive - torch.logaddexp(positive, torch.logsumexp(z, dim=1))
 
-    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        positive, z, hit, _ = self._candidate_logits(s, targets, weight, corrected=True)
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                        sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        positive, z, hit, _ = self._candidate_logits(s, targets, weight, True, sessions, rows)
         return self._log_prob(positive, z, hit)
 
-    def bpr_max(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, reg: float
+    def bpr_max(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, reg: float,
+                sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """GRU4Rec's BPR-max loss per row, and the sampled log-probability of the same candidates
         with the head's inputs detached (for a repeat gate to weigh, without training the head).
@@ -141,7 +153,7 @@ class SampledSoftmax(FullSoftmax):
         currently outrank the target; `reg` penalises their (weighted) squared scores, which keeps
         scores from drifting upward together. Scores pass through an ELU first, as in GRU4Rec.
         """
-        positive, z, hit, log_q = self._candidate_logits(s, targets, weight, corrected=False)
+        positive, z, hit, log_q = self._candidate_logits(s, targets, weight, False, sessions, rows)
         r_pos, r_neg = F.elu(positive), F.elu(z)
         w = torch.softmax(r_neg.masked_fill(hit, -math.inf), dim=1)
         above = (w * torch.sigmoid(r_pos[:, None] - r_neg)).sum(dim=1)

@@ -132,10 +132,12 @@ class SessionRNN(nn.Module):
         y = targets[rows, cols]
         s = self._session_vectors(ro.session[rows, cols])
         head_loss = None
+        # The sampled head can keep each session's own items out of its negatives.
+        exclude = {"sessions": items, "rows": rows} if self.cfg.exclude_session_items and self.cfg.head == "sampled" else {}
         if self.cfg.loss == "bpr_max":
-            head_loss, logp = self.head.bpr_max(s, y, self._output_weight(), self.cfg.bpr_reg)
+            head_loss, logp = self.head.bpr_max(s, y, self._output_weight(), self.cfg.bpr_reg, **exclude)
         else:
-            logp = self.head.target_log_prob(s, y, self._output_weight())
+            logp = self.head.target_log_prob(s, y, self._output_weight(), **exclude)
         if ro.gate_logit is not None:
             pointer = torch.softmax(ro.pointer_logits[rows, cols], dim=-1)
             p_repeat = (pointer * (inputs[rows] == y[:, None])).sum(dim=-1)
