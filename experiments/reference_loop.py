@@ -99,7 +99,7 @@ def main() -> None:
     cut = int(len(sessions) * 0.9)
     index = ItemIndex(sessions[:cut])
     train, n_items = index.sessions(sessions[:cut]), index.n_items
-    items = uniform((n_items + 1, DIM), n_items + 1 + DIM)
+    items = uniform((n_items + 1, DIM), n_items + DIM)
     bias = torch.zeros(n_items + 1, 1, requires_grad=True)
     w_ih, w_hh = uniform((3 * DIM, DIM), 2 * DIM), uniform((3 * DIM, DIM), 2 * DIM)
     b_ih, b_hh = torch.zeros(3 * DIM, requires_grad=True), torch.zeros(3 * DIM, requires_grad=True)
