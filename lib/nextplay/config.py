@@ -108,6 +108,8 @@ class ModelConfig:
     logq: bool = True
     # Sampled head: a session's own items are never negatives for its targets (the batch's other
     # targets include them, and they are related to the target rather than competing with it).
+    # Off: it lifted diginetica's BPR-max RNN alone (+1.2 Recall@20) but not its hybrid, and cost
+    # yoochoose1_64's hybrid 1.7 (docs/benchmarks.md, "Stop 14").
     exclude_session_items: bool = False
     # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
     # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,

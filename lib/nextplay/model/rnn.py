@@ -133,7 +133,8 @@ class SessionRNN(nn.Module):
         s = self._session_vectors(ro.session[rows, cols])
         head_loss = None
         # The sampled head can keep each session's own items out of its negatives.
-        exclude = {"sessions": items, "rows": rows} if self.cfg.exclude_session_items and self.cfg.head == "sampled" else {}
+        excluding = self.cfg.exclude_session_items and self.cfg.head == "sampled"
+        exclude = {"sessions": items, "rows": rows} if excluding else {}
         if self.cfg.loss == "bpr_max":
             head_loss, logp = self.head.bpr_max(s, y, self._output_weight(), self.cfg.bpr_reg, **exclude)
         else:
