@@ -22,8 +22,9 @@ Usage (one torch thread; about 2,500 events/s at dim 512, 5,000 at 256, on this 
     .venv/bin/python experiments/reference_loop.py dim=256 [order=shuffle] [epochs=5] [save=rnn.pt]
 
 It prints one JSON line per epoch and the validation Recall@20 / MRR@20 of the RNN alone (every
-prefix of the last 10% of sessions, ranked against all items, ties against the label). `save=`
-writes the weights as a nextplay `SessionRNN` state_dict (GRU, no repeat pointer) for
+prefix of the last 10% of sessions, ranked by the project's `evaluate_model` as
+`tune_benchmark.py` ranks). `save=` writes the weights as a nextplay `SessionRNN` state_dict (GRU,
+no repeat pointer) for
 `tune_benchmark.py --load ... --set model.hidden_size=<dim> --set model.repeat=false --blend ...`.
 """
 from __future__ import annotations
@@ -39,8 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nextplay.config import load_config
+from nextplay.evaluate.metrics import evaluate_model
+from nextplay.model.rnn import SessionRNN
+
 sys.path.insert(0, str(Path(__file__).parent))
-from tune_benchmark import ItemIndex, read_sessions  # noqa: E402
+from tune_benchmark import ItemIndex, prefix_lines, read_sessions  # noqa: E402
 
 ARGS = dict(a.split("=", 1) for a in sys.argv[1:])
 DIM, EPOCHS, LANES = int(ARGS.get("dim", 512)), int(ARGS.get("epochs", 5)), int(ARGS.get("bs", 128))
@@ -155,54 +160,18 @@ def main() -> None:
         seconds = time.time() - started
         print(json.dumps({"epoch": epoch, "loss": total / events, "seconds": round(seconds, 1),
                           "events_per_second": round(events / seconds)}), flush=True)
-    print(json.dumps({"dim": DIM, "order": ORDER, **validate(sessions[cut:], index, items, bias, cell)}), flush=True)
+    model = as_session_rnn(index, items, bias, (w_ih, w_hh, b_ih, b_hh))
+    prefixes, labels, _ = index.lines(*prefix_lines(sessions[cut:]))
+    result = evaluate_model(model, prefixes, labels, ks=(20,), batch_size=512)
+    print(json.dumps({"dim": DIM, "order": ORDER, "lines": len(labels), **result}), flush=True)
     if "save" in ARGS:
-        save(ARGS["save"], index, items, bias, (w_ih, w_hh, b_ih, b_hh))
+        torch.save(model.state_dict(), ARGS["save"])
 
 
-@torch.no_grad()
-def validate(sessions: list[list[int]], index: ItemIndex, items: torch.Tensor, bias: torch.Tensor, cell) -> dict:
-    """Every prefix -> next item; prefix items unseen in training are dropped, unseen labels miss."""
-    ranks: list[int] = []
-    batch: list[tuple[list[int], int]] = []
-
-    def flush() -> None:
-        width = max(len(p) for p, _ in batch)
-        prefixes = torch.zeros(len(batch), width, dtype=torch.long)
-        for i, (p, _) in enumerate(batch):
-            prefixes[i, width - len(p):] = torch.tensor(p)  # left-padded: the state stays 0 until the prefix starts
-        h = torch.zeros(len(batch), items.shape[1])
-        for t in range(width):
-            h = torch.where((prefixes[:, t] > 0)[:, None], cell(F.embedding(prefixes[:, t], items), h), h)
-        scores = h @ items.t() + bias[:, 0]
-        scores[:, 0] = -math.inf
-        labels = torch.tensor([label for _, label in batch])
-        own = scores.gather(1, labels[:, None])
-        rank = 1 + (scores > own).sum(1) + ((scores == own).sum(1) - 1).clamp_min(0)
-        rank[labels == 0] = 10**9
-        ranks.extend(rank.tolist())
-        batch.clear()
-
-    for session in sessions:
-        for i in range(1, len(session)):
-            prefix = [index.index[x] for x in session[:i] if x in index.index]
-            if not prefix:
-                ranks.append(10**9)
-                continue
-            batch.append((prefix, index.index.get(session[i], 0)))
-            if len(batch) == 512:
-                flush()
-    if batch:
-        flush()
-    r = np.array(ranks)
-    return {"lines": len(r), "recall_at_20": float((r <= 20).mean()),
-            "mrr_at_20": float(np.where(r <= 20, 1.0 / r, 0.0).mean())}
-
-
-def save(path: str, index: ItemIndex, items: torch.Tensor, bias: torch.Tensor, gru: tuple[torch.Tensor, ...]) -> None:
-    from nextplay.config import load_config
-    from nextplay.model.rnn import SessionRNN
-
+def as_session_rnn(index: ItemIndex, items: torch.Tensor, bias: torch.Tensor,
+                   gru: tuple[torch.Tensor, ...]) -> SessionRNN:
+    """The trained weights as a nextplay `SessionRNN` (GRU, no repeat pointer, empty memory), so the
+    project's own evaluation ranks it and `tune_benchmark.py --load` can mix its hybrid."""
     cfg = load_config(os.devnull, [f"model.hidden_size={DIM}", "model.repeat=false"])
     model = SessionRNN(index.n_items, cfg.model, index.counts)
     state = model.state_dict()
@@ -210,7 +179,7 @@ def save(path: str, index: ItemIndex, items: torch.Tensor, bias: torch.Tensor, g
     for name, value in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), gru):
         state[f"rnn.rnn.{name}"] = value.detach().clone()
     model.load_state_dict(state)
-    torch.save(model.state_dict(), path)
+    return model.eval()
 
 
 if __name__ == "__main__":

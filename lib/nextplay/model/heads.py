@@ -126,7 +126,7 @@ class SampledSoftmax(FullSoftmax):
         positive = (s * self._unit(F.embedding(targets, weight, sparse=self.sparse))).sum(dim=1) + bias[:n]
         z = torch.addmm(bias[n:], s, self._unit(F.embedding(cand, weight, sparse=self.sparse)).t())
         hit = cand[None, :] == targets[:, None]
-        if sessions is not None and rows is not None:
+        if sessions is not None:  # `rows` goes with it
             in_session = (sessions[:, :, None] == cand[None, None, :]).any(dim=1)  # [R, C]
             hit |= in_session[rows]
         return positive, z, hit, log_q
