@@ -35,6 +35,7 @@ from nextplay.evaluate.baselines import MarkovChain, MostPopular, SessionKNN
 from nextplay.evaluate.metrics import evaluate_model
 from nextplay.model.neighbors import SessionMemory
 from nextplay.model.rnn import SessionRNN
+from nextplay.train.lanes import LaneBatches
 from nextplay.train.loader import cut_points
 from nextplay.train.loop import fit
 
@@ -169,7 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_model:
         return
     model = SessionRNN(index.n_items, cfg.model, index.counts)
-    make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, cfg.train.batch_unit, not args.random_batches)
+    if cfg.train.batching == "lanes":  # the file's order is the sessions' time order
+        arrays = [np.asarray(s, dtype=np.int64) for s in train_ids]
+        lanes = LaneBatches(lambda: arrays, cfg.train.batch_size, cfg.train.max_len,
+                            sum(len(s) - 1 for s in train_ids))
+        make = lambda epoch: lanes  # noqa: E731
+    else:
+        make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, cfg.train.batch_unit, not args.random_batches)
     started = time.perf_counter()
 
     def on_epoch_end(epoch: int, stats: dict) -> None:

@@ -158,6 +158,10 @@ class TrainConfig:
     # or few long ones), so every target weighs about the same; `sessions`: batch_size sessions.
     # train/loader.py `cut_points` says why; docs/benchmarks.md has the validation figures.
     batch_unit: Literal["items", "sessions"] = "items"
+    # `buckets`: shuffled sessions in length-sorted batches (batch_unit applies). `lanes`: batch_size
+    # sessions in flight, one target each per step, oldest sessions first (GRU4Rec's official
+    # session-parallel batches; train/lanes.py says why, docs/benchmarks.md "Stop 15" measures it).
+    batching: Literal["buckets", "lanes"] = "buckets"
     max_len: int = 50
     # Backpropagation through time: 0 over each whole session window; k > 0 through at most k steps
     # (the official GRU4Rec code: 1). Values are unchanged, only gradients are cut; model/cells.py.

@@ -30,3 +30,27 @@ def test_gradient_reaches_back_exactly_to_the_chunk_start(cell: str) -> None:
         stack(x, bptt_steps=k)[:, 5].sum().backward()
         touched = [t for t in range(7) if x.grad[:, t].abs().sum() > 0]
         assert touched == reached, (k, touched)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_last_step_states_and_gradients_match_one_step_truncation(cell: str) -> None:
+    """Lane steps' shortcut: the same states at every real position, and, for a loss on each row's
+    last state, the same gradients as one-step truncation, from the last input alone."""
+    stack = _stack(cell)
+    lengths = torch.tensor([7, 1, 4])
+    x = torch.randn(3, 7, 4)
+    real = torch.arange(7)[None, :] < lengths[:, None]
+    rows = torch.arange(3)
+    grads = []
+    for fast in (True, False):
+        stack.zero_grad()
+        xi = x.clone().requires_grad_()
+        h = stack.last_step(xi, lengths, xi[rows, lengths - 1]) if fast else stack(xi, bptt_steps=1)
+        if fast:
+            assert torch.allclose(h[real], stack(x)[real], atol=1e-6)
+        h[rows, lengths - 1].pow(2).sum().backward()
+        touched = [[t for t in range(7) if xi.grad[r, t].abs().sum() > 0] for r in range(3)]
+        assert touched == [[6], [0], [3]]
+        grads.append([p.grad.clone() for p in stack.parameters()])
+    for fast_grad, slow_grad in zip(*grads):
+        assert torch.allclose(fast_grad, slow_grad, atol=1e-6)

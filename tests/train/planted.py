@@ -13,8 +13,10 @@ N_ITEMS = 30
 
 
 def write_planted_lake(spark: SparkSession, cfg: Config, n_sessions: int = 600, files: int = 6,
-                       n_items: int = N_ITEMS) -> None:
-    """With n_items >= n_sessions every session starts on its own item, so its first item names it."""
+                       n_items: int = N_ITEMS, time_ordered: bool = False) -> None:
+    """With n_items >= n_sessions every session starts on its own item (session k on item k + 1), so
+    its first item names it; start times increase with k. The files hold random sessions, or with
+    `time_ordered` spans of consecutive ones."""
     lake = Lake(cfg.lake)
     index = spark.range(1, n_items + 1).select(
         F.format_string("t%03d", "id").alias("track_id"), F.col("id").cast("int").alias("item_idx"),
@@ -29,4 +31,6 @@ def write_planted_lake(spark: SparkSession, cfg: Config, n_sessions: int = 600, 
         ts.alias("start_ts"), ts.alias("end_ts"), F.to_date(ts).alias("event_date"), items.alias("items"),
         length.alias("length"),
         F.when(F.col("id") % 10 == 0, "valid").when(F.col("id") % 10 == 1, "test").otherwise("train").alias("split"))
-    lake.write(sessions.repartition(files), tables.SESSIONS, mode="overwrite")
+    layout = (sessions.repartitionByRange(files, "start_ts").sortWithinPartitions("start_ts") if time_ordered
+              else sessions.repartition(files))
+    lake.write(layout, tables.SESSIONS, mode="overwrite")

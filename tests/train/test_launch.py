@@ -56,9 +56,10 @@ def test_local_training_learns_logs_and_registers(spark, cfg):
 
 @pytest.mark.slow
 @pytest.mark.horovod
-def test_horovod_two_processes_learn(spark, cfg, capfd):
-    write_planted_lake(spark, cfg)
-    assert main(["train", *_args(cfg, "train.launcher=horovod", "train.num_proc=2")]) == 0
+@pytest.mark.parametrize("batching", ["buckets", "lanes"])
+def test_horovod_two_processes_learn(spark, cfg, capfd, batching):
+    write_planted_lake(spark, cfg, time_ordered=batching == "lanes")
+    assert main(["train", *_args(cfg, "train.launcher=horovod", "train.num_proc=2", f"train.batching={batching}")]) == 0
     run = _last_run(cfg)
     assert run.data.params["world_size"] == "2"
     assert run.data.metrics["valid_recall_at_10"] > 0.9

@@ -9,6 +9,7 @@ import torch
 from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
 from nextplay.model.rnn import SessionRNN
 from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
+from nextplay.train.lanes import LaneBatches
 from nextplay.train.loop import AdagradSGD, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
 
 N_ITEMS = 20
@@ -236,6 +237,37 @@ def test_truncated_bptt_reaches_the_trainer_and_learns_the_planted_sequence() ->
     assert not torch.equal(runs[0]["rnn.rnn.weight_hh_l0"], runs[1]["rnn.rnn.weight_hh_l0"])
     model = _model(head="sampled", dropout=0.0)
     fit(model, _batches(_sessions(160, 4), 16), _cfg(bptt_steps=1, epochs=12, lr=0.05), steps_per_epoch=None)
+    prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
+    _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
+    expected = (prefixes[:, 1] % N_ITEMS) + 1
+    assert (top[:, 0] == expected).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "bpr_max"])
+def test_lane_steps_shortcut_gives_the_loss_of_the_whole_forward(loss: str) -> None:
+    """One target per row (lane steps) with one-step truncation takes model/cells.py's `last_step`:
+    the same loss, repeat pointer included, as the general path."""
+    items = torch.tensor([[3, 4, 5, 6, 7], [9, 10, 0, 0, 0], [1, 2, 3, 0, 0]])
+    lengths = torch.tensor([5, 2, 3])
+    first = lengths - 2
+    values = []
+    for bptt in (1, 0):  # 0: the general path (same values, gradients through every step)
+        model = _model(head="sampled", dropout=0.0, loss=loss, embedding_dropout=0.0)
+        torch.manual_seed(5)
+        total, n = model.loss(items, lengths, first, bptt_steps=bptt)
+        values.append(float(total.detach()))
+        assert n == 3
+    assert values[0] == pytest.approx(values[1], rel=1e-5)
+
+
+def test_lane_steps_learn_the_planted_sequence() -> None:
+    """Session-parallel steps (one target per session per step, prefix recomputed) through fit."""
+    sessions = [s.numpy() for s in _sessions(160, 4)]
+    lanes = LaneBatches(lambda: sessions, 8, 5, sum(len(s) - 1 for s in sessions))
+    model = _model(head="sampled", dropout=0.0)
+    history = fit(model, lambda epoch: lanes, _cfg(optimizer="adagrad", lr=0.1, epochs=6, lr_schedule="constant"),
+                  steps_per_epoch=None)
+    assert history[0]["events"] == sum(len(s) - 1 for s in sessions)
     prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
     _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
     expected = (prefixes[:, 1] % N_ITEMS) + 1

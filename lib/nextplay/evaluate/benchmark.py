@@ -65,8 +65,11 @@ def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
                     F.size("items").cast("int").alias("length"),
                     F.when(F.col("n") >= first_valid, "valid").otherwise("train").alias("split"),
                 ))
-    # Many small files: each Horovod rank can then read its own row groups.
-    lake.write(sessions.repartition(max(8, cfg.train.num_proc * 4)), tables.SESSIONS, mode="overwrite")
+    # Many small files, each Horovod rank then reads its own row groups; each file a span of
+    # consecutive sessions in the files' order, which `train.batching=lanes` trains oldest first.
+    n_files = max(8, cfg.train.num_proc * 4)
+    lake.write(sessions.repartitionByRange(n_files, "start_ts").sortWithinPartitions("start_ts"),
+               tables.SESSIONS, mode="overwrite")
     lines.unpersist()
     return {"train_lines": n_lines, "items": index.count()}
 

@@ -38,6 +38,28 @@ class RecurrentStack(nn.Module):
         return torch.cat(outs, dim=1)
 
 
+    def last_step(self, x: torch.Tensor, lengths: torch.Tensor, last_input: torch.Tensor) -> torch.Tensor:
+        """States [B, L, H] of right-padded inputs [B, L, D] (`lengths` >= 1) where only each row's
+        last real step carries gradient, fed the state before it as a constant: one-step truncated
+        backpropagation for a batch that trains each row's last target alone (lane steps). The
+        earlier steps run as one packed pass without gradient instead of L - 1 steps with it; the
+        last step reads `last_input` [B, D] (the last input after dropout) instead of x's."""
+        before = (lengths - 1).clamp_min(1).cpu()
+        with torch.no_grad():
+            packed = nn.utils.rnn.pack_padded_sequence(x, before, batch_first=True, enforce_sorted=False)
+            out, state = self.rnn(packed)
+            prefix, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        fresh = (lengths == 1).to(x.device)  # no earlier step: the state starts at zero
+        state = tuple(_zero_rows(s, fresh) for s in state) if isinstance(state, tuple) else _zero_rows(state, fresh)
+        last, _ = self.rnn(last_input[:, None], state)
+        return prefix.index_put((torch.arange(x.shape[0], device=x.device), lengths - 1), last[:, 0])
+
+
+def _zero_rows(state: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`state` [layers, B, H] with the given rows zeroed."""
+    return state.masked_fill(rows[None, :, None], 0.0)
+
+
 def _detached(state: torch.Tensor | tuple[torch.Tensor, ...] | None) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
     """The carried state as a constant; the LSTM's is an (h, c) pair."""
     if state is None:

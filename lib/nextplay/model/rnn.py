@@ -122,14 +122,28 @@ class SessionRNN(nn.Module):
         """
         inputs, targets = items[:, :-1], items[:, 1:]
         in_len = (lengths - 1).clamp_min(0)
-        h = self.forward(inputs, in_len, bptt_steps)
-        ro = self.readout(h, in_len, last_only=False)
-        steps = torch.arange(inputs.shape[1], device=items.device)[None, :]
-        valid = steps < in_len[:, None]
-        if first_target is not None:
-            valid &= steps >= first_target[:, None]
-        rows, cols = valid.nonzero(as_tuple=True)
-        y = targets[rows, cols]
+        last_only = (bptt_steps == 1 and first_target is not None and bool((in_len >= 1).all())
+                     and bool((first_target == in_len - 1).all()))
+        if last_only:
+            # Lane steps: one target per row, whose step is the only one with gradient. Dropout
+            # touches that step alone; the context runs clean, as it will when scoring, and
+            # dropout over the whole [B, L, H] prefix was a third of such a step's time.
+            rows = torch.arange(items.shape[0], device=items.device)
+            x = self.embedding(inputs)
+            h = self.rnn.last_step(x, in_len, self.input_dropout(x[rows, in_len - 1]))
+            h = h.index_put((rows, in_len - 1), self.hidden_dropout(h[rows, in_len - 1]))
+            ro = self.readout(h, in_len, last_only=True)
+            cols = torch.zeros_like(rows)
+            y = targets[rows, in_len - 1]
+        else:
+            h = self.forward(inputs, in_len, bptt_steps)
+            ro = self.readout(h, in_len, last_only=False)
+            steps = torch.arange(inputs.shape[1], device=items.device)[None, :]
+            valid = steps < in_len[:, None]
+            if first_target is not None:
+                valid &= steps >= first_target[:, None]
+            rows, cols = valid.nonzero(as_tuple=True)
+            y = targets[rows, cols]
         s = self._session_vectors(ro.session[rows, cols])
         head_loss = None
         # The sampled head can keep each session's own items out of its negatives.

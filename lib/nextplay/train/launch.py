@@ -97,7 +97,7 @@ def train_worker(spec: TrainSpec) -> None:
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
     from nextplay.train.checkpoint import load_latest_checkpoint, model_signature, save_checkpoint
-    from nextplay.train.loader import iterate_batches
+    from nextplay.train.loader import iterate_batches, lane_batches
     from nextplay.train.loop import build_optimizer, fit
 
     cfg = spec.cfg
@@ -147,11 +147,19 @@ def train_worker(spec: TrainSpec) -> None:
             client.log_batch(spec.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in metrics.items()])
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
-    steps = spec.snapshot.steps_per_epoch(cfg.train.batch_size, size)
+    if cfg.train.batching == "lanes":
+        lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size)
+        # One process runs its exact pass (the newest sessions come last and matter most); ranks
+        # must agree on a step count, the one their shares of the split give when the lanes stay full.
+        make_batches, steps = (lambda epoch: lanes), (len(lanes) if size > 1 else None)
+    else:
+        make_batches = lambda epoch: iterate_batches(  # noqa: E731
+            spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
+            seed=cfg.train.seed, unit=cfg.train.batch_unit)
+        steps = spec.snapshot.steps_per_epoch(cfg.train.batch_size, size)
     history = fit(
         model,
-        lambda epoch: iterate_batches(spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size,
-                                      epoch=epoch, seed=cfg.train.seed, unit=cfg.train.batch_unit),
+        make_batches,
         train_cfg,
         steps_per_epoch=steps,
         start_epoch=start_epoch,
@@ -223,10 +231,10 @@ def snapshot_training_data(spark, cfg: Config):
     if counts.get("train", (0, 0))[0] == 0:
         raise ValueError("the sessions table has no 'train' sessions: run sessionize on more data, "
                          "or check sessionize.test_days / valid_days against the data's time span")
-    from nextplay.train.loader import count_row_groups
+    from nextplay.train.loader import count_row_groups, time_ordered
 
     n_train, n_events = counts["train"]
-    snapshot = SessionSnapshot(tuple(files), "train", int(n_train), int(n_events), count_row_groups(files))
+    snapshot = SessionSnapshot(tuple(time_ordered(files)), "train", int(n_train), int(n_events), count_row_groups(files))
 
     index = lake.read(spark, tables.ITEM_INDEX).select("item_idx", "play_count")
     n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)

@@ -24,7 +24,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from nextplay.train.lanes import LaneBatches
+
 SPLIT_COLUMN = "split"
+TIME_COLUMN = "start_ts"
 
 # Petastorm 0.12 drives pyarrow 14 through its legacy dataset API, which warns on every call.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
@@ -50,15 +53,33 @@ def count_row_groups(files: list[str]) -> int:
     return sum(pq.ParquetFile(_local(f)).metadata.num_row_groups for f in files)
 
 
+def time_ordered(files: list[str]) -> list[str]:
+    """The files sorted by their earliest `start_ts` (footer statistics; a file without them goes
+    last), so that a reader that keeps the file order delivers the sessions about oldest first."""
+
+    def earliest(path: str) -> tuple[bool, object]:
+        meta = pq.ParquetFile(_local(path)).metadata
+        stats = [rg.column(c).statistics for rg in map(meta.row_group, range(meta.num_row_groups))
+                 for c in range(rg.num_columns) if rg.column(c).path_in_schema == TIME_COLUMN]
+        if not stats or any(st is None or not st.has_min_max for st in stats):
+            return True, 0
+        return False, min(st.min for st in stats)
+
+    return sorted(files, key=lambda f: (*earliest(f), f))
+
+
 def _local(path: str) -> str:
     return path[len("file:"):] if path.startswith("file:") else path
 
 
-def _pad_transform(split: str, rank: int, size: int, row_sharding: bool):
-    """Build the per-row-group transform: keep one split (and one hash shard), pad `items`."""
+def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_order: bool):
+    """Build the per-row-group transform: keep one split (and one hash shard), optionally sort the
+    sessions by start time, pad `items`."""
 
     def transform(df: pd.DataFrame) -> pd.DataFrame:
         df = df[df[SPLIT_COLUMN] == split]
+        if time_order:
+            df = df.sort_values(TIME_COLUMN, kind="stable")
         if row_sharding and size > 1:
             shard = pd.util.hash_pandas_object(df["session_id"], index=False).to_numpy() % size
             df = df[shard == rank]
@@ -74,35 +95,56 @@ def _pad_transform(split: str, rank: int, size: int, row_sharding: bool):
     return transform
 
 
-def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int):
+def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, time_order: bool = False):
+    """Row groups in random order, or with `time_order` in the snapshot's file order (`time_ordered`)
+    with each row group's sessions sorted by start time."""
     from petastorm import make_batch_reader
     from petastorm.transform import TransformSpec
 
     row_sharding = snapshot.row_groups < size
     spec = TransformSpec(
-        _pad_transform(snapshot.split, rank, size, row_sharding),
+        _pad_transform(snapshot.split, rank, size, row_sharding, time_order),
         edit_fields=[("items", np.int32, (None,), False), ("length", np.int64, (), False)],
         selected_fields=["items", "length"],
     )
     shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size}
     return make_batch_reader(
         [f if "://" in f else f"file://{_local(f)}" for f in snapshot.files],
-        schema_fields=["items", SPLIT_COLUMN, "session_id"],
+        schema_fields=["items", SPLIT_COLUMN, "session_id", TIME_COLUMN],
         transform_spec=spec,
         num_epochs=1,
         workers_count=1,  # one reader thread keeps the row-group order, hence the run, reproducible
-        shuffle_row_groups=True,
-        seed=seed,
+        shuffle_row_groups=not time_order,
+        seed=None if time_order else seed,  # with a seed Petastorm also shuffles the shard's row groups
         reader_pool_type="thread",
         **shard_args,
     )
 
 
-def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    with _reader(snapshot, rank, size, seed) as reader:
+def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None,
+          time_order: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    with _reader(snapshot, rank, size, seed, time_order) as reader:
         for batch in reader:
             if len(batch.length):
                 yield batch.items, batch.length
+
+
+def lane_batches(snapshot: SessionSnapshot, *, lanes: int, max_len: int, rank: int = 0,
+                 size: int = 1) -> LaneBatches:
+    """One epoch of session-parallel steps (train/lanes.py) over this rank's shard, oldest sessions
+    first. Time order is as good as the table's layout: files by earliest start, row groups in file
+    order, sessions sorted inside each row group."""
+
+    def sessions() -> Iterator[np.ndarray]:
+        seen = 0
+        for items, lengths in _rows(snapshot, rank, size, seed=None, time_order=True):
+            seen += len(lengths)
+            for row, n in zip(items, lengths):
+                yield row[:n]
+        if seen == 0:
+            raise ValueError(f"rank {rank}/{size} found no '{snapshot.split}' sessions in its shard of the sessions table")
+
+    return LaneBatches(sessions, lanes, max_len, (snapshot.n_events - snapshot.n_sessions) // size)
 
 
 def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, unit: str, rank: int = 0, size: int = 1,

@@ -5,6 +5,8 @@
   start; each later window starts `max_len // 2` items before its first new target, so those items
   are context only (masked out of the loss). Every target is trained exactly once and no hidden state
   has to travel between steps (which would tie batches to a fixed session order).
+- Lane steps (`train.batching=lanes`, train/lanes.py) carry their own `first_target` and are never
+  longer than `max_len`, so they skip the cutting.
 - Randomness (dropout, sampled negatives) is re-seeded from (seed, epoch, rank) at every epoch, so a
   run resumed from the checkpoint of epoch e follows the same trajectory as one never stopped,
   provided `make_batches(epoch)` is itself deterministic.
@@ -274,7 +276,10 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
             progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, progress)
-            items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
+            if "first_target" in batch:  # lane steps (train/lanes.py) come cut already
+                items, lengths, first = batch["items"], batch["length"], batch["first_target"]
+            else:
+                items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
             items, lengths, first = items.to(dev), lengths.to(dev), first.to(dev)
             loss_sum, n = model.loss(items, lengths, first, bptt_steps=cfg.bptt_steps)
             model.zero_grad(set_to_none=True)  # Horovod's optimizer wrapper has no set_to_none
