@@ -128,3 +128,17 @@ def test_rerun_replaces_the_tables_with_the_same_content(spark, split_lake):
     before = sorted(lake.read(spark, SESSIONS).collect()), sorted(lake.read(spark, ITEM_INDEX).collect())
     sessionize(spark, cfg)
     assert (sorted(lake.read(spark, SESSIONS).collect()), sorted(lake.read(spark, ITEM_INDEX).collect())) == before
+
+
+def test_sessions_files_run_oldest_first(spark, split_lake):
+    """`train.batching=lanes` reads the files by earliest start, each in its own order: that must be
+    the sessions' time order."""
+    import pyarrow.parquet as pq
+
+    from nextplay.train.loader import time_ordered
+
+    cfg, _ = split_lake
+    files = time_ordered(Lake(cfg.lake).read(spark, SESSIONS).inputFiles())
+    assert len(files) > 1
+    starts = [ts for f in files for ts in pq.read_table(f.removeprefix("file:"), columns=["start_ts"]).column(0).to_pylist()]
+    assert starts == sorted(starts)
