@@ -149,9 +149,10 @@ def train_worker(spec: TrainSpec) -> None:
 
     if cfg.train.batching == "lanes":
         lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size)
-        # One process runs its exact pass (the newest sessions come last and matter most); ranks
-        # must agree on a step count, the one their shares of the split give when the lanes stay full.
-        make_batches, steps = (lambda epoch: lanes), (len(lanes) if size > 1 else None)
+        make_batches = lambda epoch: lanes  # noqa: E731  (time order: every epoch the same)
+        # One process runs its exact pass: the newest sessions come last and matter most. Ranks
+        # must agree on a step count: the one their shares of the split give with the lanes full.
+        steps = len(lanes) if size > 1 else None
     else:
         make_batches = lambda epoch: iterate_batches(  # noqa: E731
             spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
