@@ -161,6 +161,7 @@ class TrainConfig:
     # `buckets`: shuffled sessions in length-sorted batches (batch_unit applies). `lanes`: batch_size
     # sessions in flight, one target each per step, oldest sessions first (GRU4Rec's official
     # session-parallel batches; train/lanes.py says why, docs/benchmarks.md "Stop 15" measures it).
+    # Lanes run about 4x faster with bptt_steps=1, which they are meant for (model/cells.py `last_step`).
     batching: Literal["buckets", "lanes"] = "buckets"
     max_len: int = 50
     # Backpropagation through time: 0 over each whole session window; k > 0 through at most k steps
