@@ -37,7 +37,6 @@ class RecurrentStack(nn.Module):
             outs.append(out)
         return torch.cat(outs, dim=1)
 
-
     def last_step(self, x: torch.Tensor, lengths: torch.Tensor, last_input: torch.Tensor) -> torch.Tensor:
         """States [B, L, H] of right-padded inputs [B, L, D] (`lengths` >= 1) where only each row's
         last real step carries gradient, fed the state before it as a constant: one-step truncated

@@ -11,6 +11,9 @@ Sharding: with at least as many row groups as ranks, each rank reads its own row
 groups and keeps the sessions whose hashed `session_id` falls in its shard. Either way every rank
 runs `steps_per_epoch` steps, cycling its shard when it runs dry, so uneven shards never hang a
 collective operation.
+
+`train.batching=lanes` reads the same snapshot in time order instead, oldest sessions first, for
+session-parallel steps (`lane_batches`, train/lanes.py).
 """
 from __future__ import annotations
 
