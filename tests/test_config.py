@@ -82,7 +82,7 @@ def test_diginetica_conf_is_the_benchmark_conf_with_the_documented_overrides():
     flags = ["train.bptt_steps=1", "train.optimizer=adagrad", "train.lr=0.05", "train.momentum=0.15",
              "train.lr_schedule=constant", "model.loss=bpr_max", "model.knn_position_decay=0",
              "model.score_temperature=0.5", "model.knn_weight=0.02", "model.knn_explore_weight=0",
-             "train.batching=lanes", "model.repeat=false"]
+             "train.batching=lanes", "model.repeat_detached=true"]
     bench = load_config(conf / "benchmark.yml", flags).flat()
     assert {k for k in digi if digi[k] != bench[k]} == {"tracking.model_name"}
 

@@ -125,6 +125,9 @@ class ModelConfig:
     # Mix the head's distribution with a learned pointer over items already in the session
     # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
     repeat: bool = True
+    # The repeat mixture's likelihood trains the gate and the pointer only, not the network's states
+    # (they then learn from the head's loss alone). Measured with lanes in docs/benchmarks.md "Stop 15".
+    repeat_detached: bool = False
     # > 0: L2-normalise session and item vectors and scale their dot product by this (full/sampled).
     cosine_scale: float = 0.0
     # Hybrid scoring with session-kNN over the `knn_sessions` most recent training sessions, stored

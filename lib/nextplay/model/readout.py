@@ -47,9 +47,10 @@ class SessionReadout(nn.Module):
         if repeat:
             self.gate = nn.Linear(state_size, 1)
 
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor, last_only: bool) -> Readout:
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor, last_only: bool, detach_repeat: bool = False) -> Readout:
         """`h` [R, L, H] over right-padded rows of `lengths` real steps. Queries are every step
-        (training) or only each row's last real step (scoring)."""
+        (training) or only each row's last real step (scoring). `detach_repeat` keeps the gate's
+        and pointer's gradients out of `h`."""
         r, l, _ = h.shape
         device = h.device
         if last_only:
@@ -71,6 +72,10 @@ class SessionReadout(nn.Module):
                 context = torch.bmm(torch.softmax(alpha, dim=-1), h)
                 state = torch.cat([query_h, context], dim=-1)
             if self.repeat:
-                pointer_logits = (torch.bmm(self.pointer_query(query_h), keys) + bias[..., 1]).masked_fill(~allowed, float("-inf"))
-                gate_logit = self.gate(state).squeeze(-1)
+                r_query, r_keys, r_state = query_h, keys, state
+                if detach_repeat:
+                    r_query, r_state = query_h.detach(), state.detach()
+                    r_keys = self.key(h.detach()).transpose(1, 2) / math.sqrt(h.shape[-1])
+                pointer_logits = (torch.bmm(self.pointer_query(r_query), r_keys) + bias[..., 1]).masked_fill(~allowed, float("-inf"))
+                gate_logit = self.gate(r_state).squeeze(-1)
         return Readout(self.project(state), gate_logit, pointer_logits)

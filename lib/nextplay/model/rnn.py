@@ -132,12 +132,12 @@ class SessionRNN(nn.Module):
             x = self.embedding(inputs)
             h = self.rnn.last_step(x, in_len, self.input_dropout(x[rows, in_len - 1]))
             h = h.index_put((rows, in_len - 1), self.hidden_dropout(h[rows, in_len - 1]))
-            ro = self.readout(h, in_len, last_only=True)
+            ro = self.readout(h, in_len, last_only=True, detach_repeat=self.cfg.repeat_detached)
             cols = torch.zeros_like(rows)
             y = targets[rows, in_len - 1]
         else:
             h = self.forward(inputs, in_len, bptt_steps)
-            ro = self.readout(h, in_len, last_only=False)
+            ro = self.readout(h, in_len, last_only=False, detach_repeat=self.cfg.repeat_detached)
             steps = torch.arange(inputs.shape[1], device=items.device)[None, :]
             valid = steps < in_len[:, None]
             if first_target is not None:
