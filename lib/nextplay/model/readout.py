@@ -65,7 +65,7 @@ class SessionReadout(nn.Module):
             j = torch.arange(l, device=device)
             dist = q_pos[:, :, None] - j[None, None, :]  # [R, T, L]
             allowed = (dist >= 0) & (j[None, None, :] < lengths.clamp_min(1)[:, None, None])
-            keys = self.key(h).transpose(1, 2) / math.sqrt(h.shape[-1])  # [R, H, L]
+            keys = self._keys(h)
             bias = self.distance_bias(dist.clamp(0, MAX_DISTANCE - 1))  # [1 or R, T, L, 2]
             if self.attention:
                 alpha = (torch.bmm(self.attn_query(query_h), keys) + bias[..., 0]).masked_fill(~allowed, float("-inf"))
@@ -75,7 +75,11 @@ class SessionReadout(nn.Module):
                 r_query, r_keys, r_state = query_h, keys, state
                 if detach_repeat:
                     r_query, r_state = query_h.detach(), state.detach()
-                    r_keys = self.key(h.detach()).transpose(1, 2) / math.sqrt(h.shape[-1])
+                    r_keys = self._keys(h.detach())
                 pointer_logits = (torch.bmm(self.pointer_query(r_query), r_keys) + bias[..., 1]).masked_fill(~allowed, float("-inf"))
                 gate_logit = self.gate(r_state).squeeze(-1)
         return Readout(self.project(state), gate_logit, pointer_logits)
+
+    def _keys(self, h: torch.Tensor) -> torch.Tensor:
+        """[R, H, L] keys of every position, scaled for the bilinear scores."""
+        return self.key(h).transpose(1, 2) / math.sqrt(h.shape[-1])
