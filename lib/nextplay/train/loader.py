@@ -17,6 +17,7 @@ session-parallel steps (`lane_batches`, train/lanes.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -51,9 +52,15 @@ class SessionSnapshot:
         return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
 
 
+@functools.lru_cache(maxsize=4096)
+def _footer(path: str) -> pq.FileMetaData:
+    """A data file's Parquet footer, read once: Delta never rewrites a file under the same name."""
+    return pq.ParquetFile(_local(path)).metadata
+
+
 def count_row_groups(files: list[str]) -> int:
     """Row groups across the snapshot, read from the Parquet footers only."""
-    return sum(pq.ParquetFile(_local(f)).metadata.num_row_groups for f in files)
+    return sum(_footer(f).num_row_groups for f in files)
 
 
 def time_ordered(files: list[str]) -> list[str]:
@@ -61,7 +68,7 @@ def time_ordered(files: list[str]) -> list[str]:
     last), so that a reader that keeps the file order delivers the sessions about oldest first."""
 
     def earliest(path: str) -> tuple[bool, object]:
-        meta = pq.ParquetFile(_local(path)).metadata
+        meta = _footer(path)
         stats = [rg.column(c).statistics for rg in map(meta.row_group, range(meta.num_row_groups))
                  for c in range(rg.num_columns) if rg.column(c).path_in_schema == TIME_COLUMN]
         if not stats or any(st is None or not st.has_min_max for st in stats):
