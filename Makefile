@@ -5,7 +5,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv jars demo test test-fast test-all bench bench-quick clean wheel
+.PHONY: venv jars hdfs-jars demo test test-fast test-cluster test-all bench bench-quick clean wheel
 
 venv: .venv/.nextplay-stamp jars
 
@@ -16,6 +16,13 @@ jars: .cache/jars/.done
 
 .cache/jars/.done: scripts/delta-jars.pom.xml
 	mvn -q -f scripts/delta-jars.pom.xml dependency:copy-dependencies -Djars.dir=$(CURDIR)/.cache/jars
+	touch $@
+
+# Hadoop's in-process test cluster (HDFS), for the cluster tests only: never part of the product.
+hdfs-jars: .cache/hdfs-jars/.done
+
+.cache/hdfs-jars/.done: scripts/hdfs-minicluster.pom.xml
+	mvn -q -f scripts/hdfs-minicluster.pom.xml dependency:copy-dependencies -Djars.dir=$(CURDIR)/.cache/hdfs-jars
 	touch $@
 
 DEMO_SQL := SELECT user_id, rank, track_id, round(score, 3) AS score, model_version \
@@ -29,13 +36,18 @@ demo: venv
 	@.venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"
 	@echo; echo "Open the MLflow UI on these runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db"
 
-# The full suite, slow tests included (what CI runs).
-test: venv
+# The full suite, slow and cluster tests included (what CI runs).
+test: venv hdfs-jars
 	$(PY) -m pytest -q -m "not gpu" --durations=15
 
 # Only the fast unit and integration tests, for the edit-run loop.
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not gpu"
+
+# Only the pipeline on a real cluster (HDFS, a Spark master, two workers that share no disk).
+# NEXTPLAY_CLUSTER_EVENTS=10000000 make test-cluster runs it at scale.
+test-cluster: venv hdfs-jars
+	$(PY) -m pytest -q -m cluster tests/cluster --durations=15
 
 bench-quick: venv
 	$(PY) -m bench.run --quick
