@@ -29,13 +29,17 @@ class LakeConfig:
     root: str = "lake"
     catalog: str | None = None
     schema: str | None = None
+    # HTTP port of the HDFS NameNode (WebHDFS), for an hdfs:// root: Python code that reads or
+    # writes lake-side files itself (training readers and rank 0 on the executors) goes through
+    # it, since pyarrow's own HDFS client needs libhdfs and a JVM that pip installs do not ship.
+    webhdfs_port: int | None = None
 
 
 @dataclass
 class SparkConfig:
     master: str | None = "local[*]"  # None: leave it to spark-submit / the cluster
     app_name: str = "nextplay"
-    shuffle_partitions: int = 8
+    shuffle_partitions: int = 8  # local masters only; on a cluster set spark.sql.shuffle.partitions in `conf`
     driver_memory: str = "4g"
     # Folder with the Delta JARs fetched by `make jars`; when absent Spark resolves
     # `delta_package` from Maven at start-up.
@@ -155,6 +159,9 @@ class ModelConfig:
 class TrainConfig:
     launcher: Literal["local", "horovod", "spark", "torch_distributor"] = "local"
     num_proc: int = 1
+    # `horovod` launcher only: where its processes run, as horovodrun's -H list ("host1:2,host2:2");
+    # None: all num_proc on this machine. The other launchers take their hosts from Spark.
+    hosts: str | None = None
     epochs: int = 5
     batch_size: int = 128
     # `items`: a batch holds about batch_size x the mean session length items (many short sessions
@@ -343,6 +350,7 @@ def _check_ranges(cfg: Config) -> None:
         "spark.shuffle_partitions": cfg.spark.shuffle_partitions,
         "generate.artists": cfg.generate.artists, "ingest.max_id_length": cfg.ingest.max_id_length,
         "ingest.commit_attempts": cfg.ingest.commit_attempts,
+        **({"lake.webhdfs_port": cfg.lake.webhdfs_port} if cfg.lake.webhdfs_port is not None else {}),
         "model.knn_neighbors": cfg.model.knn_neighbors, "model.knn_sample": cfg.model.knn_sample,
     }
     for key, v in positive.items():
@@ -402,8 +410,23 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.train.launcher == "local" and cfg.train.num_proc != 1:
         raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {cfg.train.num_proc}; "
                           "set train.launcher to horovod, spark or torch_distributor for more")
+    if cfg.train.hosts is not None:
+        _check_hosts(cfg.train.hosts, cfg.train.num_proc)
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
+
+
+def _check_hosts(hosts: str, num_proc: int) -> None:
+    """train.hosts: `host:slots` entries separated by commas, with room for train.num_proc processes."""
+    slots = 0
+    for entry in hosts.split(","):
+        host, _, n = entry.strip().partition(":")
+        if not host or not n.isdigit() or int(n) < 1:
+            raise ConfigError(f"train.hosts: expected host:slots entries separated by commas "
+                              f"(e.g. node1:2,node2:2), got {hosts!r}")
+        slots += int(n)
+    if slots < num_proc:
+        raise ConfigError(f"train.hosts: {slots} slots for train.num_proc={num_proc} processes")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Delta is enabled through its JARs: from `spark.jars_dir` when `make jars` fetche
 then needs no network), otherwise through `spark.jars.packages` resolved from Maven Central.
 On a cluster or Databricks (`spark.master: null`) the session that spark-submit or the runtime
 created is reused, and only settings that are safe to change at run time are applied.
+`spark.shuffle_partitions` is a default for local masters only (a few cores want a few shuffle
+partitions): a cluster keeps its own setting (or adaptive execution's) unless `spark.conf` sets
+`spark.sql.shuffle.partitions`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,14 @@ _DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+_SHUFFLE_KEY = "spark.sql.shuffle.partitions"
+
+
+def is_local_master(master: str | None) -> bool:
+    """True for Spark's in-process masters (local, local[N], local[*]), whose cores are this machine's."""
+    return (master or "").startswith("local")
 
 
 def _local_env() -> None:
@@ -44,7 +55,10 @@ def get_spark(cfg: Config) -> SparkSession:
     """Return the active session, or build a local one with Delta enabled."""
     active = SparkSession.getActiveSession()
     if active is not None:
-        active.conf.set("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        if _SHUFFLE_KEY in cfg.spark.conf:
+            active.conf.set(_SHUFFLE_KEY, str(cfg.spark.conf[_SHUFFLE_KEY]))
+        elif is_local_master(active.sparkContext.master):
+            active.conf.set(_SHUFFLE_KEY, str(cfg.spark.shuffle_partitions))
         return active
     builder = SparkSession.builder.appName(cfg.spark.app_name)
     if cfg.spark.master:
@@ -62,7 +76,8 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.config("spark.jars.packages", cfg.spark.delta_package)
     for key, value in _DELTA_SQL_CONF.items():
         builder = builder.config(key, value)
-    builder = builder.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+    if is_local_master(cfg.spark.master):
+        builder = builder.config(_SHUFFLE_KEY, str(cfg.spark.shuffle_partitions))
     builder = builder.config("spark.sql.session.timeZone", "UTC")
     builder = builder.config("spark.databricks.delta.schema.autoMerge.enabled", "false")
     for key, value in cfg.spark.conf.items():

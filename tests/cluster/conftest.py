@@ -139,12 +139,15 @@ def _start_spark(logs: Path, env: dict[str, str], procs: list, workers: int, wor
     url = f"spark://127.0.0.1:{port}"
     for i in range(workers):
         # A private /tmp per worker: its work dir, shuffle files and every executor's temp files
-        # live there, unseen by the driver and the other worker, as on separate machines.
+        # live there, unseen by the driver and the other worker, as on separate machines. Each worker
+        # has its own loopback address too: Spark reads the shuffle files of executors on the same
+        # host straight from their disk, which separate machines never do.
+        host = f"127.0.0.{2 + i}"
         worker = (f"mount -t tmpfs -o size=4g tmpfs /tmp && mkdir -p /tmp/work /tmp/local && exec {spark_class} "
-                  f"org.apache.spark.deploy.worker.Worker {url} --host 127.0.0.1 --cores 1 --memory {worker_memory} "
+                  f"org.apache.spark.deploy.worker.Worker {url} --host {host} --cores 1 --memory {worker_memory} "
                   f"--webui-port {_free_port()} --work-dir /tmp/work")
         proc = _start(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker],
-                      logs / f"worker-{i}.log", dict(daemon_env, SPARK_LOCAL_DIRS="/tmp/local"))
+                      logs / f"worker-{i}.log", dict(daemon_env, SPARK_LOCAL_DIRS="/tmp/local", SPARK_LOCAL_IP=host))
         procs.append(proc)
         _wait_for(r"Successfully registered with master", logs / f"worker-{i}.log", proc, timeout=120)
     return url

@@ -28,13 +28,30 @@ def latest_training_run(cfg: Config) -> str:
 
 
 def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int]]:
-    """Item lists of the `limit` most recent sessions of one split, oldest first."""
+    """Item lists of the `limit` most recent sessions of one split, oldest first.
+
+    `orderBy(...).limit(n).collect()` would plan as a top-n in which every partition sends up to n
+    whole rows to the driver at once (beyond spark.driver.maxResultSize on a big lake). Instead the
+    executors find the start time of the n-th most recent session, and only the sessions from then
+    on are streamed to the driver a partition at a time, keeping the newest n (ties at the cut-off
+    broken by session id, so the choice is the same on every run).
+    """
+    import heapq
+
+    from pyspark.sql import functions as F
+
     from nextplay import tables
     from nextplay.tables import Lake
 
-    rows = (Lake(cfg.lake).read(spark, tables.SESSIONS).where(f"split = '{split}'")
-            .orderBy("start_ts", ascending=False).limit(limit).select("start_ts", "items").collect())
-    return [list(r["items"]) for r in sorted(rows, key=lambda r: r["start_ts"])]
+    sessions = Lake(cfg.lake).read(spark, tables.SESSIONS).where(F.col("split") == split)
+    cutoff = (sessions.select("start_ts").orderBy(F.col("start_ts").desc()).limit(limit)
+              .agg(F.min("start_ts").alias("cutoff")).first()["cutoff"])
+    if cutoff is None:
+        return []
+    recent = sessions.where(F.col("start_ts") >= F.lit(cutoff)).select("start_ts", "session_id", "items")
+    rows = heapq.nlargest(limit, ((r["start_ts"], r["session_id"], r["items"]) for r in recent.toLocalIterator()),
+                          key=lambda r: (r[0], r[1]))
+    return [list(items) for _, _, items in reversed(rows)]
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:

@@ -4,10 +4,13 @@ Each checkpoint is written to a temporary file in the same folder, flushed to di
 its final name with `os.replace` (atomic on POSIX and Windows), so the newest complete checkpoint is
 always readable: a process killed mid-write leaves only a stray temp file, which loading ignores.
 Files are loaded with `weights_only=True`, so `extra` must hold plain values (numbers, strings,
-lists, dicts, tensors).
+lists, dicts, tensors). A folder that is not on this machine's disk (hdfs://, s3://: on a cluster,
+rank 0 and a resumed run's driver are on different machines) is reached through nextplay/storage.py,
+which writes each file whole under a temporary name and renames it the same way.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from nextplay.config import Config, ConfigError
+from nextplay.storage import Storage, is_local, join, local_path
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -25,11 +29,14 @@ def _path(directory: Path, epoch: int) -> Path:
 
 
 def save_checkpoint(directory: str | os.PathLike, epoch: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+                    optimizer: torch.optim.Optimizer, extra: dict[str, Any] | None = None, keep: int = 2,
+                    storage: Storage = Storage()) -> Path | str:
     """Write the checkpoint of a finished `epoch`; keep only the newest `keep` checkpoints."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     payload = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": extra or {}}
+    if not is_local(str(directory)):
+        return _save_remote(str(directory), epoch, payload, keep, storage)
+    directory = Path(local_path(str(directory)))
+    directory.mkdir(parents=True, exist_ok=True)
     final = _path(directory, epoch)
     tmp = directory / f".{final.name}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -42,6 +49,22 @@ def save_checkpoint(directory: str | os.PathLike, epoch: int, model: torch.nn.Mo
     return final
 
 
+def _save_remote(directory: str, epoch: int, payload: dict[str, Any], keep: int, storage: Storage) -> str:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    final = join(directory, _path(Path("."), epoch).name)
+    storage.write_bytes(final, buf.getvalue())
+    for old in _remote_checkpoints(directory, storage)[keep:]:
+        storage.remove(join(directory, old))
+    return final
+
+
+def _remote_checkpoints(directory: str, storage: Storage) -> list[str]:
+    """Names of the complete checkpoints in a folder on shared storage, newest epoch first."""
+    found = [(int(m.group(1)), name) for name in storage.listdir(directory) if (m := _NAME.match(name))]
+    return [name for _, name in sorted(found, reverse=True)]
+
+
 def _checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, newest epoch first."""
     if not directory.is_dir():
@@ -51,13 +74,21 @@ def _checkpoints(directory: Path) -> list[Path]:
 
 
 def load_latest_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
-                           mmap: bool = False) -> dict[str, Any] | None:
+                           mmap: bool = False, storage: Storage = Storage()) -> dict[str, Any] | None:
     """The newest readable checkpoint as {"epoch", "model", "optimizer", "extra"}, or None if there is none.
 
     An unreadable file (a disk that lied about fsync, a truncated copy) is skipped in favour of
     the one before it rather than failing the resume. `mmap` maps the tensors instead of reading
     them, for a caller that only looks at `epoch` and `extra`."""
-    for path in _checkpoints(Path(directory)):
+    if not is_local(str(directory)):
+        for name in _remote_checkpoints(str(directory), storage):
+            try:
+                data = storage.read_bytes(join(str(directory), name))
+                return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+            except Exception:  # as below: an unreadable file is skipped for the one before it
+                continue
+        return None
+    for path in _checkpoints(Path(local_path(str(directory)))):
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception:  # any failure to unpickle means the file is unusable, whatever the cause
@@ -70,13 +101,13 @@ def model_signature(cfg: Config, n_items: int) -> dict[str, Any]:
     return {"n_items": n_items, **{k: v for k, v in cfg.flat().items() if k.startswith("model.")}}
 
 
-def check_resumable(directory: str | os.PathLike, signature: dict[str, Any]) -> None:
+def check_resumable(directory: str | os.PathLike, signature: dict[str, Any], storage: Storage = Storage()) -> None:
     """Refuse to resume the newest checkpoint if it was written under other model settings (a resumed
     run is the same run: its logged params must describe every epoch), naming the keys that changed.
     Called on the driver before any worker starts, so every launcher fails the same way, in one line.
     Checkpoints without a signature (written before there were any) pass, and so do keys added to
     the config after the checkpoint was written."""
-    state = load_latest_checkpoint(directory, mmap=True)
+    state = load_latest_checkpoint(directory, mmap=True, storage=storage)
     saved = (state or {}).get("extra", {}).get("signature")
     if not saved:
         return

@@ -61,7 +61,9 @@ class _AllreduceGradients(torch.optim.Optimizer):
     """Averages every gradient over the process group before the wrapped optimizer steps.
 
     Plain DDP wraps the module instead; wrapping the optimizer keeps the model object the same in
-    every launcher, which the loop and the checkpoints rely on.
+    every launcher, which the loop and the checkpoints rely on. Sparse gradients (the item vectors'
+    rows a batch touched) are averaged sparsely, as Horovod does: every rank gathers the others'
+    rows, so a step sends world_size x touched rows rather than the whole V x H matrix.
     """
 
     def __init__(self, inner: torch.optim.Optimizer, size: int, device: torch.device) -> None:
@@ -79,13 +81,38 @@ class _AllreduceGradients(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    p.grad = p.grad.to_dense()
                 if p.grad.device != self._device:  # NCCL reduces CUDA tensors only
                     p.grad = p.grad.to(self._device)
+                if p.grad.is_sparse:
+                    p.grad = self._sparse_mean(p.grad)
+                    continue
                 dist.all_reduce(p.grad)
                 p.grad.div_(self._size)
         return self.inner.step(closure)
+
+    def _sparse_mean(self, grad: torch.Tensor) -> torch.Tensor:
+        """The mean of every rank's sparse `grad`, by all-gathering indices and values (padded to
+        the largest count, since Gloo and NCCL gather equal shapes)."""
+        import torch.distributed as dist
+
+        grad = grad.coalesce()
+        indices, values = grad.indices(), grad.values()
+        count = torch.tensor([indices.shape[1]], dtype=torch.int64, device=self._device)
+        counts = [torch.zeros_like(count) for _ in range(self._size)]
+        dist.all_gather(counts, count)
+        sizes = [int(c.item()) for c in counts]
+        most = max(sizes)
+        padded_idx = indices.new_zeros((indices.shape[0], most))
+        padded_idx[:, : indices.shape[1]] = indices
+        padded_val = values.new_zeros((most, *values.shape[1:]))
+        padded_val[: values.shape[0]] = values
+        all_idx = [torch.empty_like(padded_idx) for _ in range(self._size)]
+        all_val = [torch.empty_like(padded_val) for _ in range(self._size)]
+        dist.all_gather(all_idx, padded_idx)
+        dist.all_gather(all_val, padded_val)
+        merged_idx = torch.cat([a[:, :n] for a, n in zip(all_idx, sizes)], dim=1)
+        merged_val = torch.cat([v[:n] for v, n in zip(all_val, sizes)]) / self._size
+        return torch.sparse_coo_tensor(merged_idx, merged_val, grad.shape).coalesce()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.inner.zero_grad(set_to_none=set_to_none)
@@ -103,12 +130,16 @@ class TorchCollective:
     def __init__(self) -> None:
         import torch.distributed as dist
 
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            # Each rank on a machine takes its own GPU before NCCL starts: the current device is
+            # otherwise GPU 0 for every rank, and their collectives would all run there.
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend)
         self._dist = dist
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.optimizer: torch.optim.Optimizer | None = None
         # Collectives run on the backend's device: CUDA for NCCL, CPU for Gloo.
         self._device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \

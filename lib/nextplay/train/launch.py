@@ -5,7 +5,10 @@ counts, a validation sample) and packs it into a picklable `TrainSpec`. The trai
 anywhere Python runs: in this process, under Horovod (`horovod.run`, gloo or NCCL), under
 `horovod.spark.run` on Spark executors, or under Spark's `TorchDistributor`. Rank 0 writes the
 model and a small result file to `output_dir`, which the driver reads back (TorchDistributor returns
-an arbitrary rank's value in local mode, so return values are never trusted).
+an arbitrary rank's value in local mode, so return values are never trusted). On a cluster rank 0
+runs on another machine: `output_dir` is a folder of the run under `train.checkpoint_dir`, which
+must be storage every node reaches (nextplay/storage.py), never the driver's own disk. The driver
+alone talks to MLflow: the per-epoch metrics are logged from the result's history.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from nextplay.config import Config, ConfigError
+from nextplay.storage import Storage, join
 from nextplay.train.loader import SessionSnapshot
 
 log = logging.getLogger(__name__)
@@ -118,14 +122,12 @@ def train_worker(spec: TrainSpec) -> None:
     start_epoch = 0
     signature = model_signature(cfg, spec.n_items)
     if cfg.train.resume:
-        state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device)
+        state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device, storage=spec.snapshot.storage)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start_epoch = int(state["epoch"]) + 1
             log.info("rank %d resumes after the checkpoint of epoch %d", rank, state["epoch"])
-
-    client = _mlflow_client(cfg) if rank == 0 and spec.run_id else None
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> None:
         if rank != 0:
@@ -133,18 +135,13 @@ def train_worker(spec: TrainSpec) -> None:
         # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
         stepped = getattr(comm, "optimizer", None) or optimizer
         save_checkpoint(cfg.train.checkpoint_dir, epoch, model, stepped,
-                        extra={"run_id": spec.run_id or "", "signature": signature})
+                        extra={"run_id": spec.run_id or "", "signature": signature}, storage=spec.snapshot.storage)
         metrics = {k: float(v) for k, v in stats.items() if k != "epoch" and isinstance(v, (int, float))}
         if spec.valid_prefixes:
             valid = evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks, device=device)
             model.train()
             metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
             stats.update(metrics)
-        if client is not None:
-            from mlflow.entities import Metric
-
-            ts = int(time.time() * 1000)
-            client.log_batch(spec.run_id, metrics=[Metric(k, v, ts, epoch) for k, v in metrics.items()])
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     if cfg.train.batching == "lanes":
@@ -170,18 +167,21 @@ def train_worker(spec: TrainSpec) -> None:
         optimizer=optimizer,
     )
     if rank == 0:
-        out = Path(spec.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_model(model.to("cpu"), out)
-        (out / RESULT_FILE).write_text(json.dumps({"history": history, "world_size": size}, default=float))
+        write_output(spec, model.to("cpu"), {"history": history, "world_size": size})
     if comm is not None:
         comm.barrier()
 
 
-def _mlflow_client(cfg: Config):
-    from mlflow.tracking import MlflowClient
+def write_output(spec: TrainSpec, model: Any, result: dict[str, Any]) -> None:
+    """Rank 0's model and result, in `spec.output_dir` on shared storage; the result goes last, so
+    its presence means the model is complete."""
+    from nextplay.model.io import save_model
 
-    return MlflowClient(tracking_uri=cfg.tracking.uri)
+    storage = spec.snapshot.storage
+    with tempfile.TemporaryDirectory(prefix="nextplay-rank0-") as tmp:
+        save_model(model, tmp)
+        storage.upload(tmp, spec.output_dir)
+    storage.write_bytes(join(spec.output_dir, RESULT_FILE), json.dumps(result, default=float).encode())
 
 
 def launch(spec: TrainSpec) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def launch(spec: TrainSpec) -> dict[str, Any]:
     elif launcher == "horovod":
         import horovod
 
-        horovod.run(train_worker, args=(spec,), np=n, hosts=f"localhost:{n}", use_gloo=True,
+        horovod.run(train_worker, args=(spec,), np=n, hosts=spec.cfg.train.hosts or f"localhost:{n}", use_gloo=True,
                     network_interface="lo" if _is_local(spec.cfg) else None,
                     start_timeout=120, verbose=0)
     elif launcher == "spark":
@@ -207,10 +207,11 @@ def launch(spec: TrainSpec) -> dict[str, Any]:
 
         TorchDistributor(num_processes=n, local_mode=_is_local(spec.cfg),
                          use_gpu=torch.cuda.is_available() and spec.cfg.train.device != "cpu").run(train_worker, spec)
-    result_file = Path(spec.output_dir) / RESULT_FILE
-    if not result_file.exists():
+    result_file = join(spec.output_dir, RESULT_FILE)
+    storage = spec.snapshot.storage
+    if not storage.exists(result_file):
         raise RuntimeError(f"training under launcher '{launcher}' finished without rank 0 writing {result_file}")
-    return json.loads(result_file.read_text())
+    return json.loads(storage.read_bytes(result_file))
 
 
 def _is_local(cfg: Config) -> bool:
@@ -235,7 +236,9 @@ def snapshot_training_data(spark, cfg: Config):
     from nextplay.train.loader import count_row_groups, time_ordered
 
     n_train, n_events = counts["train"]
-    snapshot = SessionSnapshot(tuple(time_ordered(files)), "train", int(n_train), int(n_events), count_row_groups(files))
+    storage = Storage.of(cfg.lake)
+    snapshot = SessionSnapshot(tuple(time_ordered(files, storage)), "train", int(n_train), int(n_events),
+                               count_row_groups(files, storage), storage)
 
     index = lake.read(spark, tables.ITEM_INDEX).select("item_idx", "play_count")
     n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
@@ -297,31 +300,56 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
 
     snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg)
     if cfg.train.resume:
-        check_resumable(cfg.train.checkpoint_dir, model_signature(cfg, n_items))
+        check_resumable(cfg.train.checkpoint_dir, model_signature(cfg, n_items), snapshot.storage)
     prefixes, labels = validation_lines(spark, cfg)
-    output_dir = tempfile.mkdtemp(prefix="nextplay-train-")
+    local_dir = tempfile.mkdtemp(prefix="nextplay-train-")
+    shared_dir = None
     try:
         with tracking.start_run(cfg, run_name=run_name or f"train-{cfg.model.cell}-{cfg.model.head}") as run:
             mlflow.set_tag("nextplay.stage", "train")
             tracking.log_params(cfg, extra={
                 "world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
                 "train_events": snapshot.n_events, "valid_lines": len(labels)})
-            spec = TrainSpec(cfg, snapshot, n_items, item_counts, output_dir, run.info.run_id, prefixes, labels)
+            shared_dir = output_folder(cfg, run.info.run_id)
+            spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run.info.run_id, prefixes, labels)
             started = time.time()
             result = launch(spec)
             seconds = time.time() - started
             history = result["history"]
+            log_history(history)
             events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
-            mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second})
+            mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second,
+                                "world_size": float(result["world_size"])})
             tracking.log_loss_curve(history)
-            model = load_model(output_dir)
+            snapshot.storage.download(shared_dir, local_dir)
+            model = load_model(local_dir)
             if model.memory is not None:
-                remember_sessions(spark, cfg, model, output_dir, prefixes, labels)
-            version = tracking.log_trained_model(spark, cfg, output_dir)
+                remember_sessions(spark, cfg, model, local_dir, prefixes, labels)
+            version = tracking.log_trained_model(spark, cfg, local_dir)
         return TrainedModel(run.info.run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
     finally:
-        shutil.rmtree(output_dir, ignore_errors=True)
+        shutil.rmtree(local_dir, ignore_errors=True)
+        if shared_dir is not None:  # the model now lives in MLflow; a failed run leaves nothing either
+            snapshot.storage.remove(shared_dir, recursive=True)
+
+
+def output_folder(cfg: Config, run_id: str) -> str:
+    """Where rank 0 leaves the model and result of run `run_id`: under `train.checkpoint_dir`, which
+    every rank and the driver reach (on a cluster it must be shared storage, like the checkpoints)."""
+    return join(cfg.train.checkpoint_dir, "outputs", run_id)
+
+
+def log_history(history: list[dict[str, Any]]) -> None:
+    """The per-epoch metrics, logged by the driver after training with each epoch as the step: ranks
+    never talk to MLflow (on a cluster they have neither its address nor its credentials)."""
+    import mlflow
+
+    for stats in history:
+        metrics = {k: float(v) for k, v in stats.items()
+                   if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if metrics:
+            mlflow.log_metrics(metrics, step=int(stats["epoch"]))
 
 
 def train(cfg: Config) -> dict[str, Any]:

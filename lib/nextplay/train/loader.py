@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
+from nextplay.storage import Storage, is_local, local_path
 from nextplay.train.lanes import LaneBatches
 
 SPLIT_COLUMN = "split"
@@ -47,28 +48,34 @@ class SessionSnapshot:
     n_sessions: int  # sessions of that split in the snapshot (for steps_per_epoch)
     n_events: int  # items in those sessions (for events/s)
     row_groups: int
+    storage: Storage = Storage()  # how Python on any node opens `files` (hdfs:// goes over WebHDFS)
 
     def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
         return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
 
 
 @functools.lru_cache(maxsize=4096)
-def _footer(path: str) -> pq.FileMetaData:
-    """A data file's Parquet footer, read once: Delta never rewrites a file under the same name."""
-    return pq.ParquetFile(_local(path)).metadata
+def _footer(path: str, storage: Storage = Storage()) -> pq.FileMetaData:
+    """A data file's Parquet footer, read once: Delta never rewrites a file under the same name.
+    Read through `storage`, so a driver reads footers on HDFS or object stores as well as on disk."""
+    if is_local(path):
+        return pq.ParquetFile(local_path(path)).metadata
+    fs, fs_path = storage.fs(path)
+    with fs.open(fs_path, "rb") as f:
+        return pq.ParquetFile(f).metadata
 
 
-def count_row_groups(files: list[str]) -> int:
+def count_row_groups(files: list[str], storage: Storage = Storage()) -> int:
     """Row groups across the snapshot, read from the Parquet footers only."""
-    return sum(_footer(f).num_row_groups for f in files)
+    return sum(_footer(f, storage).num_row_groups for f in files)
 
 
-def time_ordered(files: list[str]) -> list[str]:
+def time_ordered(files: list[str], storage: Storage = Storage()) -> list[str]:
     """The files sorted by their earliest `start_ts` (footer statistics; a file without them goes
     last), so that a reader that keeps the file order delivers the sessions about oldest first."""
 
     def earliest(path: str) -> tuple[bool, object]:
-        meta = _footer(path)
+        meta = _footer(path, storage)
         stats = [rg.column(c).statistics for rg in map(meta.row_group, range(meta.num_row_groups))
                  for c in range(rg.num_columns) if rg.column(c).path_in_schema == TIME_COLUMN]
         if not stats or any(st is None or not st.has_min_max for st in stats):
@@ -76,10 +83,6 @@ def time_ordered(files: list[str]) -> list[str]:
         return False, min(st.min for st in stats)
 
     return sorted(files, key=lambda f: (*earliest(f), f))
-
-
-def _local(path: str) -> str:
-    return path[len("file:"):] if path.startswith("file:") else path
 
 
 def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_order: bool):
@@ -118,8 +121,15 @@ def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, t
         selected_fields=["items", "length"],
     )
     shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size}
+    files = list(snapshot.files)
+    filesystem = snapshot.storage.arrow_filesystem(files[0]) if files else None
+    if filesystem is None:
+        urls = [f"file://{local_path(f)}" for f in files]
+    else:  # Petastorm takes URIs of one scheme and host, and hands their paths to `filesystem`
+        urls = files
     return make_batch_reader(
-        [f if "://" in f else f"file://{_local(f)}" for f in snapshot.files],
+        urls,
+        filesystem=filesystem,
         schema_fields=["items", SPLIT_COLUMN, "session_id", TIME_COLUMN],
         transform_spec=spec,
         num_epochs=1,

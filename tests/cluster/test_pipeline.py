@@ -1,0 +1,127 @@
+"""The whole pipeline on a real cluster: the lake on HDFS, training on the executors, a small driver.
+
+The driver runs with 1g of memory and `spark.driver.maxResultSize=32m`, so a stage that collects
+data in proportion to the lake fails at scale; the workers share no disk with the driver or with
+each other, so a stage that passes a local path between processes fails at any scale.
+`NEXTPLAY_CLUSTER_EVENTS` sets the number of synthetic plays (default: small enough for CI).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = int(os.environ.get("NEXTPLAY_CLUSTER_EVENTS", "300000"))
+TOP_K = 5
+TIMINGS: dict[str, float] = {}
+
+
+def _conf(cluster, launcher: str) -> dict[str, Any]:
+    """conf/local.yml, pointed at the cluster and scaled to the test."""
+    conf = yaml.safe_load((ROOT / "conf" / "local.yml").read_text())
+    scale = max(1, EVENTS // 1_000_000)
+    conf["lake"] = {"root": cluster.lake, "webhdfs_port": cluster.webhdfs_port}
+    conf["spark"] = {
+        "master": cluster.master, "driver_memory": "1g", "jars_dir": str(ROOT / ".cache" / "jars"),
+        "conf": {"spark.driver.maxResultSize": "32m", "spark.executor.memory": "1g", "spark.executor.cores": "1",
+                 "spark.task.cpus": "1", "spark.sql.shuffle.partitions": "4",
+                 "spark.pyspark.python": cluster.env()["PYSPARK_PYTHON"],
+                 "spark.executorEnv.PYTHONPATH": cluster.env()["PYTHONPATH"]},
+    }
+    conf["generate"].update({"output": f"{cluster.hdfs}/raw", "events": EVENTS, "users": 1000 * scale,
+                             "tracks": 5000 * scale, "days": 10, "files": 4})
+    conf["model"].update({"hidden_size": 32, "n_negatives": 256, "knn_sessions": 20_000})
+    conf["train"] = {"launcher": launcher, "num_proc": 2, "epochs": 1, "progress": False, "threads": 1,
+                     "checkpoint_dir": f"{cluster.hdfs}/checkpoints"}
+    conf["evaluate"] = {"max_test_sessions": 5_000, "max_train_sessions": 20_000, "max_valid_sessions": 2_000}
+    conf["tracking"] = {"uri": f"sqlite:///{cluster.work / 'mlruns.db'}", "experiment": "cluster",
+                        "artifact_location": str(cluster.work / "mlartifacts"), "model_name": "nextplay-cluster"}
+    conf["score"] = {"top_k": TOP_K, "lookback_days": 30, "score_date": "2026-01-01"}
+    return conf
+
+
+def _nextplay(cluster, stage: str, launcher: str, *args: str, timeout: int = 1800,
+              conf: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
+    path = cluster.work / f"{stage}-{launcher}.yml"
+    path.write_text(yaml.safe_dump(conf or _conf(cluster, launcher)))
+    started = time.time()
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "nextplay"), stage, "--conf", str(path), *args],
+                         cwd=cluster.work, env=cluster.env(), capture_output=True, text=True, timeout=timeout)
+    TIMINGS[f"{stage}:{launcher}"] = round(time.time() - started, 1)
+    (cluster.logs / f"driver-{stage}-{launcher}.log").write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
+    assert out.returncode == 0, f"nextplay {stage} failed:\n{out.stderr[-6000:]}"
+    return out
+
+
+def _runs(cluster) -> list[dict[str, Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{cluster.work / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("cluster")
+    runs = client.search_runs([exp.experiment_id], "tags.`nextplay.stage` = 'train'")
+    return [{"id": r.info.run_id, "params": r.data.params, "metrics": r.data.metrics,
+             "artifacts": [a.path for a in client.list_artifacts(r.info.run_id)]} for r in runs]
+
+
+@pytest.fixture(scope="module")
+def pipeline(cluster):
+    """generate -> ingest -> sessionize -> train (TorchDistributor on the executors) -> evaluate -> score."""
+    out = _nextplay(cluster, "pipeline", "torch_distributor")
+    m = re.search(r"nextplay pipeline finished in [\d.]+s \(([^)]*)\)", out.stdout)
+    assert m, out.stdout[-2000:]
+    for part in m.group(1).split(", "):
+        name, seconds = part.rsplit(" ", 1)
+        TIMINGS[f"stage:{name}"] = float(seconds.rstrip("s"))
+    yield out.stdout
+    # The per-stage seconds, kept beside the cluster's logs for the record (not asserted on).
+    (cluster.logs / "timings.json").write_text(json.dumps({"events": EVENTS, **TIMINGS}, indent=2))
+    print("cluster timings:", json.dumps({"events": EVENTS, **TIMINGS}))
+
+
+def _sql(cluster, query: str) -> list[dict[str, Any]]:
+    out = _nextplay(cluster, "sql", "torch_distributor", "--format", "json", query)
+    return json.loads(out.stdout[out.stdout.index("["):])
+
+
+def test_pipeline_with_torch_distributor(cluster, pipeline: str) -> None:
+    counts = _sql(cluster, "SELECT (SELECT count(*) FROM plays_silver) AS silver, "
+                           "(SELECT count(*) FROM plays_quarantine) AS quarantine, "
+                           "(SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM item_index) AS items")[0]
+    # Every generated event lands in silver or quarantine (duplicates are dropped, never invented).
+    assert 0.95 * EVENTS <= counts["silver"] + counts["quarantine"] <= EVENTS
+    assert counts["sessions"] > 0 and counts["items"] > 0
+    per_user = _sql(cluster, "SELECT count(*) AS n, min(k) AS lo, max(k) AS hi FROM "
+                             "(SELECT user_id, count(*) AS k FROM predictions GROUP BY user_id)")[0]
+    assert per_user["n"] > 0 and per_user["lo"] == per_user["hi"] == TOP_K
+    runs = [r for r in _runs(cluster) if r["params"].get("train.launcher") == "torch_distributor"]
+    assert len(runs) == 1
+    assert runs[0]["params"]["world_size"] == "2"
+    assert runs[0]["metrics"]["train_seconds"] > 0 and any(k.startswith("loss") for k in runs[0]["metrics"])
+    assert "model" in runs[0]["artifacts"]
+
+
+def test_train_with_horovod_on_spark(cluster, pipeline: str) -> None:
+    out = _nextplay(cluster, "train", "spark")
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["world_size"] == 2 and result["model_version"] == "2"
+    runs = [r for r in _runs(cluster) if r["params"].get("train.launcher") == "spark"]
+    assert len(runs) == 1 and runs[0]["id"] == result["run_id"]
+    assert "model" in runs[0]["artifacts"]
+
+
+def test_a_cluster_keeps_its_own_shuffle_partitions(cluster, pipeline) -> None:
+    """spark.shuffle_partitions is the local default; on a cluster only spark.conf sets it."""
+    conf = _conf(cluster, "torch_distributor")
+    del conf["spark"]["conf"]["spark.sql.shuffle.partitions"]
+    out = _nextplay(cluster, "sql", "shuffle", "--format", "json", "SET spark.sql.shuffle.partitions", conf=conf)
+    assert json.loads(out.stdout[out.stdout.index("["):])[0]["value"] == "200"  # Spark's own default
