@@ -29,6 +29,8 @@ def test_layers_defaults_then_yaml_then_overrides(tmp_path):
     ("train.bptt_steps=-1", "train.bptt_steps: must be >= 0"),
     ("sessionize.min_session_length=1", "sessionize.min_session_length: must be at least 2"),
     ("lake.catalog=main", "lake.catalog and lake.schema"),
+    ("train.hosts=node1", "train.hosts: expected host:slots entries"),
+    ("lake.webhdfs_port=0", "lake.webhdfs_port: must be a positive number"),
     ("train", "expected key=value"),
 ])
 def test_bad_values_name_the_key(override, fragment):

@@ -64,6 +64,7 @@ class Cluster:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
         env["PYSPARK_PYTHON"] = str(VENV_PYTHON)
         env["PYTHONUNBUFFERED"] = "1"
+        env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         return env
 
 

@@ -55,11 +55,13 @@ def _nextplay(cluster, stage: str, launcher: str, *args: str, timeout: int = 180
     path = cluster.work / f"{stage}-{launcher}.yml"
     path.write_text(yaml.safe_dump(conf or _conf(cluster, launcher)))
     started = time.time()
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "nextplay"), stage, "--conf", str(path), *args],
-                         cwd=cluster.work, env=cluster.env(), capture_output=True, text=True, timeout=timeout)
+    log = cluster.logs / f"driver-{stage}-{launcher}.log"  # streamed, so a slow run can be watched
+    with open(log, "w") as err:
+        out = subprocess.run([str(ROOT / ".venv" / "bin" / "nextplay"), stage, "--conf", str(path), *args],
+                             cwd=cluster.work, env=cluster.env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                             timeout=timeout)
     TIMINGS[f"{stage}:{launcher}"] = round(time.time() - started, 1)
-    (cluster.logs / f"driver-{stage}-{launcher}.log").write_text(out.stdout + "\n--- stderr ---\n" + out.stderr)
-    assert out.returncode == 0, f"nextplay {stage} failed:\n{out.stderr[-6000:]}"
+    assert out.returncode == 0, f"nextplay {stage} failed:\n{log.read_text()[-6000:]}"
     return out
 
 

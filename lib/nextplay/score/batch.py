@@ -1,7 +1,8 @@
 """`nextplay score`: the top-K next tracks for every recently active user, into `predictions`.
 
 The model is pinned to one registry version and downloaded once on the driver, shipped to the
-executors with `SparkContext.addFile`, and loaded once per executor Python process (Python
+executors as a zip with `SparkContext.addArchive` (Spark ships a local folder only to in-process
+executors: a cluster's get the archive and unpack it on their own disk), and loaded once per executor Python process (Python
 workers are reused across tasks). Executors never talk to the tracking server, which on a cluster
 they often cannot reach or authenticate to.
 
@@ -95,18 +96,20 @@ def parse_score_date(value: str | None) -> date:
 
 
 def ship_model(spark: SparkSession, model: ResolvedModel) -> tuple[str, Path]:
-    """Download the model on the driver and register it with `addFile`; returns (name, local dir).
+    """Download the model on the driver and register it as an archive; returns (shipped name, local dir).
 
-    The folder gets a fresh name per run because Spark refuses to re-register a name with other
-    content in one SparkContext. It lives until the process exits: an executor that joins later
-    in the same SparkContext fetches every added file, and would fail on a deleted one.
+    `SparkFiles.get(name)` on an executor is then the unpacked model folder. The archive gets a fresh
+    name per run because Spark refuses to re-register a name with other content in one
+    SparkContext. It lives until the process exits: an executor that joins later in the same
+    SparkContext fetches every added archive, and would fail on a deleted one.
     """
     tmp = tempfile.mkdtemp(prefix="nextplay-score-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     name = f"model-{uuid.uuid4().hex[:12]}"
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(Path(tmp) / name)))
-    spark.sparkContext.addFile(str(local), recursive=True)
-    return local.name, local
+    archive = shutil.make_archive(str(Path(tmp) / name), "zip", root_dir=local)
+    spark.sparkContext.addArchive(archive)
+    return Path(archive).name, local
 
 
 def item_index_frame(spark: SparkSession, model_dir: Path) -> DataFrame:
