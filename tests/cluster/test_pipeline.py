@@ -34,7 +34,7 @@ def _conf(cluster, launcher: str) -> dict[str, Any]:
     conf["spark"] = {
         "master": cluster.master, "driver_memory": "1g", "jars_dir": str(ROOT / ".cache" / "jars"),
         "conf": {"spark.driver.maxResultSize": "32m", "spark.executor.memory": "1g", "spark.executor.cores": "1",
-                 "spark.task.cpus": "1", "spark.sql.shuffle.partitions": "4",
+                 "spark.task.cpus": "1", "spark.sql.shuffle.partitions": "4", "spark.ui.showConsoleProgress": "false",
                  "spark.pyspark.python": cluster.env()["PYSPARK_PYTHON"],
                  "spark.executorEnv.PYTHONPATH": cluster.env()["PYTHONPATH"]},
     }

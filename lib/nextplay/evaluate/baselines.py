@@ -85,6 +85,7 @@ class SessionKNN:
 
     def fit(self, sessions: Sequence[Sequence[int]], n_items: int) -> "SessionKNN":
         _check_ids(sessions, n_items)
+        self.n_items = n_items
         self.neighbors.fit(sessions, n_items)
         self.popularity = _popularity(sessions, n_items)
         return self

@@ -15,6 +15,11 @@ import numpy as np
 import torch
 
 
+# Bytes of dense float32 scores a scorer may return per batch: [batch, V + 1] grows with the catalog,
+# so with a million items the batch shrinks to a few dozen prefixes instead of holding gigabytes.
+DENSE_SCORES_BUDGET = 64 * 2**20
+
+
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """`ranks`: 1-based ranks, +inf for misses. Returns recall_at_k, mrr_at_k (fractions) and lines."""
     ranks = np.asarray(ranks, dtype=np.float64)
@@ -55,6 +60,7 @@ def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequen
     `model` is a SessionRNN (ranked in torch, streaming over item chunks) or any scorer with
     `score(prefixes) -> ndarray [B, n_items + 1]` (the baselines), so both are measured the same way.
     Prefixes are grouped by length before batching, which only saves padding: ranks do not depend on it.
+    A dense scorer's batch is capped by `DENSE_SCORES_BUDGET` for its catalog size (`n_items`).
     """
     if len(prefixes) != len(labels):
         raise ValueError(f"{len(prefixes)} prefixes but {len(labels)} labels")
@@ -64,6 +70,9 @@ def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequen
     order = np.argsort([len(p) for p in prefixes], kind="stable")
     ranks = np.empty(len(prefixes), dtype=np.float64)
     is_torch = isinstance(model, torch.nn.Module)
+    width = getattr(model, "n_items", None)
+    if not is_torch and width:
+        batch_size = max(1, min(batch_size, DENSE_SCORES_BUDGET // (4 * (int(width) + 1))))
     if is_torch:
         was_training = model.training
         model.eval()
