@@ -404,6 +404,9 @@ def _check_ranges(cfg: Config) -> None:
                           "set train.launcher to horovod, spark or torch_distributor for more")
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
+    if cfg.lake.catalog is None and not cfg.lake.root.strip():
+        # An empty root would silently resolve to the working directory and scatter tables there.
+        raise ConfigError("lake.root: must not be empty; name the lake's folder or URI, e.g. lake or s3a://bucket/lake")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -438,6 +441,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"--conf {p}: file not found")
+        if not p.is_file():
+            raise ConfigError(f"--conf {p}: not a file (name the YAML file, not its folder)")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
