@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from nextplay import tracking
 from nextplay.model.io import load_model
 from nextplay.score import pyfunc
 
@@ -23,7 +24,7 @@ from .conftest import TOP_K, TinyModel
 
 @pytest.fixture(scope="module")
 def loaded(tiny: TinyModel) -> mlflow.pyfunc.PyFuncModel:
-    mlflow.set_tracking_uri(tiny.cfg.tracking.uri)
+    tracking.configure(tiny.cfg.tracking)  # tracking and registry: other tests point them elsewhere
     return mlflow.pyfunc.load_model(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}")
 
 
@@ -104,7 +105,7 @@ def planted_copy(tiny: TinyModel, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the really logged model with code planted where MLflow runs it on load: a
     `code/nextplay` package named as the flavor's code path, and a python_model file that writes a
     marker first. Returns (model folder, marker file)."""
-    mlflow.set_tracking_uri(tiny.cfg.tracking.uri)
+    tracking.configure(tiny.cfg.tracking)  # tracking and registry: other tests point them elsewhere
     source = mlflow.artifacts.download_artifacts(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}",
                                                  dst_path=str(tmp_path / "download"))
     model = tmp_path / f"planted-{uuid.uuid4().hex[:8]}"
