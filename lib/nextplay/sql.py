@@ -164,7 +164,7 @@ def check_analyzed(df: DataFrame, allowed: set[str]) -> None:
     for node in _plan_nodes(plan):
         for expr in _expressions(node):
             name = _simple_name(expr)
-            if "Reflection" in name or "UDF" in name or "UDAF" in name or "UDTF" in name:
+            if any(marker in name for marker in ("Reflect", "UDF", "UDAF", "UDTF")):
                 raise SqlRefused(f"the query calls {name}, which is not allowed")
 
 

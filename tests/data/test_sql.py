@@ -157,6 +157,7 @@ def test_reading_files_outside_the_lake_is_refused(spark, cfg, small_lake, capsy
     "SELECT user_id FROM sessions WHERE EXISTS (SELECT 1 FROM item_index WHERE track_id = reflect('java.lang.System', 'getenv', 'NEXTPLAY_SQL_PROBE'))",
     "WITH e AS (SELECT reflect('java.lang.System', 'getenv', 'NEXTPLAY_SQL_PROBE') AS v) SELECT * FROM e",
     "SELECT max(length) FILTER (WHERE java_method('java.lang.System', 'getenv', 'NEXTPLAY_SQL_PROBE') IS NOT NULL) FROM sessions",
+    "SELECT max(length) OVER w FROM sessions WINDOW w AS (PARTITION BY java_method('java.lang.System', 'getenv', 'NEXTPLAY_SQL_PROBE'))",
 ])
 def test_reflection_is_refused(spark, cfg, small_lake, capsys, monkeypatch, query):
     monkeypatch.setenv("NEXTPLAY_SQL_PROBE", "env-marker-0815")
@@ -196,3 +197,17 @@ def test_read_only_queries_still_work(spark, cfg, small_lake, capsys):
         assert "|" + "|".join(expected[0]) + "|" in table, name
     # The caller's own session keeps its settings: the read-only ones belong to a session of its own.
     assert spark.conf.get("spark.sql.runSQLOnFiles") == "true"
+
+
+def test_a_catalog_table_hidden_behind_a_cte_name_is_refused(spark, cfg, small_lake, capsys, tmp_path):
+    """`outside` is a CTE name inside the parentheses only: the first reference reaches the catalog
+    table of that name, which the analyzed plan's check refuses."""
+    spark.range(2).write.parquet(str(tmp_path / "outside"))
+    spark.sql(f"CREATE TABLE outside_lake USING parquet LOCATION '{tmp_path / 'outside'}'")
+    try:
+        text = refused("SELECT id FROM outside_lake UNION ALL (WITH outside_lake AS (SELECT 7L AS id) "
+                       "SELECT id FROM outside_lake)", cfg.lake.root, capsys)
+        assert "other than the lake tables" in text
+        refused("SELECT id FROM outside_lake", cfg.lake.root, capsys)
+    finally:
+        spark.sql("DROP TABLE outside_lake")
