@@ -131,8 +131,9 @@ def check_parsed(plan: Any, tables: Iterable[str]) -> None:
                 raise SqlRefused(f"function {parts[-1]} is not allowed (it reaches outside the query)")
             if len(parts) > 1 and [p.lower() for p in parts[:-1]] not in (["builtin"], ["system", "builtin"]):
                 raise SqlRefused(f"function {'.'.join(parts)} is not allowed: call built-in functions by bare name")
+    known = {t.lower() for t in tables | ctes}  # Spark resolves names case-insensitively
     for parts in relations:
-        if len(parts) != 1 or parts[0] not in tables | ctes:
+        if len(parts) != 1 or parts[0].lower() not in known:
             shown = ".".join(parts)
             raise SqlRefused(f"{shown} is not a lake table: name one of {', '.join(sorted(tables)) or '(none yet)'} "
                              "by its bare name (paths and other catalogs are not allowed)")

@@ -175,8 +175,8 @@ def test_read_only_queries_still_work(spark, cfg, small_lake, capsys):
     queries = {
         "join": ("SELECT s.session_id, i.track_id FROM sessions s JOIN item_index i ON i.item_idx = s.items[0] "
                  "ORDER BY s.session_id", [{"session_id": "s1", "track_id": "c"}, {"session_id": "s2", "track_id": "b"}]),
-        "cte": ("WITH per_user AS (SELECT user_id, count(*) AS n FROM sessions GROUP BY user_id), "
-                "top AS (SELECT * FROM per_user WHERE n > 1) SELECT user_id, n FROM top", [{"user_id": "u1", "n": 2}]),
+        "cte": ("WITH per_user AS (SELECT user_id, count(*) AS n FROM Sessions GROUP BY user_id), "
+                "top AS (SELECT * FROM per_user WHERE n > 1) SELECT user_id, n FROM TOP", [{"user_id": "u1", "n": 2}]),
         "window": ("SELECT session_id, row_number() OVER (PARTITION BY user_id ORDER BY length DESC) AS r "
                    "FROM sessions ORDER BY session_id",
                    [{"session_id": "s1", "r": 1}, {"session_id": "s2", "r": 2}, {"session_id": "s3", "r": 1}]),
