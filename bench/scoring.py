@@ -67,8 +67,7 @@ def _histories(p: np.ndarray, users: int, max_len: int, seed: int) -> pd.DataFra
 
 
 def score_figures(b: Bench) -> dict[str, Any]:
-    import mlflow
-
+    from nextplay.score import pyfunc
     from nextplay.score.batch import SCORED_SCHEMA, make_scorer
 
     s = b.cfg.score
@@ -89,7 +88,7 @@ def score_figures(b: Bench) -> dict[str, Any]:
         hist.count()
         scorer = make_scorer(shipped, k=s.top_k, exclude_played=s.exclude_played,
                              batch_size=s.batch_size, chunk_size=s.chunk_size)
-        model = mlflow.pyfunc.load_model(str(local)).unwrap_python_model()
+        model = pyfunc.load_trusted(local)
         seqs = [np.asarray(h, dtype=np.int64) for h in pdf["items"]]
 
         def through_spark() -> None:

@@ -93,3 +93,28 @@ def test_benchmark_conf_keeps_the_tuned_model_and_training_defaults():
     bench = load_config(Path(__file__).resolve().parents[1] / "conf" / "benchmark.yml", [])
     assert bench.model == ModelConfig() and bench.train.epochs == TrainConfig().epochs
     assert bench.train.lr == TrainConfig().lr and bench.train.batch_size == TrainConfig().batch_size
+
+
+def test_conf_naming_a_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="not a file"):
+        load_config(tmp_path)
+    assert main(["train", "--conf", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a file" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("how", ["set", "yaml"])
+def test_empty_lake_root_is_refused(how, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were it accepted, the lake would silently be this folder
+    if how == "set":
+        argv = ["sessionize", "--set", "lake.root="]
+    else:
+        conf = tmp_path / "c.yml"
+        conf.write_text('lake:\n  root: ""\n')
+        argv = ["sessionize", "--conf", str(conf)]
+        with pytest.raises(ConfigError, match="lake.root"):
+            load_config(conf)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lake.root" in err[0]
+    assert list(tmp_path.iterdir()) == ([] if how == "set" else [tmp_path / "c.yml"])

@@ -98,7 +98,7 @@ STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = 
     "score": ("write the top-K next tracks per active user to predictions", _stage_score),
     "pipeline": ("generate -> ingest -> sessionize -> train -> evaluate -> score", _stage_pipeline),
     "benchmark": ("train and evaluate on the session-benchmark text format", _stage_benchmark),
-    "sql": ("run SQL over every table of the lake", _stage_sql),
+    "sql": ("run one read-only SQL query over the lake's tables (anything else is refused)", _stage_sql),
 }
 
 
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--test", required=True, help="test_prefix_label.tsv")
             p.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
         if name == "sql":
-            p.add_argument("query", help="SQL; every lake table is registered under its name")
+            p.add_argument("query", help="a SELECT; every lake table is registered under its bare name")
             p.add_argument("--format", choices=["table", "json"], default="table")
             p.add_argument("--limit", type=int, default=1000, help="rows to print at most (table format)")
     return parser

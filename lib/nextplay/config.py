@@ -414,6 +414,9 @@ def _check_ranges(cfg: Config) -> None:
         _check_hosts(cfg.train.hosts, cfg.train.num_proc)
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
+    if cfg.lake.catalog is None and not cfg.lake.root.strip():
+        # An empty root would silently resolve to the working directory and scatter tables there.
+        raise ConfigError("lake.root: must not be empty; name the lake's folder or URI, e.g. lake or s3a://bucket/lake")
 
 
 def _check_hosts(hosts: str, num_proc: int) -> None:
@@ -461,6 +464,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"--conf {p}: file not found")
+        if not p.is_file():
+            raise ConfigError(f"--conf {p}: not a file (name the YAML file, not its folder)")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -120,9 +120,47 @@ def start_run(cfg: Config, run_name: str | None = None) -> mlflow.ActiveRun:
     return mlflow.start_run(run_name=run_name)
 
 
+# Params are readable by everyone with access to the experiment and cannot be deleted, so no
+# credential may reach them. A key is secret when one of its segments (split on . _ -) names a
+# credential: `fs.s3a.secret.key`, `fs.azure.account.key.<account>`, `db_password`, `session.token`.
+_SECRET_SEGMENTS = frozenset({"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "key",
+                              "apikey", "sas", "signature", "auth", "authorization"})
+# Keys that name where credentials come from, not credentials (e.g. fs.s3a.aws.credentials.provider).
+_NOT_SECRET_LAST = frozenset({"provider", "providers", "type", "class", "path", "file", "enabled"})
+# URI userinfo `user:password@`: the password goes, the user stays.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)(?P<pw>[^/?#@\s]*)@")
+# `name=value` pairs in query strings and connection strings whose name looks like a credential.
+_SECRET_PAIR = re.compile(r"(?P<name>(?<![A-Za-z0-9])[A-Za-z0-9_.-]*(?:sig|signature|token|key|password|passwd|pwd|"
+                          r"secret|credential|auth)[A-Za-z0-9_.-]*)=(?P<value>[^&;#\s]+)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def _is_secret_key(key: str) -> bool:
+    segments = [s for s in re.split(r"[._\-]", key.lower()) if s]
+    return bool(segments) and segments[-1] not in _NOT_SECRET_LAST and any(s in _SECRET_SEGMENTS for s in segments)
+
+
+def redact(key: str, value: Any) -> Any:
+    """`value` with credentials replaced by `***`: the whole value when `key` names a secret, else
+    URI passwords and credential-like `name=value` pairs inside strings; dicts key by key."""
+    if isinstance(value, Mapping):
+        return {k: redact(str(k), v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if _is_secret_key(key):
+        return REDACTED
+    if isinstance(value, str):
+        value = _USERINFO.sub(lambda m: f"{m.group('head')}{REDACTED}@", value)
+        return _SECRET_PAIR.sub(lambda m: f"{m.group('name')}={REDACTED}", value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(key, v) for v in value)
+    return value
+
+
 def log_params(cfg: Config, extra: Mapping[str, Any] | None = None) -> None:
-    """Every config key as a dotted param (the run is reproducible from its params), plus `extra`."""
-    params = {k: str(v) for k, v in {**cfg.flat(), **(extra or {})}.items()}
+    """Every config key as a dotted param (the run is reproducible from its params), plus `extra`,
+    with credentials redacted (see `redact`)."""
+    params = {k: str(redact(k, v)) for k, v in {**cfg.flat(), **(extra or {})}.items()}
     items = sorted(params.items())
     for lo in range(0, len(items), _PARAMS_PER_CALL):
         mlflow.log_params(dict(items[lo:lo + _PARAMS_PER_CALL]))

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -9,7 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from nextplay import tracking
 from nextplay.model.io import load_model
 from nextplay.score import pyfunc
 
@@ -18,7 +24,7 @@ from .conftest import TOP_K, TinyModel
 
 @pytest.fixture(scope="module")
 def loaded(tiny: TinyModel) -> mlflow.pyfunc.PyFuncModel:
-    mlflow.set_tracking_uri(tiny.cfg.tracking.uri)
+    tracking.configure(tiny.cfg.tracking)  # tracking and registry: other tests point them elsewhere
     return mlflow.pyfunc.load_model(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}")
 
 
@@ -63,6 +69,8 @@ def test_logged_model_metadata(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncMode
     example = json.loads((local / "input_example.json").read_text())
     assert example["columns"] == ["history", "k"]
     assert not (local / "python_model.pkl").exists()  # models-from-code: nothing unpickled on load
+    assert not (local / "code").exists()  # no code travels with the model: the installed package is the code
+    assert meta.metadata["nextplay_version"] == pyfunc.nextplay_version()
 
 
 def test_item_index_must_be_dense(tmp_path: Path) -> None:
@@ -89,3 +97,69 @@ def test_topk_items_is_independent_of_batching(tiny: TinyModel, loaded: mlflow.p
     np.testing.assert_array_equal(one_batch[1], small[1])
     # float32: another batch shape sums in another order, a few 1e-6 apart near zero
     np.testing.assert_allclose(one_batch[0], small[0], rtol=1e-5, atol=1e-5)
+
+
+# -- loading trusts only the installed package --------------------------------------------------
+
+def planted_copy(tiny: TinyModel, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the really logged model with code planted where MLflow runs it on load: a
+    `code/nextplay` package named as the flavor's code path, and a python_model file that writes a
+    marker first. Returns (model folder, marker file)."""
+    tracking.configure(tiny.cfg.tracking)  # tracking and registry: other tests point them elsewhere
+    source = mlflow.artifacts.download_artifacts(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}",
+                                                 dst_path=str(tmp_path / "download"))
+    model = tmp_path / f"planted-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source, model)
+    marker = tmp_path / "planted-code-ran"
+    payload = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    package = model / "code" / "nextplay"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(payload)
+    mlmodel = yaml.safe_load((model / "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    flavor["code"] = "code"
+    code_file = model / Path(flavor["model_code_path"]).name
+    code_file.write_text(payload + code_file.read_text())
+    (model / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+    return model, marker
+
+
+def test_the_planted_code_runs_under_a_generic_mlflow_load(tiny: TinyModel, tmp_path: Path) -> None:
+    """The control for the tests below: MLflow's own loader does run the planted code."""
+    model, marker = planted_copy(tiny, tmp_path)
+    subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.pyfunc.load_model({str(model)!r})"],
+                   capture_output=True, timeout=300)
+    assert marker.read_text() == "ran"
+
+
+def test_trusted_loader_never_runs_code_from_the_artifact(tiny: TinyModel, tmp_path: Path) -> None:
+    model, marker = planted_copy(tiny, tmp_path)
+    loaded = pyfunc.load_trusted(model)
+    assert isinstance(loaded, pyfunc.NextTrackModel)
+    assert (loaded.top_k, loaded.collapse) == (TOP_K, True)
+    out = loaded.predict(None, pd.DataFrame({"history": [["t03", "t07", "t07", "t02"]], "k": [3]}))
+    ids, scores = reference_topk(tiny, [3, 7, 2], 3)
+    assert list(out["track_ids"][0]) == ids
+    np.testing.assert_allclose(out["scores"][0], scores, rtol=1e-5)
+    # The same through a run's artifact URI, as evaluate loads a training run's model.
+    with mlflow.start_run(run_name="planted") as run:
+        mlflow.log_artifacts(str(model), "model")
+    by_uri = pyfunc.load_logged(f"runs:/{run.info.run_id}/model")
+    np.testing.assert_allclose(by_uri.topk_items([np.array([3, 7, 2])], 3)[0][0], scores, rtol=1e-5)
+    assert not marker.exists()
+
+
+def test_spark_executors_never_run_code_from_the_artifact(spark, tiny: TinyModel, tmp_path: Path) -> None:
+    from nextplay.score.batch import SCORED_SCHEMA, make_scorer
+
+    model, marker = planted_copy(tiny, tmp_path)
+    spark.sparkContext.addFile(str(model), recursive=True)
+    histories = spark.createDataFrame([("u1", [3, 7, 2]), ("u2", [5])], "user_id string, items array<int>")
+    scorer = make_scorer(model.name, k=3, exclude_played=False, batch_size=2, chunk_size=7)
+    rows = histories.repartition(2).mapInPandas(scorer, SCORED_SCHEMA).collect()
+    assert not marker.exists()
+    got = {u: [r["item_idx"] for r in sorted((r for r in rows if r["user_id"] == u), key=lambda r: r["rank"])]
+           for u in ("u1", "u2")}
+    by_track = tiny.item_index.set_index("track_id")["item_idx"]
+    for user, items in (("u1", [3, 7, 2]), ("u2", [5])):
+        assert got[user] == [by_track[t] for t in reference_topk(tiny, items, 3)[0]]

@@ -66,6 +66,52 @@ def test_log_params_logs_every_config_key(tmp_path: Path) -> None:
     assert [f.path for f in MlflowClient().list_artifacts(run.info.run_id)] == ["loss_curve.png"]
 
 
+def test_log_params_never_stores_credentials(tmp_path: Path) -> None:
+    """Secrets in URIs, in credential-like keys and inside spark.conf are redacted; the rest stays readable."""
+    conf = tmp_path / "secret.yml"
+    conf.write_text(
+        "lake:\n  root: s3a://AKIAEXAMPLE:lake-pass-123@bucket/lake\n"
+        "spark:\n  conf:\n"
+        "    spark.hadoop.fs.s3a.secret.key: s3-secret-456\n"
+        "    spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net: azure-key-789\n"
+        "    spark.hadoop.fs.s3a.endpoint: https://s3.example.com\n"
+        "    spark.sql.adaptive.enabled: 'true'\n"
+        "ingest:\n  input: https://acct.blob.core.windows.net/plays/raw?sv=2022-11-02&sig=sas-sig-000&sp=r\n"
+        "score:\n  model_uri: models:/nextplay-rnn/3\n"
+        f"tracking:\n  uri: sqlite:///{tmp_path / 'm.db'}\n  artifact_location: {tmp_path / 'a'}\n")
+    cfg = load_config(conf, ["model.knn_weight=0.25"])
+    with tracking.start_run(cfg, run_name="secrets") as run:
+        logged_cfg = copy.deepcopy(cfg)
+        # A tracking server behind basic auth: the URI the run was configured with carries a password.
+        logged_cfg.tracking.uri = "https://alice:tracking-pass-321@mlflow.example.com/"
+        tracking.log_params(logged_cfg, extra={"api_token": "extra-token-654", "n_items": 7})
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    everything = "\n".join(f"{k}={v}" for k, v in params.items())
+    for secret in ("lake-pass-123", "s3-secret-456", "azure-key-789", "sas-sig-000", "tracking-pass-321",
+                   "extra-token-654"):
+        assert secret not in everything
+    assert set(params) == set(cfg.flat()) | {"api_token", "n_items"}
+    assert params["lake.root"] == "s3a://AKIAEXAMPLE:***@bucket/lake"
+    assert params["tracking.uri"] == "https://alice:***@mlflow.example.com/"
+    assert params["ingest.input"] == "https://acct.blob.core.windows.net/plays/raw?sv=2022-11-02&sig=***&sp=r"
+    assert "spark.hadoop.fs.s3a.endpoint': 'https://s3.example.com'" in params["spark.conf"]
+    assert "spark.hadoop.fs.s3a.secret.key': '***'" in params["spark.conf"]
+    assert "spark.sql.adaptive.enabled': 'true'" in params["spark.conf"]
+    assert params["model.knn_weight"] == "0.25" and params["score.model_uri"] == "models:/nextplay-rnn/3"
+    assert params["n_items"] == "7" and params["api_token"] == "***"
+
+
+def test_redact_keeps_what_is_not_a_secret() -> None:
+    assert tracking.redact("model.knn_sample", 500) == 500
+    assert tracking.redact("model.knn_position_decay", 0.5) == 0.5
+    assert tracking.redact("tracking.uri", "databricks") == "databricks"
+    assert tracking.redact("x", "jdbc:postgresql://db/x?user=bob&password=pw1") == "jdbc:postgresql://db/x?user=bob&password=***"
+    assert tracking.redact("spark.conf", {"spark.hadoop.fs.s3a.aws.credentials.provider": "p.Provider",
+                                          "spark.hadoop.fs.s3a.session.token": "t"}) == {
+        "spark.hadoop.fs.s3a.aws.credentials.provider": "p.Provider", "spark.hadoop.fs.s3a.session.token": "***"}
+    assert tracking.redact("db_password", "pw") == "***" and tracking.redact("github_token", "t") == "***"
+
+
 def test_compare_runs_puts_baselines_beside_the_model(tmp_path: Path) -> None:
     cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"tracking.artifact_location={tmp_path / 'a'}"])
     assert tracking.compare_runs(cfg).empty

@@ -55,17 +55,16 @@ def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
-    import mlflow
-
     from nextplay import tracking
     from nextplay.evaluate.baselines import MostPopular, SessionKNN
     from nextplay.evaluate.lines import session_lines
     from nextplay.evaluate.report import evaluate_all, log_evaluation
+    from nextplay.score.pyfunc import load_logged
     from nextplay.spark import get_spark
 
     tracking.configure(cfg.tracking)
     run_id = run_id or latest_training_run(cfg)
-    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").unwrap_python_model().rnn
+    model = load_logged(f"runs:/{run_id}/model").rnn  # built from the installed package, no code from the artifact
     spark = get_spark(cfg)
     test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions)
     prefixes, labels = session_lines(test)

@@ -6,8 +6,11 @@ users speak track ids. This wrapper takes track-id histories and answers track i
 `mlflow models predict` or a serving endpoint needs nothing else; the batch scorer reaches past the
 strings to `topk_items` because it has already mapped histories to item indices in Spark.
 
-The item index travels inside the model as Parquet (a million track ids stay small and load fast)
-and the `nextplay` package travels as `code_paths`, so loading needs no install of this project.
+The item index travels inside the model as Parquet (a million track ids stay small and load fast).
+No code travels with the model: whoever can write a registry version must not be able to run code
+where the model is loaded. nextplay's own loading (`load_trusted`: evaluate, batch scoring on every
+executor) builds the model from the installed package, reading only the MLmodel file, the weights
+(`weights_only=True`) and the item index. The nextplay version that logged it is in the metadata.
 """
 from __future__ import annotations
 
@@ -72,12 +75,16 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
     """Top-K next tracks for track-id histories; see the module docstring."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load_files(context.artifacts[ARTIFACT_RNN], context.artifacts[ARTIFACT_INDEX], context.model_config)
+
+    def load_files(self, rnn_dir: str | Path, index_path: str | Path, config: dict[str, Any]) -> None:
+        """Load the weights and the scoring settings; the item index is read on first use."""
         from nextplay.model.io import load_model
 
-        self.rnn = load_model(context.artifacts[ARTIFACT_RNN], map_location="cpu")
-        self.top_k = int(context.model_config[CONF_TOP_K])
-        self.collapse = bool(context.model_config[CONF_COLLAPSE])
-        self._index_path = context.artifacts[ARTIFACT_INDEX]
+        self.rnn = load_model(rnn_dir, map_location="cpu")
+        self.top_k = int(config[CONF_TOP_K])
+        self.collapse = bool(config[CONF_COLLAPSE])
+        self._index_path = str(index_path)
         self._track_ids: pd.Index | None = None  # item_idx - 1 -> track id, read on first use
 
     @property
@@ -149,9 +156,57 @@ def model_config(model_dir: Path) -> dict[str, Any]:
     return dict(_flavor(model_dir).get("config") or {})
 
 
+def _artifact(model_dir: Path, name: str) -> Path:
+    """A named artifact of a downloaded model, which must stay inside the model's folder."""
+    try:
+        relative = _flavor(model_dir)["artifacts"][name]["path"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{model_dir}: no '{name}' artifact: load a model logged by nextplay.score.pyfunc.log_model") from None
+    path = (model_dir / relative).resolve()
+    if not path.is_relative_to(model_dir.resolve()):
+        raise ValueError(f"{model_dir}: artifact '{name}' points outside the model folder ({relative})")
+    return path
+
+
 def index_file(model_dir: Path) -> Path:
     """Where a downloaded model keeps its item index Parquet file."""
-    return model_dir / _flavor(model_dir)["artifacts"][ARTIFACT_INDEX]["path"]
+    return _artifact(model_dir, ARTIFACT_INDEX)
+
+
+def load_trusted(model_dir: str | Path) -> NextTrackModel:
+    """The model in a downloaded model folder, built from the installed nextplay package.
+
+    Unlike `mlflow.pyfunc.load_model` this never imports or runs anything stored in the folder
+    (a python_model file, `code/`): it reads the MLmodel file, the weights with
+    `weights_only=True` and the item index Parquet, so writing a registry version cannot run code
+    in evaluate or on the scoring executors.
+    """
+    model_dir = Path(model_dir)
+    config = model_config(model_dir)
+    missing = [k for k in (CONF_TOP_K, CONF_COLLAPSE) if k not in config]
+    if missing:
+        raise ValueError(f"{model_dir}: no {', '.join(missing)} in its model config: load a model logged by "
+                         "nextplay.score.pyfunc.log_model")
+    model = NextTrackModel()
+    model.load_files(_artifact(model_dir, ARTIFACT_RNN), index_file(model_dir), config)
+    return model
+
+
+def load_logged(model_uri: str) -> NextTrackModel:
+    """`load_trusted` for a model URI (runs:/, models:/, a path): downloads it to a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="nextplay-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        model = load_trusted(local)
+        model.track_ids  # noqa: B018 - read the index now, while the download exists
+        return model
+
+
+def nextplay_version() -> str:
+    """The installed nextplay version, recorded in the metadata of every logged model."""
+    try:
+        return importlib.metadata.version("nextplay")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def pip_requirements() -> list[str]:
@@ -191,8 +246,6 @@ def log_model(model_dir: str, item_index: pd.DataFrame, *, artifact_name: str = 
     Call inside an active run. The input example is the most played tracks of the index, so the
     logged example always scores to a non-empty answer.
     """
-    import nextplay
-
     with tempfile.TemporaryDirectory() as tmp:
         index_path = write_item_index(item_index, Path(tmp) / INDEX_FILE)
         popular = item_index.sort_values("play_count", ascending=False) if "play_count" in item_index else item_index
@@ -201,8 +254,8 @@ def log_model(model_dir: str, item_index: pd.DataFrame, *, artifact_name: str = 
             name=artifact_name,
             python_model=str(Path(__file__).with_name("model_code.py")),
             artifacts={ARTIFACT_RNN: str(model_dir), ARTIFACT_INDEX: str(index_path)},
-            code_paths=[str(Path(nextplay.__file__).parent)],
             model_config={CONF_TOP_K: int(top_k), CONF_COLLAPSE: bool(collapse_repeats)},
+            metadata={"nextplay_version": nextplay_version()},
             signature=SIGNATURE,
             input_example=example,
             pip_requirements=pip_requirements(),
