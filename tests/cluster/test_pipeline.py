@@ -100,11 +100,12 @@ def _sql(cluster, query: str) -> list[dict[str, Any]]:
 
 
 def test_pipeline_with_torch_distributor(cluster, pipeline: str) -> None:
-    counts = _sql(cluster, "SELECT (SELECT count(*) FROM plays_silver) AS silver, "
-                           "(SELECT count(*) FROM plays_quarantine) AS quarantine, "
-                           "(SELECT count(*) FROM sessions) AS sessions, (SELECT count(*) FROM item_index) AS items, "
-                           "p.* FROM (SELECT count(*) AS users, min(k) AS lo, max(k) AS hi FROM "
-                           "(SELECT user_id, count(*) AS k FROM predictions GROUP BY user_id)) AS p")[0]
+    counts = _sql(cluster, "SELECT * FROM (SELECT count(*) AS silver FROM plays_silver) "
+                           "CROSS JOIN (SELECT count(*) AS quarantine FROM plays_quarantine) "
+                           "CROSS JOIN (SELECT count(*) AS sessions FROM sessions) "
+                           "CROSS JOIN (SELECT count(*) AS items FROM item_index) "
+                           "CROSS JOIN (SELECT count(*) AS users, min(k) AS lo, max(k) AS hi FROM "
+                           "(SELECT user_id, count(*) AS k FROM predictions GROUP BY user_id))")[0]
     # Every generated event lands in silver or quarantine (duplicates are dropped, never invented).
     assert 0.95 * EVENTS <= counts["silver"] + counts["quarantine"] <= EVENTS
     assert counts["sessions"] > 0 and counts["items"] > 0
@@ -131,5 +132,11 @@ def test_a_cluster_keeps_its_own_shuffle_partitions(cluster, pipeline) -> None:
     """spark.shuffle_partitions is the local default; on a cluster only spark.conf sets it."""
     conf = _conf(cluster, "torch_distributor")
     del conf["spark"]["conf"]["spark.sql.shuffle.partitions"]
-    out = _nextplay(cluster, "sql", "shuffle", "--format", "json", "SET spark.sql.shuffle.partitions", conf=conf)
-    assert json.loads(out.stdout[out.stdout.index("["):])[0]["value"] == "200"  # Spark's own default
+    path = cluster.work / "shuffle.yml"
+    path.write_text(yaml.safe_dump(conf))
+    probe = ("import sys; from nextplay.config import load_config; from nextplay.spark import get_spark; "
+             "print('PARTITIONS', get_spark(load_config(sys.argv[1])).conf.get('spark.sql.shuffle.partitions'))")
+    out = subprocess.run([cluster.env()["PYSPARK_PYTHON"], "-c", probe, str(path)], cwd=cluster.work,
+                         env=cluster.env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split("PARTITIONS ", 1)[1].split()[0] == "200"  # Spark's own default, not the local 8
