@@ -84,8 +84,7 @@ class Storage:
         """Write `data` to `url` whole: a temporary name first, then renamed over the final one, so a
         reader never sees half a file (rename is atomic on local disks and HDFS alike)."""
         fs, path = self.fs(url)
-        fs.makedirs(posixpath.dirname(path) if not isinstance(fs, LocalFileSystem) else os.path.dirname(path),
-                    exist_ok=True)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         with fs.open(tmp, "wb") as f:
             f.write(data)
@@ -123,8 +122,7 @@ class Storage:
         """Copy the folder `url` (recursively) into the local folder `local_dir`."""
         fs, path = self.fs(url)
         for remote in fs.find(path):
-            rel = posixpath.relpath(remote, path) if not isinstance(fs, LocalFileSystem) else os.path.relpath(remote, path)
-            target = Path(local_dir) / rel
+            target = Path(local_dir) / posixpath.relpath(remote, path)
             target.parent.mkdir(parents=True, exist_ok=True)
             with fs.open(remote, "rb") as f:
                 target.write_bytes(f.read())
