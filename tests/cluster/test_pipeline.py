@@ -3,7 +3,9 @@
 The driver runs with 1g of memory and `spark.driver.maxResultSize=32m`, so a stage that collects
 data in proportion to the lake fails at scale; the workers share no disk with the driver or with
 each other, so a stage that passes a local path between processes fails at any scale.
-`NEXTPLAY_CLUSTER_EVENTS` sets the number of synthetic plays (default: small enough for CI).
+`NEXTPLAY_CLUSTER_EVENTS` sets the number of synthetic plays (default: small enough for CI);
+`NEXTPLAY_CLUSTER_EXECUTOR_MEMORY` / `NEXTPLAY_CLUSTER_WORKER_MEMORY` the executors' heap and what each
+worker offers (1g / 2g by default; ingest's persisted parse of 10M plays needs more than 1g).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _conf(cluster, launcher: str) -> dict[str, Any]:
     conf["lake"] = {"root": cluster.lake, "webhdfs_port": cluster.webhdfs_port}
     conf["spark"] = {
         "master": cluster.master, "driver_memory": "1g", "jars_dir": str(ROOT / ".cache" / "jars"),
-        "conf": {"spark.driver.maxResultSize": "32m", "spark.executor.memory": "1g", "spark.executor.cores": "1",
+        "conf": {"spark.driver.maxResultSize": "32m", "spark.executor.memory": os.environ.get("NEXTPLAY_CLUSTER_EXECUTOR_MEMORY", "1g"), "spark.executor.cores": "1",
                  "spark.task.cpus": "1", "spark.sql.shuffle.partitions": "4", "spark.ui.showConsoleProgress": "false",
                  "spark.pyspark.python": cluster.env()["PYSPARK_PYTHON"],
                  "spark.executorEnv.PYTHONPATH": cluster.env()["PYTHONPATH"]},
