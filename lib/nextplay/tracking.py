@@ -115,9 +115,14 @@ _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch request
 
 
 def start_run(cfg: Config, run_name: str | None = None) -> mlflow.ActiveRun:
-    """Configure tracking from `cfg` and start a run in its experiment (use as a context manager)."""
+    """Configure tracking from `cfg` and start a run in its experiment (use as a context manager).
+
+    The run is tagged with `tracking.git_commit` when it is known, under MLflow's own source tag, so
+    the UI shows which commit produced the model.
+    """
     configure(cfg.tracking)
-    return mlflow.start_run(run_name=run_name)
+    tags = {"mlflow.source.git.commit": cfg.tracking.git_commit} if cfg.tracking.git_commit else None
+    return mlflow.start_run(run_name=run_name, tags=tags)
 
 
 # Params are readable by everyone with access to the experiment and cannot be deleted, so no
