@@ -35,11 +35,17 @@ RAW_PLAYS = T.StructType([
     T.StructField("_raw", T.StringType()),  # the whole record as received, for quarantine
     T.StructField("_source_file", T.StringType()),
     # Set by a reader when the record could not be split into fields at all (broken JSON, a wrong
-    # number of columns); validation turns it into the quarantine reason.
+    # number of columns, an unreadable file); validation turns it into the quarantine reason.
     T.StructField("_parse_error", T.StringType()),
+    # Comma-separated names of the id fields (user_id, track_id, event_id) whose value was a structure or
+    # a boolean (a JSON object, array, true; a Parquet struct, list, map): not an id, quarantined.
+    T.StructField("_non_scalar_ids", T.StringType()),
 ])
 
 PLAYS_BRONZE_SCHEMA = T.StructType(RAW_PLAYS.fields + [
+    # The play's identity (see PLAYS_SILVER_SCHEMA); null for quarantined rows. A bronze row whose
+    # play_id is in silver under another batch or row is the duplicate of that silver row.
+    T.StructField("play_id", T.StringType()),
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_ingested_at", T.TimestampType(), False),
 ])
@@ -51,6 +57,10 @@ PLAYS_SILVER_SCHEMA = T.StructType([
     T.StructField("ts", T.TimestampType(), False),
     T.StructField("ms_played", T.LongType()),
     T.StructField("event_date", T.DateType(), False),
+    # What makes a play one play: a hash of (event_id, user_id, track_id, ts). Silver de-duplicates on
+    # it, so two different plays that share a source event_id never merge.
+    T.StructField("play_id", T.StringType(), False),
+    T.StructField("_batch_id", T.StringType(), False),  # the batch that landed the play
 ])
 
 PLAYS_QUARANTINE_SCHEMA = T.StructType([
@@ -59,6 +69,14 @@ PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_source_file", T.StringType()),
     T.StructField("_ingested_at", T.TimestampType(), False),
+])
+
+# One input file as ingest identifies it: its fully qualified path, its size and its modification time.
+# (Nullable only because Delta cannot enforce NOT NULL inside an array; ingest always sets all three.)
+INGEST_FILE = T.StructType([
+    T.StructField("path", T.StringType()),
+    T.StructField("size", T.LongType()),
+    T.StructField("modified", T.LongType()),  # epoch milliseconds
 ])
 
 INGEST_LOG_SCHEMA = T.StructType([
@@ -74,6 +92,9 @@ INGEST_LOG_SCHEMA = T.StructType([
     T.StructField("duplicates_in_silver", T.LongType(), False),
     T.StructField("ingested_at", T.TimestampType(), False),
     T.StructField("seconds", T.DoubleType(), False),
+    # The files this batch read, committed with its counts: a file (same path, size and modification
+    # time) recorded here is never read again, whatever path spelling or folder listing brings it back.
+    T.StructField("files", T.ArrayType(INGEST_FILE), False),
 ])
 
 ITEM_INDEX_SCHEMA = T.StructType([
