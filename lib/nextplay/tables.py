@@ -43,8 +43,9 @@ RAW_PLAYS = T.StructType([
 ])
 
 PLAYS_BRONZE_SCHEMA = T.StructType(RAW_PLAYS.fields + [
-    # The play's identity (see PLAYS_SILVER_SCHEMA); null for quarantined rows. A bronze row whose
-    # play_id is in silver under another batch or row is the duplicate of that silver row.
+    # A hash of the play's identity (PLAY_IDENTITY; `validate.play_id` computes it for any row, silver's
+    # too); null for quarantined rows. Bronze rows sharing a play_id are one play: the first to land
+    # is in silver, the others were counted as duplicates.
     T.StructField("play_id", T.StringType()),
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_ingested_at", T.TimestampType(), False),
@@ -57,11 +58,10 @@ PLAYS_SILVER_SCHEMA = T.StructType([
     T.StructField("ts", T.TimestampType(), False),
     T.StructField("ms_played", T.LongType()),
     T.StructField("event_date", T.DateType(), False),
-    # What makes a play one play: a hash of (event_id, user_id, track_id, ts). Silver de-duplicates on
-    # it, so two different plays that share a source event_id never merge.
-    T.StructField("play_id", T.StringType(), False),
-    T.StructField("_batch_id", T.StringType(), False),  # the batch that landed the play
 ])
+# What makes a silver row one play: all four, not the event id alone (sources share the event id
+# namespace, and producers reset their counters). Bronze's play_id is a hash of the same four.
+PLAY_IDENTITY = ("event_id", "user_id", "track_id", "ts")
 
 PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("raw", T.StringType()),

@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 
 from nextplay.cli import main
 from nextplay.data.ingest import ingest
-from nextplay.tables import INGEST_LOG, PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, Lake
+from nextplay.data.validate import play_id
+from nextplay.tables import INGEST_LOG, PLAY_IDENTITY, PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, Lake
 from tests.data.conftest import write_text
 
 
@@ -110,10 +111,12 @@ def test_two_plays_sharing_an_event_id_both_land(spark, cfg, tmp_path, ingest_fi
     assert (second["rows_silver"], second["duplicates_in_silver"]) == (1, 1)
     lake = Lake(cfg.lake)
     assert sorted(r.user_id for r in lake.read(spark, PLAYS_SILVER).collect()) == ["u1", "u2", "u3"]
-    # The duplicate is traceable: its bronze row carries the play_id of the silver row it repeats.
-    silver = lake.read(spark, PLAYS_SILVER).where(F.col("user_id") == "u1").first()
-    dup = lake.read(spark, PLAYS_BRONZE).where((F.col("_batch_id") == second["batch_id"]) & (F.col("user_id") == "u1")).first()
-    assert dup.play_id == silver.play_id and silver._batch_id == first["batch_id"]
+    # The duplicate is traceable: its bronze row carries the play_id of the silver row it repeats,
+    # and the bronze row that landed it is the first batch's.
+    silver = lake.read(spark, PLAYS_SILVER).where(F.col("user_id") == "u1")
+    twin = silver.select(play_id(*[F.col(c) for c in PLAY_IDENTITY]).alias("id")).first().id
+    bronze = lake.read(spark, PLAYS_BRONZE).where(F.col("play_id") == twin).orderBy("_ingested_at").collect()
+    assert [(r._batch_id, r.ms_played_raw) for r in bronze] == [(first["batch_id"], "1000"), (second["batch_id"], "5")]
 
 
 def test_the_merge_reads_only_the_batchs_dates(spark, cfg, tmp_path, ingest_file):

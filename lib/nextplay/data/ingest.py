@@ -18,13 +18,13 @@ land under an id that claims other content, or be silently dropped).
 Accounting: for every batch, rows_in = rows_silver + rows_quarantined + duplicates_removed, where a
 duplicate is a play (same play_id: event id, user, track and time) that repeats inside the batch or
 is already in silver. Two plays that merely share an event id are two plays. Bronze rows carry the
-play_id, so a duplicate is traceable to the silver row it repeats (silver rows carry the batch that
-landed them). The counts are logged and appended to `ingest_log`.
+play_id, so a duplicate is traceable: the bronze rows of one play_id are one play, the silver row it
+names (`validate.play_id` over silver's columns) landed first. The counts go to `ingest_log`.
 
 Crashes: `ingest_log` is written last, so a batch that died half-way is read again on the next run;
 its appends to bronze and quarantine carry Delta's idempotent-write tag (txnAppId = the batch id and
 its files), so any that had already been committed are skipped by Delta instead of doubled, and
-silver is a MERGE on play_id, a no-op for rows it already has (the redone batch then logs those rows
+silver is a MERGE on the play's identity, a no-op for rows it already has (the redone batch then logs those rows
 as duplicates_in_silver).
 
 Concurrency: different batches may be ingested at the same time (Delta's optimistic concurrency);
@@ -56,8 +56,8 @@ from nextplay.config import Config, IngestConfig
 from nextplay.data.readers import InputFile, batch_id_for, files_digest, list_input, read_input
 from nextplay.data.validate import validate
 from nextplay.tables import (
-    INGEST_FILE, INGEST_LOG, INGEST_LOG_SCHEMA, PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, PLAYS_SILVER_SCHEMA,
-    SCHEMAS, Lake,
+    INGEST_FILE, INGEST_LOG, INGEST_LOG_SCHEMA, PLAY_IDENTITY, PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER,
+    PLAYS_SILVER_SCHEMA, SCHEMAS, Lake,
 )
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,15 @@ def _append(lake: Lake, df: DataFrame, table: str, txn: str, attempts: int) -> N
 
 
 def _merge_silver(spark: SparkSession, lake: Lake, unique: DataFrame, dates: Sequence[date], attempts: int) -> int:
-    """Insert plays whose play_id silver does not have yet; returns how many were inserted.
+    """Insert the plays silver does not have yet (same PLAY_IDENTITY); returns how many were inserted.
 
     The batch's event dates are literals in the condition, so Delta prunes silver to the partitions
     the batch touches instead of reading every play ever landed."""
     if not dates:
         return 0
     days = ", ".join(f"DATE'{d.isoformat()}'" for d in sorted(dates))
-    condition = f"t.event_date IN ({days}) AND t.event_date = s.event_date AND t.play_id = s.play_id"
+    same_play = " AND ".join(f"t.{c} = s.{c}" for c in PLAY_IDENTITY)
+    condition = f"t.event_date IN ({days}) AND t.event_date = s.event_date AND {same_play}"
 
     def merge() -> int:
         target = lake.delta_table(spark, PLAYS_SILVER).alias("t")
@@ -136,11 +137,9 @@ def _merge_silver(spark: SparkSession, lake: Lake, unique: DataFrame, dates: Seq
 def _unique_plays(checked: DataFrame) -> DataFrame:
     """One row per play_id. Copies of a play differ at most in ms_played; which survives is fixed
     (smallest values first), so a batch gives the same silver rows however Spark partitions it."""
-    good = checked.where(F.col("reason").isNull()).select("play.*", "_batch_id")
-    rest = [f.name for f in PLAYS_SILVER_SCHEMA.fields if f.name != "play_id"]
-    keep = F.min(F.struct(*rest)).alias("k")
-    return good.groupBy("play_id").agg(keep).select("play_id", "k.*").select(
-        *[f.name for f in PLAYS_SILVER_SCHEMA.fields])
+    good = checked.where(F.col("reason").isNull()).select("play.*")
+    keep = F.min(F.struct(*[f.name for f in PLAYS_SILVER_SCHEMA.fields])).alias("k")
+    return good.groupBy("play_id").agg(keep).select("k.*")
 
 
 def _nothing_new(icfg: IngestConfig, started: float, known: int, message: str) -> dict:

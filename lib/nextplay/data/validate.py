@@ -45,6 +45,13 @@ def _quoted(value: Column) -> Column:
     return F.concat(F.lit("'"), _shown(value), F.lit("'"))
 
 
+def play_id(event_id: Column, user: Column, track: Column, ts: Column) -> Column:
+    """A play's identity as one value (tables.PLAY_IDENTITY hashed): its event id AND who played what
+    when. Sources share the event id namespace and producers reset counters, so two plays that only
+    share an event id are two plays. Apply it to silver's columns to find a bronze row's silver twin."""
+    return F.sha2(F.concat_ws("\u001f", event_id, user, track, F.unix_micros(ts).cast("string")), 256)
+
+
 def _not_scalar(name: str) -> Column:
     """True when the reader found a structure (object, array, boolean) in id field `name`."""
     return F.array_contains(F.split(F.coalesce(F.col("_non_scalar_ids"), F.lit("")), ","), name)
@@ -60,7 +67,7 @@ def _id_problem(name: str, value: Column, max_len: int) -> Column:
 
 
 def validate(raw: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
-    """RAW_PLAYS rows plus `play`, a struct shaped like a silver row (without the batch), and `reason`
+    """RAW_PLAYS rows plus `play`, a struct shaped like a silver row plus its `play_id`, and `reason`
     (null when the row is good). `now` is the batch's ingest time: rows later than it by more than
     `max_future_minutes` are clock errors, not plays."""
     user = F.trim("user_id")
@@ -95,14 +102,11 @@ def validate(raw: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
                                  F.lit(f"event_id: longer than {cfg.max_id_length} characters")))
     reason = F.coalesce(F.col("_parse_error"), F.nullif(problems, F.lit("")))
     # Sources without ids get a stable one: the same play always hashes the same, whatever its format.
-    micros = F.unix_micros(ts).cast("string")
-    derived_id = F.sha2(F.concat_ws("\u001f", user, track, micros), 256)
+    derived_id = F.sha2(F.concat_ws("\u001f", user, track, F.unix_micros(ts).cast("string")), 256)
     event_id = F.coalesce(given_id, derived_id)
-    # A play is its event id AND who played what when: sources share the event id namespace (and
-    # producers reset counters), so two plays that only share an event id are two plays.
-    play_id = F.sha2(F.concat_ws("\u001f", event_id, user, track, micros), 256)
     play = F.struct(
         event_id.alias("event_id"), user.alias("user_id"), track.alias("track_id"),
-        ts.alias("ts"), ms.alias("ms_played"), F.to_date(ts).alias("event_date"), play_id.alias("play_id"),
+        ts.alias("ts"), ms.alias("ms_played"), F.to_date(ts).alias("event_date"),
+        play_id(event_id, user, track, ts).alias("play_id"),
     )
     return raw.select("*", play.alias("play"), reason.alias("reason"))
