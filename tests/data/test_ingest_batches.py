@@ -196,3 +196,18 @@ def test_a_bad_batch_lands_exactly_once_by_any_path_and_batch_id(spark, cfg, tmp
         assert sum(r.startswith(reason) for r in reasons) == 1, (what, reasons)
     silver_users = sorted(r.user_id for r in lake.read(spark, PLAYS_SILVER).select("user_id").distinct().collect())
     assert silver_users == ["10", "9", "u,6", "u1", "u11", "u4", "u5"]
+
+
+def test_a_lake_written_by_an_older_release_gains_the_new_columns(spark, cfg, tmp_path, ingest_file):
+    """Bronze without play_id and the id-structure flag, ingest_log without its files: ingest adds them."""
+    from pyspark.sql import types as T
+
+    from nextplay.tables import SCHEMAS
+
+    lake = Lake(cfg.lake)
+    for table, dropped in ((PLAYS_BRONZE, {"play_id", "_non_scalar_ids"}), (INGEST_LOG, {"files"})):
+        lake.create_if_missing(spark, table, T.StructType([f for f in SCHEMAS[table].fields if f.name not in dropped]))
+    write_text(tmp_path / "a.json", [_play(event_id="e1")])
+    assert ingest_file(tmp_path / "a.json")["rows_silver"] == 1
+    assert ingest_file(tmp_path / "a.json")["skipped"]
+    assert lake.read(spark, PLAYS_BRONZE).where(F.col("play_id").isNotNull()).count() == 1

@@ -166,10 +166,11 @@ def test_a_json_structure_where_an_id_belongs_is_quarantined(spark, cfg, tmp_pat
 
 
 def test_the_files_listed_are_the_files_read(spark, cfg, tmp_path):
-    """A file that lands after the listing is not read under a batch that does not record it."""
-    write_text(tmp_path / "a.json", ['{"user_id": "u1", "track_id": "t1", "ts": 1740823200}'])
+    """A file that lands after the listing is not read under a batch that does not record it; a file
+    name holding glob characters names that one file."""
+    write_text(tmp_path / "a [1].json", ['{"user_id": "u1", "track_id": "t1", "ts": 1740823200}'])
     files = list_input(spark, str(tmp_path))
-    write_text(tmp_path / "b.json", ['{"user_id": "u2", "track_id": "t2", "ts": 1740823200}'])
+    write_text(tmp_path / "a1.json", ['{"user_id": "u2", "track_id": "t2", "ts": 1740823200}'])
     raw, _ = read_input(spark, files, "auto")
     assert [r.user_id for r in raw.collect()] == ["u1"]
 

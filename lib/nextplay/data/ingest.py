@@ -88,6 +88,17 @@ def with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
             time.sleep(wait)
 
 
+def _add_new_columns(spark: SparkSession, lake: Lake, table: str) -> None:
+    """Give a table created by an older release the columns its schema has since gained (nullable:
+    its old rows have no value). Without them every append would fail on a schema mismatch."""
+    have = {f.name for f in lake.read(spark, table).schema.fields}
+    missing = [f for f in SCHEMAS[table].fields if f.name not in have]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        log.warning("%s: adding the columns %s (written by an older release)", table, ", ".join(f.name for f in missing))
+        spark.sql(f"ALTER TABLE {lake.name(table)} ADD COLUMNS ({columns})")
+
+
 def _files_frame(spark: SparkSession, files: Sequence[InputFile]) -> DataFrame:
     return spark.createDataFrame([(f.path, f.size, f.modified) for f in files], INGEST_FILE)
 
@@ -165,7 +176,7 @@ def _new_files(spark: SparkSession, lake: Lake, icfg: IngestConfig, listed: list
                     "pass another --batch-id, or none to derive one from the files")
             return [], f"batch {icfg.batch_id} already ingested these {len(mine)} files; nothing to do"
     if not new:
-        return [], f"no new files: all {len(listed)} files under {icfg.input} are already ingested"
+        return [], f"no new files: the {len(known)} files with data under {icfg.input} are already ingested"
     return new, None
 
 
@@ -179,6 +190,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict:
     for table in (PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, INGEST_LOG):
         with_retries(f"create {table}", icfg.commit_attempts,
                      lambda t=table: lake.create_if_missing(spark, t, SCHEMAS[t]))
+        with_retries(f"evolve {table}", icfg.commit_attempts, lambda t=table: _add_new_columns(spark, lake, t))
     known = _recorded(spark, lake, listed)
     new, nothing = _new_files(spark, lake, icfg, listed, known)
     if nothing:
