@@ -73,7 +73,9 @@ class IngestConfig:
     format: Literal[
         "auto", "json", "csv", "parquet", "lastfm", "lfm1b", "yoochoose", "diginetica"
     ] = "auto"
-    batch_id: str | None = None  # default: derived from the input path
+    # Default: a hash of the batch's new files (paths, sizes, modification times). A file is ingested once
+    # whatever id or path spelling brings it back; reusing an id for other files is an error.
+    batch_id: str | None = None
     # Rows stamped further than this in the future are quarantined (clock skew is allowed).
     max_future_minutes: int = 60
     earliest_ts: str = "2000-01-01T00:00:00Z"

@@ -35,11 +35,18 @@ RAW_PLAYS = T.StructType([
     T.StructField("_raw", T.StringType()),  # the whole record as received, for quarantine
     T.StructField("_source_file", T.StringType()),
     # Set by a reader when the record could not be split into fields at all (broken JSON, a wrong
-    # number of columns); validation turns it into the quarantine reason.
+    # number of columns, an unreadable file); validation turns it into the quarantine reason.
     T.StructField("_parse_error", T.StringType()),
+    # Comma-separated names of the id fields (user_id, track_id, event_id) whose value was a structure or
+    # a boolean (a JSON object, array, true; a Parquet struct, list, map): not an id, quarantined.
+    T.StructField("_non_scalar_ids", T.StringType()),
 ])
 
 PLAYS_BRONZE_SCHEMA = T.StructType(RAW_PLAYS.fields + [
+    # A hash of the play's identity (PLAY_IDENTITY; `validate.play_id` computes it for any row, silver's
+    # too); null for quarantined rows. Bronze rows sharing a play_id are one play: the first to land
+    # is in silver, the others were counted as duplicates.
+    T.StructField("play_id", T.StringType()),
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_ingested_at", T.TimestampType(), False),
 ])
@@ -52,6 +59,9 @@ PLAYS_SILVER_SCHEMA = T.StructType([
     T.StructField("ms_played", T.LongType()),
     T.StructField("event_date", T.DateType(), False),
 ])
+# What makes a silver row one play: all four, not the event id alone (sources share the event id
+# namespace, and producers reset their counters). Bronze's play_id is a hash of the same four.
+PLAY_IDENTITY = ("event_id", "user_id", "track_id", "ts")
 
 PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("raw", T.StringType()),
@@ -59,6 +69,14 @@ PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_source_file", T.StringType()),
     T.StructField("_ingested_at", T.TimestampType(), False),
+])
+
+# One input file as ingest identifies it: its fully qualified path, its size and its modification time.
+# (Nullable only because Delta cannot enforce NOT NULL inside an array; ingest always sets all three.)
+INGEST_FILE = T.StructType([
+    T.StructField("path", T.StringType()),
+    T.StructField("size", T.LongType()),
+    T.StructField("modified", T.LongType()),  # epoch milliseconds
 ])
 
 INGEST_LOG_SCHEMA = T.StructType([
@@ -74,6 +92,9 @@ INGEST_LOG_SCHEMA = T.StructType([
     T.StructField("duplicates_in_silver", T.LongType(), False),
     T.StructField("ingested_at", T.TimestampType(), False),
     T.StructField("seconds", T.DoubleType(), False),
+    # The files this batch read, committed with its counts: a file (same path, size and modification
+    # time) recorded here is never read again, whatever path spelling or folder listing brings it back.
+    T.StructField("files", T.ArrayType(INGEST_FILE), False),
 ])
 
 ITEM_INDEX_SCHEMA = T.StructType([
