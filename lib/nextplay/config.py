@@ -220,6 +220,9 @@ class ScoreConfig:
     batch_size: int = 512  # histories per forward pass in a scoring process
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
+    # A run that would write no rows (say, a model none of whose tracks were played recently) fails
+    # instead of emptying the day's predictions partition; true replaces it with nothing anyway.
+    allow_empty: bool = False
 
 
 @dataclass

@@ -7,7 +7,8 @@ they often cannot reach or authenticate to.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
 anywhere before the commit leaves the previous partition exactly as it was, and readers see the
-old partition or the new one, never a mix.
+old partition or the new one, never a mix. A run that scored nobody fails before the commit
+rather than replace the partition with nothing (unless `score.allow_empty`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -129,6 +131,18 @@ def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel,
     return rows.select([F.col(f.name).cast(f.dataType) for f in PREDICTIONS_SCHEMA.fields])
 
 
+def _nothing_scored(model: ResolvedModel, index: DataFrame, hist: DataFrame, cfg: Config, active: int,
+                    newest_iso: str, score_date: date) -> str:
+    """Why a run produced no prediction, in one line, for the error that keeps the old partition."""
+    keep = (f"refusing to replace the predictions of {score_date} with nothing (set score.allow_empty=true "
+            "to empty that partition anyway)")
+    if hist.isEmpty():
+        return (f"{model.uri}: none of the model's {index.count()} tracks appear in the plays of the "
+                f"{active} users active in the {cfg.score.lookback_days} days before {newest_iso} "
+                f"(a model trained on another catalog?); {keep}")
+    return f"{model.uri} returned no candidate track for any of the {active} active users; {keep}"
+
+
 def score(cfg: Config) -> dict:
     """Score every user active in the last `score.lookback_days` and replace today's partition."""
     started = time.monotonic()
@@ -162,7 +176,14 @@ def score(cfg: Config) -> dict:
     lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
     log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
              lake.name(PREDICTIONS), score_date)
-    lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
+    # Scored once: the count below and the write read the same rows (MEMORY_AND_DISK spills at any scale).
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        if rows.isEmpty() and not cfg.score.allow_empty:
+            raise ValueError(_nothing_scored(model, index, hist, cfg, active, newest_iso, score_date))
+        lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
+    finally:
+        rows.unpersist()
     written = lake.read(spark, PREDICTIONS).where(F.col("score_date") == F.lit(score_date))
     counts = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
     seconds = time.monotonic() - started
