@@ -134,7 +134,6 @@ def test_rerun_replaces_the_tables_with_the_same_content(spark, split_lake):
 def test_readers_pair_the_two_tables_of_one_sessionize_run(spark, split_lake, tmp_path):
     """Runs interleave: sessionize twice, then a third run that commits its item index and fails
     before its sessions. Training still reads the second run's index with its sessions."""
-    from nextplay.tables import new_generation  # noqa: F401  (the marker the writer stamps)
     from nextplay.train.launch import snapshot_training_data
 
     base, _ = split_lake

@@ -7,8 +7,9 @@ they often cannot reach or authenticate to.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
 anywhere before the commit leaves the previous partition exactly as it was, and readers see the
-old partition or the new one, never a mix. A run that scored nobody fails before the commit
-rather than replace the partition with nothing (unless `score.allow_empty`).
+old partition or the new one, never a mix. A run with no user to score (no recent play of a track
+the model knows) fails before the commit rather than replace the partition with nothing (unless
+`score.allow_empty`).
 """
 from __future__ import annotations
 
@@ -131,16 +132,13 @@ def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel,
     return rows.select([F.col(f.name).cast(f.dataType) for f in PREDICTIONS_SCHEMA.fields])
 
 
-def _nothing_scored(model: ResolvedModel, index: DataFrame, hist: DataFrame, cfg: Config, active: int,
-                    newest_iso: str, score_date: date) -> str:
-    """Why a run produced no prediction, in one line, for the error that keeps the old partition."""
-    keep = (f"refusing to replace the predictions of {score_date} with nothing (set score.allow_empty=true "
-            "to empty that partition anyway)")
-    if hist.isEmpty():
-        return (f"{model.uri}: none of the model's {index.count()} tracks appear in the plays of the "
-                f"{active} users active in the {cfg.score.lookback_days} days before {newest_iso} "
-                f"(a model trained on another catalog?); {keep}")
-    return f"{model.uri} returned no candidate track for any of the {active} active users; {keep}"
+def _nothing_scored(model: ResolvedModel, index: DataFrame, cfg: Config, active: int, newest_iso: str,
+                    score_date: date) -> str:
+    """Why a run has no history to score, in one line, for the error that keeps the old partition."""
+    return (f"{model.uri}: none of the model's {index.count()} tracks appear in the plays of the {active} users "
+            f"active in the {cfg.score.lookback_days} days before {newest_iso} (a model trained on another catalog?); "
+            f"refusing to replace the predictions of {score_date} with nothing (set score.allow_empty=true to "
+            "empty that partition anyway)")
 
 
 def score(cfg: Config) -> dict:
@@ -171,19 +169,20 @@ def score(cfg: Config) -> dict:
                          batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
     # Scoring is CPU-bound on little data, so adaptive execution would pack it into one task:
     # spread it over every core instead (an explicit partition count is never coalesced).
-    hist = hist.repartition(2 * spark.sparkContext.defaultParallelism)
-    rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
-    lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
-    log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
-             lake.name(PREDICTIONS), score_date)
-    # Scored once: the count below and the write read the same rows (MEMORY_AND_DISK spills at any scale).
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    hist = hist.repartition(2 * spark.sparkContext.defaultParallelism).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        if rows.isEmpty() and not cfg.score.allow_empty:
-            raise ValueError(_nothing_scored(model, index, hist, cfg, active, newest_iso, score_date))
+        rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
+        lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
+        log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
+                 lake.name(PREDICTIONS), score_date)
+        # Users without a history in the model's catalog get no row: with none at all the write
+        # would replace the day's partition with nothing. Checked on the kept histories, so the
+        # scoring itself still runs once, inside the write.
+        if hist.isEmpty() and not cfg.score.allow_empty:
+            raise ValueError(_nothing_scored(model, index, cfg, active, newest_iso, score_date))
         lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
     finally:
-        rows.unpersist()
+        hist.unpersist()
     written = lake.read(spark, PREDICTIONS).where(F.col("score_date") == F.lit(score_date))
     counts = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
     seconds = time.monotonic() - started

@@ -22,13 +22,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nextplay.config import Config, ConfigError
-from nextplay.tables import Pin
 from nextplay.train.loader import SessionSnapshot
+
+if TYPE_CHECKING:  # the tables module imports pyspark, which training processes do not need
+    from nextplay.tables import Pin
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +311,8 @@ def resumable_run(cfg: Config):
 
 
 def _pin_of(run) -> Pin:
+    from nextplay.tables import Pin
+
     pin = Pin.from_tags(run.data.tags)
     if pin is None:
         raise ConfigError(f"train.resume: run {run.info.run_id} has checkpoints but no pinned table versions; "
