@@ -181,7 +181,10 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    # Each run checkpoints into <checkpoint_dir>/<MLflow run id>/, removed once its model is logged.
     checkpoint_dir: str = "checkpoints"
+    # Continue the newest unfinished training run that left checkpoints, in that MLflow run and on
+    # the table versions it pinned; no such run: start a new one.
     resume: bool = False
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True

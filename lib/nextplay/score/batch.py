@@ -27,7 +27,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -169,20 +168,17 @@ def score(cfg: Config) -> dict:
                          batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
     # Scoring is CPU-bound on little data, so adaptive execution would pack it into one task:
     # spread it over every core instead (an explicit partition count is never coalesced).
-    hist = hist.repartition(2 * spark.sparkContext.defaultParallelism).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
-        lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
-        log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
-                 lake.name(PREDICTIONS), score_date)
-        # Users without a history in the model's catalog get no row: with none at all the write
-        # would replace the day's partition with nothing. Checked on the kept histories, so the
-        # scoring itself still runs once, inside the write.
-        if hist.isEmpty() and not cfg.score.allow_empty:
-            raise ValueError(_nothing_scored(model, index, cfg, active, newest_iso, score_date))
-        lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
-    finally:
-        hist.unpersist()
+    hist = hist.repartition(2 * spark.sparkContext.defaultParallelism)
+    rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
+    # A user gets rows only for a history in the model's catalog: with no recent play of any of its
+    # tracks the write would replace the day's partition with nothing. A cheap join answers it
+    # before any scoring, which still runs once, inside the write.
+    if recent.join(index.select("track_id"), "track_id").isEmpty() and not cfg.score.allow_empty:
+        raise ValueError(_nothing_scored(model, index, cfg, active, newest_iso, score_date))
+    lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
+    log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
+             lake.name(PREDICTIONS), score_date)
+    lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
     written = lake.read(spark, PREDICTIONS).where(F.col("score_date") == F.lit(score_date))
     counts = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
     seconds = time.monotonic() - started
