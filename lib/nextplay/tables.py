@@ -205,6 +205,8 @@ class Lake:
 
     def commits(self, spark: SparkSession, table: str) -> list[Commit]:
         """The table's Delta history, newest commit first."""
+        if not self.exists(spark, table):
+            raise FileNotFoundError(f"table '{table}' not found in lake {self.describe()}: run the stage that writes it first")
         rows = self.delta_table(spark, table).history().select("version", "timestamp", "operation", "userMetadata").collect()
         commits = (Commit(int(r["version"]), r["timestamp"], r["operation"], _generation_of(r["userMetadata"])) for r in rows)
         return sorted(commits, key=lambda c: c.version, reverse=True)

@@ -104,7 +104,9 @@ def test_resume_continues_the_interrupted_run_not_an_older_one(spark, cfg):
     steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id, "loss")]
     assert steps == [0, 1, 2], "the resumed run trains only the epoch after its own last checkpoint"
     assert resumed.data.tags["nextplay.resumed.train.epochs"] == "3"
-    assert resumed.data.metrics["valid_recall_at_10"] > 0.9
+    valid = {m.step: m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id,
+                                                                                        "valid_recall_at_10")}
+    assert valid[2] >= valid[1] - 0.05, "epoch 2 continues from epoch 1's weights"
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
     assert {r.info.run_id for r in runs} == {older.info.run_id, interrupted.info.run_id}
     versions = MlflowClient(cfg.tracking.uri).search_model_versions(f"name='{cfg.tracking.model_name}'")

@@ -70,6 +70,19 @@ def test_training_pairs_sessions_with_the_item_index_of_their_generation(spark, 
     assert n_items == 30 and len(counts) == 31
 
 
+def test_tables_without_generation_markers_pair_by_commit_order(spark, cfg):
+    """Tables written by hand (or before markers existed): the newest index committed before the sessions."""
+    lake = Lake(cfg.lake)
+    write_planted_lake(spark, cfg, n_sessions=100)
+    for table in (tables.ITEM_INDEX, tables.SESSIONS):  # the same rows again, unstamped
+        lake.write(lake.read(spark, table).localCheckpoint(), table, mode="overwrite")
+    unstamped = lake.pin_generation(spark)
+    write_planted_index(spark, cfg, n_items=40, generation=tables.new_generation())
+    pin = lake.pin_generation(spark)
+    assert pin == unstamped and pin.generation is None
+    assert snapshot_training_data(spark, cfg)[1] == 30
+
+
 def test_sessions_of_an_unknown_generation_are_a_clear_error(spark, cfg):
     write_planted_lake(spark, cfg, n_sessions=100)
     lake = Lake(cfg.lake)
