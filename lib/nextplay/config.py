@@ -188,7 +188,10 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    # Each run checkpoints into <checkpoint_dir>/<MLflow run id>/, removed once its model is logged.
     checkpoint_dir: str = "checkpoints"
+    # Continue the newest unfinished training run that left checkpoints, in that MLflow run and on
+    # the table versions it pinned; no such run: start a new one.
     resume: bool = False
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True
@@ -230,6 +233,9 @@ class ScoreConfig:
     batch_size: int = 512  # histories per forward pass in a scoring process
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
+    # A run that would write no rows (say, a model none of whose tracks were played recently) fails
+    # instead of emptying the day's predictions partition; true replaces it with nothing anyway.
+    allow_empty: bool = False
 
 
 @dataclass

@@ -196,15 +196,18 @@ def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "l
     plt.close(fig)
 
 
-def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str) -> str | None:
-    """Log the model saved in `model_dir` with the lake's item index; returns the registered version.
+def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
+    """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
+    one the run trained with; default the newest); returns the registered version.
 
     The model is registered under `tracking.model_name` unless `tracking.register` is false.
     """
     from nextplay.score.pyfunc import log_model
     from nextplay.tables import ITEM_INDEX, Lake
 
-    item_index = Lake(cfg.lake).read(spark, ITEM_INDEX).select("track_id", "item_idx", "play_count").toArrow().to_pandas()
+    lake = Lake(cfg.lake)
+    index = lake.read(spark, ITEM_INDEX) if item_index_version is None else lake.read_at(spark, ITEM_INDEX, item_index_version)
+    item_index = index.select("track_id", "item_idx", "play_count").toArrow().to_pandas()
     info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
                      top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
     return None if info.registered_model_version is None else str(info.registered_model_version)

@@ -27,14 +27,32 @@ def latest_training_run(cfg: Config) -> str:
     return runs[0].info.run_id
 
 
-def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int]]:
-    """Item lists of the `limit` most recent sessions of one split, oldest first."""
+def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
+    """Item lists of the `limit` most recent sessions of one split, oldest first, from the sessions
+    table as of `version` (default: the newest)."""
     from nextplay import tables
     from nextplay.tables import Lake
 
-    rows = (Lake(cfg.lake).read(spark, tables.SESSIONS).where(f"split = '{split}'")
+    lake = Lake(cfg.lake)
+    sessions = lake.read(spark, tables.SESSIONS) if version is None else lake.read_at(spark, tables.SESSIONS, version)
+    rows = (sessions.where(f"split = '{split}'")
             .orderBy("start_ts", ascending=False).limit(limit).select("start_ts", "items").collect())
     return [list(r["items"]) for r in sorted(rows, key=lambda r: r["start_ts"])]
+
+
+def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
+    """The sessions version the training run pinned, so evaluating an old run reads what it was
+    trained and validated on (time travel). A run logged before runs pinned their tables reads
+    the newest generation."""
+    from mlflow.tracking import MlflowClient
+
+    from nextplay.tables import Lake, Pin
+
+    pin = Pin.from_tags(MlflowClient().get_run(run_id).data.tags)
+    if pin is None:
+        pin = Lake(cfg.lake).pin_generation(spark)
+        log.warning("run %s logged no table versions: evaluating on sessions version %d", run_id, pin.sessions_version)
+    return pin.sessions_version
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -49,11 +67,12 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     run_id = run_id or latest_training_run(cfg)
     model = load_logged(f"runs:/{run_id}/model").rnn  # built from the installed package, no code from the artifact
     spark = get_spark(cfg)
-    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions)
+    version = sessions_version_of(cfg, spark, run_id)
+    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version)
     prefixes, labels = session_lines(test)
     if not labels:
         raise ValueError("the sessions table has no 'test' sessions with a next item: check sessionize.test_days")
-    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions)
+    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version)
     baselines = {"most_popular": MostPopular(),
                  "session_knn": SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
     for b in baselines.values():
