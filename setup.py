@@ -8,7 +8,8 @@ setup(
     python_requires=">=3.10",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
-    include_package_data=True,
+    # The confs the CLI resolves by name (`--conf databricks`, see nextplay.config.resolve_conf): a
+    # wheel has no conf/ folder beside it, so they travel inside the package.
     package_data={"nextplay": ["conf/*.yml"]},
     # Spark and its Arrow/NumPy companions are an extra: a Databricks runtime ships its own and a
     # wheel that required them would make pip replace the runtime's copies.

@@ -19,10 +19,9 @@ ON_DATABRICKS = "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
 def config() -> Config:
-    """`NEXTPLAY_CONF` (default: conf/databricks.yml on Databricks, conf/local.yml elsewhere) plus
-    the `key=value` pairs in `NEXTPLAY_SET`, e.g. NEXTPLAY_SET="lake.schema=nextplay_dev"."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    default = os.path.join(here, "..", "conf", "databricks.yml") if ON_DATABRICKS else None
+    """`NEXTPLAY_CONF` (default: the packaged `databricks` conf on Databricks, conf/local.yml elsewhere)
+    plus the `key=value` pairs in `NEXTPLAY_SET`, e.g. NEXTPLAY_SET="lake.schema=nextplay_dev"."""
+    default = "databricks" if ON_DATABRICKS else None
     return load_config(os.environ.get("NEXTPLAY_CONF") or default, shlex.split(os.environ.get("NEXTPLAY_SET", "")))
 
 

@@ -70,7 +70,7 @@ def test_flat_keys_cover_every_section():
     assert {"train.epochs", "model.head", "lake.root", "score.top_k", "tracking.uri"} <= set(flat)
 
 
-@pytest.mark.parametrize("name", ["local.yml", "benchmark.yml", "benchmark-diginetica.yml", "databricks.yml"])
+@pytest.mark.parametrize("name", ["local.yml", "benchmark.yml", "benchmark-diginetica.yml"])
 def test_every_shipped_conf_file_is_valid(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / name, [])
     assert cfg.model.cell in ("rnn", "gru", "lstm")

@@ -23,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", help="YAML config (default: conf/local.yml when present)")
+    p.add_argument("--conf", help="YAML config file, or the name of a conf shipped in the package, e.g. databricks "
+                                   "(default: conf/local.yml when present)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--lake", help="lake root folder or URI (sets lake.root)")

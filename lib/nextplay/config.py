@@ -1,21 +1,26 @@
 """Typed configuration: the one place where every config key, its type and its default live.
 
 A run's configuration is built in three layers: the dataclass defaults below, a YAML file
-(`conf/local.yml` unless `--conf` names another), then `--set dotted.key=value` overrides.
+(`conf/local.yml` unless `--conf` names another file, or a conf shipped inside the package such as
+`databricks`), then `--set dotted.key=value` overrides.
 Every layer is validated the same way so a typo fails fast with one line naming the key and
 what is allowed (the CLI turns `ConfigError` into exit code 2).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, get_args, get_origin
 
 import yaml
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 class ConfigError(ValueError):
@@ -72,7 +77,9 @@ class IngestConfig:
     format: Literal[
         "auto", "json", "csv", "parquet", "lastfm", "lfm1b", "yoochoose", "diginetica"
     ] = "auto"
-    batch_id: str | None = None  # default: derived from the input path
+    # Default: a hash of the batch's new files (paths, sizes, modification times). A file is ingested once
+    # whatever id or path spelling brings it back; reusing an id for other files is an error.
+    batch_id: str | None = None
     # Rows stamped further than this in the future are quarantined (clock skew is allowed).
     max_future_minutes: int = 60
     earliest_ts: str = "2000-01-01T00:00:00Z"
@@ -188,7 +195,10 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    # Each run checkpoints into <checkpoint_dir>/<MLflow run id>/, removed once its model is logged.
     checkpoint_dir: str = "checkpoints"
+    # Continue the newest unfinished training run that left checkpoints, in that MLflow run and on
+    # the table versions it pinned; no such run: start a new one.
     resume: bool = False
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True
@@ -215,6 +225,9 @@ class TrackingConfig:
     registry_uri: str | None = None  # None: same as uri; Unity Catalog: databricks-uc
     model_name: str = "nextplay-rnn"  # Unity Catalog: catalog.schema.name
     register: bool = True
+    # The source commit the running code was built from (the Databricks bundle passes the deployed
+    # one): logged with the run's params and tagged as MLflow's `mlflow.source.git.commit`.
+    git_commit: str | None = None
 
 
 @dataclass
@@ -227,6 +240,9 @@ class ScoreConfig:
     batch_size: int = 512  # histories per forward pass in a scoring process
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
     score_date: str | None = None  # default: today (UTC)
+    # A run that would write no rows (say, a model none of whose tracks were played recently) fails
+    # instead of emptying the day's predictions partition; true replaces it with nothing anyway.
+    allow_empty: bool = False
 
 
 @dataclass
@@ -261,6 +277,33 @@ class Config:
 
 
 DEFAULT_CONF = Path("conf/local.yml")
+# Confs shipped inside the package (so inside the wheel, where no conf/ folder exists): `--conf NAME`
+# names nextplay/conf/NAME.yml when no file called NAME exists where the command runs.
+PACKAGED_CONF_DIR = "conf"
+
+
+def packaged_confs() -> dict[str, Traversable]:
+    """The confs shipped inside the package, by short name (`databricks` for conf/databricks.yml)."""
+    folder = importlib.resources.files("nextplay").joinpath(PACKAGED_CONF_DIR)
+    if not folder.is_dir():
+        return {}
+    return {f.name[:-len(".yml")]: f for f in folder.iterdir() if f.name.endswith(".yml") and f.is_file()}
+
+
+def resolve_conf(path: str | os.PathLike) -> Path | Traversable:
+    """What `--conf` names: a path that exists, else a packaged conf's short name; one line if neither.
+
+    The path wins so that a local file can always shadow a packaged conf; a folder is returned as
+    is and refused by `load_config` with its own message.
+    """
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = packaged_confs()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    names = ", ".join(sorted(shipped)) or "none"
+    raise ConfigError(f"--conf {p}: file not found, nor a conf shipped in the package ({names})")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -456,14 +499,13 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then `--set` overrides; validated."""
+    """Defaults, then the YAML file (if any: a path, or a packaged conf's name), then `--set`
+    overrides; validated."""
     cfg = Config()
     if path is None and DEFAULT_CONF.exists():
         path = DEFAULT_CONF
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"--conf {p}: file not found")
+        p = resolve_conf(path)
         if not p.is_file():
             raise ConfigError(f"--conf {p}: not a file (name the YAML file, not its folder)")
         try:

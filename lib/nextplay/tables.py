@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -35,11 +37,18 @@ RAW_PLAYS = T.StructType([
     T.StructField("_raw", T.StringType()),  # the whole record as received, for quarantine
     T.StructField("_source_file", T.StringType()),
     # Set by a reader when the record could not be split into fields at all (broken JSON, a wrong
-    # number of columns); validation turns it into the quarantine reason.
+    # number of columns, an unreadable file); validation turns it into the quarantine reason.
     T.StructField("_parse_error", T.StringType()),
+    # Comma-separated names of the id fields (user_id, track_id, event_id) whose value was a structure or
+    # a boolean (a JSON object, array, true; a Parquet struct, list, map): not an id, quarantined.
+    T.StructField("_non_scalar_ids", T.StringType()),
 ])
 
 PLAYS_BRONZE_SCHEMA = T.StructType(RAW_PLAYS.fields + [
+    # A hash of the play's identity (PLAY_IDENTITY; `validate.play_id` computes it for any row, silver's
+    # too); null for quarantined rows. Bronze rows sharing a play_id are one play: the first to land
+    # is in silver, the others were counted as duplicates.
+    T.StructField("play_id", T.StringType()),
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_ingested_at", T.TimestampType(), False),
 ])
@@ -52,6 +61,9 @@ PLAYS_SILVER_SCHEMA = T.StructType([
     T.StructField("ms_played", T.LongType()),
     T.StructField("event_date", T.DateType(), False),
 ])
+# What makes a silver row one play: all four, not the event id alone (sources share the event id
+# namespace, and producers reset their counters). Bronze's play_id is a hash of the same four.
+PLAY_IDENTITY = ("event_id", "user_id", "track_id", "ts")
 
 PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("raw", T.StringType()),
@@ -59,6 +71,14 @@ PLAYS_QUARANTINE_SCHEMA = T.StructType([
     T.StructField("_batch_id", T.StringType(), False),
     T.StructField("_source_file", T.StringType()),
     T.StructField("_ingested_at", T.TimestampType(), False),
+])
+
+# One input file as ingest identifies it: its fully qualified path, its size and its modification time.
+# (Nullable only because Delta cannot enforce NOT NULL inside an array; ingest always sets all three.)
+INGEST_FILE = T.StructType([
+    T.StructField("path", T.StringType()),
+    T.StructField("size", T.LongType()),
+    T.StructField("modified", T.LongType()),  # epoch milliseconds
 ])
 
 INGEST_LOG_SCHEMA = T.StructType([
@@ -74,6 +94,9 @@ INGEST_LOG_SCHEMA = T.StructType([
     T.StructField("duplicates_in_silver", T.LongType(), False),
     T.StructField("ingested_at", T.TimestampType(), False),
     T.StructField("seconds", T.DoubleType(), False),
+    # The files this batch read, committed with its counts: a file (same path, size and modification
+    # time) recorded here is never read again, whatever path spelling or folder listing brings it back.
+    T.StructField("files", T.ArrayType(INGEST_FILE), False),
 ])
 
 ITEM_INDEX_SCHEMA = T.StructType([
@@ -194,6 +217,48 @@ class Lake:
         else:
             w.save(self.path(table))
 
+    def read_at(self, spark: SparkSession, table: str, version: int) -> DataFrame:
+        """`table` as of one Delta version (time travel): what a run pinned, whatever was written since."""
+        if not self.exists(spark, table):
+            raise FileNotFoundError(f"table '{table}' not found in lake {self.describe()}: run the stage that writes it first")
+        reader = spark.read.format("delta").option("versionAsOf", int(version))
+        return reader.table(self.name(table)) if self.is_catalog else reader.load(self.path(table))
+
+    def commits(self, spark: SparkSession, table: str) -> list[Commit]:
+        """The table's Delta history, newest commit first."""
+        if not self.exists(spark, table):
+            raise FileNotFoundError(f"table '{table}' not found in lake {self.describe()}: run the stage that writes it first")
+        rows = self.delta_table(spark, table).history().select("version", "timestamp", "operation", "userMetadata").collect()
+        commits = (Commit(int(r["version"]), r["timestamp"], r["operation"], _generation_of(r["userMetadata"])) for r in rows)
+        return sorted(commits, key=lambda c: c.version, reverse=True)
+
+    def pin_generation(self, spark: SparkSession, sessions_version: int | None = None) -> Pin:
+        """The sessions version to read (default: the newest) and the item_index version of the same
+        sessionize run, found by the generation marker both commits carry.
+
+        Tables written without markers (by hand, or before markers existed) pair by order instead:
+        the newest item_index commit made before that sessions commit."""
+        sessions = self.commits(spark, SESSIONS)
+        if sessions_version is None:
+            sessions_version = sessions[0].version
+        data = next((c for c in sessions if c.version <= sessions_version and c.operation not in _LAYOUT_ONLY), None)
+        if data is None:
+            raise ValueError(f"the sessions table has no version {sessions_version} (its history starts at "
+                             f"{sessions[-1].version}): run `nextplay sessionize`")
+        index = self.commits(spark, ITEM_INDEX)
+        if data.generation is None:
+            before = [c for c in index if c.timestamp <= data.timestamp]
+            if not before:
+                raise ValueError(f"sessions version {sessions_version} carries no sessionize generation and no "
+                                 "item_index commit precedes it: run `nextplay sessionize`")
+            return Pin(sessions_version, before[0].version, None)
+        same = [c for c in index if c.generation == data.generation]
+        if not same:
+            raise ValueError(f"sessions version {sessions_version} was written by sessionize generation "
+                             f"{data.generation}, but there is no version of item_index from that generation "
+                             "(overwritten outside sessionize, or its history expired): run `nextplay sessionize`")
+        return Pin(sessions_version, same[0].version, data.generation)
+
     def describe(self) -> str:
         return f"{self.cfg.catalog}.{self.cfg.schema}" if self.is_catalog else self.cfg.root
 
@@ -205,3 +270,67 @@ class Lake:
                 self.read(spark, table).createOrReplaceTempView(table)
                 found.append(table)
         return found
+
+
+# -- one generation of the tables sessionize writes ------------------------------------------------
+#
+# sessionize replaces item_index and then sessions, in two Delta commits some seconds apart. Both
+# commits carry the same generation marker in their commit metadata (Delta's `userMetadata`), so a
+# reader that pins a sessions version can find the item_index version written with it, even when a
+# later sessionize has already replaced item_index and not yet sessions.
+
+GENERATION_MARKER = "nextplay.generation="
+
+
+def new_generation() -> str:
+    """A fresh marker for one sessionize run: UTC time first, so generations sort by age when listed."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def generation_options(generation: str) -> dict[str, str]:
+    """Writer options that stamp a Delta commit with `generation` (pass them to `Lake.write`)."""
+    return {"userMetadata": f"{GENERATION_MARKER}{generation}"}
+
+
+# Operations that rewrite files without changing rows: a sessions version after one of them still
+# belongs to the generation of the write before it.
+_LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"}
+
+
+def _generation_of(user_metadata: str | None) -> str | None:
+    if user_metadata and user_metadata.startswith(GENERATION_MARKER):
+        return user_metadata[len(GENERATION_MARKER):]
+    return None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One entry of a table's Delta history, as far as pinning needs it."""
+
+    version: int
+    timestamp: datetime
+    operation: str
+    generation: str | None  # the sessionize run that wrote it, when stamped
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The table versions one training run reads, everything it reads, and logs as run tags so an
+    evaluation of the run (or a resume) reads the same ones."""
+
+    sessions_version: int
+    item_index_version: int
+    generation: str | None  # None: tables written without generation markers, paired by commit order
+
+    TAGS = ("nextplay.sessions_version", "nextplay.item_index_version", "nextplay.generation")
+
+    def as_tags(self) -> dict[str, str]:
+        return dict(zip(self.TAGS, (str(self.sessions_version), str(self.item_index_version), self.generation or "")))
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Pin | None:
+        """The pin a run logged, or None for a run logged before runs pinned their tables."""
+        if not all(t in tags for t in cls.TAGS[:2]):
+            return None
+        sessions, index, generation = (tags.get(t, "") for t in cls.TAGS)
+        return cls(int(sessions), int(index), generation or None)

@@ -115,9 +115,14 @@ _PARAMS_PER_CALL = 100  # MLflow's limit on params in one log_batch request
 
 
 def start_run(cfg: Config, run_name: str | None = None) -> mlflow.ActiveRun:
-    """Configure tracking from `cfg` and start a run in its experiment (use as a context manager)."""
+    """Configure tracking from `cfg` and start a run in its experiment (use as a context manager).
+
+    The run is tagged with `tracking.git_commit` when it is known, under MLflow's own source tag, so
+    the UI shows which commit produced the model.
+    """
     configure(cfg.tracking)
-    return mlflow.start_run(run_name=run_name)
+    tags = {"mlflow.source.git.commit": cfg.tracking.git_commit} if cfg.tracking.git_commit else None
+    return mlflow.start_run(run_name=run_name, tags=tags)
 
 
 # Params are readable by everyone with access to the experiment and cannot be deleted, so no
@@ -191,15 +196,18 @@ def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "l
     plt.close(fig)
 
 
-def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str) -> str | None:
-    """Log the model saved in `model_dir` with the lake's item index; returns the registered version.
+def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
+    """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
+    one the run trained with; default the newest); returns the registered version.
 
     The model is registered under `tracking.model_name` unless `tracking.register` is false.
     """
     from nextplay.score.pyfunc import log_model
     from nextplay.tables import ITEM_INDEX, Lake
 
-    item_index = Lake(cfg.lake).read(spark, ITEM_INDEX).select("track_id", "item_idx", "play_count").toArrow().to_pandas()
+    lake = Lake(cfg.lake)
+    index = lake.read(spark, ITEM_INDEX) if item_index_version is None else lake.read_at(spark, ITEM_INDEX, item_index_version)
+    item_index = index.select("track_id", "item_idx", "play_count").toArrow().to_pandas()
     info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
                      top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
     return None if info.registered_model_version is None else str(info.registered_model_version)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from nextplay.data.readers import detect_format, list_input, read_raw
+from nextplay.data.readers import detect_format, list_input, read_input
 from nextplay.data.validate import validate
 from tests.conftest import shared_data
 from tests.data.conftest import utc, write_text
@@ -17,9 +17,8 @@ NOW = datetime.now(timezone.utc)
 
 def _read(spark, cfg, path, fmt: str = "auto"):
     """(format, rows sorted by user/track/time) with each row's fields, epoch micros and reason."""
-    if fmt == "auto":
-        fmt = detect_format(spark, list_input(spark, str(path)))
-    checked = validate(read_raw(spark, str(path), fmt), cfg.ingest, NOW)
+    raw, fmt = read_input(spark, list_input(spark, str(path)), fmt)
+    checked = validate(raw, cfg.ingest, NOW)
     rows = checked.select("play.user_id", "play.track_id", F.unix_micros("play.ts").alias("us"), "play.ms_played",
                           "play.event_id", "reason", "_raw").orderBy("user_id", "track_id", "us").collect()
     return fmt, rows
@@ -82,7 +81,7 @@ def test_csv_columns_are_found_by_name_in_each_files_header(spark, cfg, tmp_path
     assert [(r.user_id, r.track_id, r.us, r.ms_played, r.reason) for r in rows] == [
         ("u,2", "t2", _us(2025, 3, 1, 10), None, None),
         ("u1", "t1", _us(2025, 3, 1, 10), 1000, None),
-        ("u3", "t3", None, None, "ts: missing"),
+        ("u3", "t3", None, None, "malformed line: expected 4 fields (the header's), got 2"),
         ("u4", "t4", _us(2025, 3, 1, 10), None, None),
         ("u5", None, _us(2025, 3, 1, 10), None, "track_id: missing"),
     ]
@@ -109,8 +108,71 @@ def test_parquet_of_any_column_types(spark, cfg, tmp_path):
     assert '"extra":"[1, 2]"' in rows[0]._raw
     typed.to_parquet(tmp_path / "ab" / "a.parquet")
     loose.to_parquet(tmp_path / "ab" / "b.parquet")
-    with pytest.raises(ValueError, match="cannot read the Parquet files"):
-        _read(spark, cfg, tmp_path / "ab", "parquet")
+    _, rows = _read(spark, cfg, tmp_path / "ab", "parquet")  # user_id is a number in one file, a string in the other
+    assert [(r.user_id, r.track_id, r.reason) for r in rows] == [("1", "t1", None), ("2", "t2", "ms_played: negative (-1)"),
+                                                                ("u3", "t3", None)]
+
+
+def test_csv_lines_with_another_field_count_than_the_header_are_quarantined(spark, cfg, tmp_path):
+    path = write_text(tmp_path / "plays.csv", [
+        "user_id,track_id,ts", "u1,t1,1740823200", "u2,Hello, World,1740823200", '"u,3","t,3",1740823200',
+        "u4,t4,1740823200,", "u5,t5", '"u6","He said ""hi, there""",1740823200'])
+    _, rows = _read(spark, cfg, path, "csv")
+    assert [(r.user_id, r.track_id, r.reason) for r in rows] == [
+        ("u,3", "t,3", None), ("u1", "t1", None),
+        ("u2", "Hello", "malformed line: expected 3 fields (the header's), got 4"),
+        ("u4", "t4", "malformed line: expected 3 fields (the header's), got 4"),
+        ("u5", "t5", "malformed line: expected 3 fields (the header's), got 2"),
+        ("u6", 'He said "hi, there"', None),
+    ]
+
+
+def test_an_unreadable_parquet_file_is_a_quarantine_row(spark, cfg, tmp_path):
+    pd.DataFrame({"user_id": ["u1"], "track_id": ["t1"], "ts": ["2025-03-01T10:00:00Z"]}).to_parquet(tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 not really")
+    _, rows = _read(spark, cfg, tmp_path, "parquet")
+    good, bad = [r for r in rows if r.reason is None], [r for r in rows if r.reason is not None]
+    assert [r.user_id for r in good] == ["u1"] and len(bad) == 1
+    assert bad[0].reason.startswith("file: not a readable Parquet file") and bad[0]._raw.endswith("b.parquet")
+
+
+def test_parquet_files_are_grouped_by_schema_not_read_one_by_one(spark, tmp_path):
+    """A thousand files of two schemas are two reads, whatever their number."""
+    from nextplay.data.readers import parquet_groups
+
+    for i in range(6):
+        value = [i] if i % 2 else [str(i)]
+        pd.DataFrame({"user_id": value, "track_id": ["t"], "ts": [1740823200]}).to_parquet(tmp_path / f"{i}.parquet")
+    groups, unreadable = parquet_groups(spark, [f.path for f in list_input(spark, str(tmp_path))])
+    assert sorted(len(g) for g in groups) == [3, 3] and unreadable == {}
+
+
+def test_a_json_structure_where_an_id_belongs_is_quarantined(spark, cfg, tmp_path):
+    path = write_text(tmp_path / "plays.json", [
+        '{"user_id": {"a": 1}, "track_id": "t1", "ts": 1740823200}',
+        '{"user_id": "u2", "track_id": [1, 2], "ts": 1740823200, "event_id": {"x": []}}',
+        '{"user_id": 3, "track_id": 4.5, "ts": 1740823200}',
+        '{"user_id": "{\\"a\\": 1}", "track_id": "t5", "ts": 1740823200}',
+        '{"user_id": true, "track_id": "t6", "ts": 1740823200}',
+    ])
+    _, rows = _read(spark, cfg, path, "json")
+    assert sorted((r.user_id, r.track_id, r.reason) for r in rows) == sorted([
+        ('{"a":1}', "t1", 'user_id: not a string or number ({"a":1})'),
+        ("u2", "[1,2]", 'track_id: not a string or number ([1,2]); event_id: not a string or number ({"x":[]})'),
+        ("3", "4.5", None),
+        ('{"a": 1}', "t5", None),  # a string that looks like JSON is still a string
+        ("true", "t6", "user_id: not a string or number (true)"),
+    ])
+
+
+def test_the_files_listed_are_the_files_read(spark, cfg, tmp_path):
+    """A file that lands after the listing is not read under a batch that does not record it; a file
+    name holding glob characters names that one file."""
+    write_text(tmp_path / "a [1].json", ['{"user_id": "u1", "track_id": "t1", "ts": 1740823200}'])
+    files = list_input(spark, str(tmp_path))
+    write_text(tmp_path / "a1.json", ['{"user_id": "u2", "track_id": "t2", "ts": 1740823200}'])
+    raw, _ = read_input(spark, files, "auto")
+    assert [r.user_id for r in raw.collect()] == ["u1"]
 
 
 @pytest.mark.parametrize("name, first_line, fmt", [

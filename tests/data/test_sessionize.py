@@ -130,6 +130,32 @@ def test_rerun_replaces_the_tables_with_the_same_content(spark, split_lake):
     assert (sorted(lake.read(spark, SESSIONS).collect()), sorted(lake.read(spark, ITEM_INDEX).collect())) == before
 
 
+@pytest.mark.slow
+def test_readers_pair_the_two_tables_of_one_sessionize_run(spark, split_lake, tmp_path):
+    """Runs interleave: sessionize twice, then a third run that commits its item index and fails
+    before its sessions. Training still reads the second run's index with its sessions."""
+    from nextplay.train.launch import snapshot_training_data
+
+    base, _ = split_lake
+    cfg = load_config(None, [f"lake.root={tmp_path / 'lake'}", "sessionize.min_item_count=5"])
+    lake = Lake(cfg.lake)
+    lake.write(Lake(base.lake).read(spark, PLAYS_SILVER), PLAYS_SILVER, mode="overwrite")
+    sessionize(spark, cfg)
+    cfg.sessionize.min_item_count = 3  # the second run also counts C (3 plays): 4 items
+    sessionize(spark, cfg)
+    second = lake.pin_generation(spark)
+    cfg.sessionize.min_item_count = 100
+    with pytest.raises(ValueError, match="no track has 100 plays"):
+        sessionize(spark, cfg)  # its item index is committed (empty), its sessions never are
+    assert lake.read(spark, ITEM_INDEX).count() == 0
+
+    pin = lake.pin_generation(spark)
+    assert pin == second and pin.generation is not None
+    assert lake.read_at(spark, ITEM_INDEX, pin.item_index_version).count() == 4
+    _, n_items, _, _ = snapshot_training_data(spark, cfg)
+    assert n_items == 4
+
+
 def test_sessions_files_run_oldest_first(spark, split_lake):
     """`train.batching=lanes` reads the files by earliest start, each in its own order: that must be
     the sessions' time order."""

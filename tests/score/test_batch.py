@@ -193,3 +193,36 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
 
     seen = spark.range(0, 64, numPartitions=16).mapInPandas(probe, "n_items long").distinct().collect()
     assert {r["n_items"] for r in seen} == {n_items}
+
+
+@pytest.mark.slow
+def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: SparkSession, lake: Lake, tiny: TinyModel,
+                                                                      tmp_path: Path) -> None:
+    """A model whose item index matches no track in the lake scores nobody: replacing the day's
+    partition with nothing would silently delete it, so scoring refuses unless told otherwise."""
+    from nextplay import tracking
+    from nextplay.model.io import save_model
+    from nextplay.model.rnn import SessionRNN
+    from nextplay.score.pyfunc import log_model
+
+    day = "2024-04-02"
+    batch.score(with_score(tiny, score_date=day))
+    before = partition(spark, lake, day)
+    assert len(before) > 0
+
+    cfg = with_score(tiny, score_date=day)
+    cfg.tracking.uri = f"sqlite:///{tmp_path / 'foreign.db'}"
+    cfg.tracking.artifact_location = str(tmp_path / "foreign-artifacts")
+    index = pd.DataFrame({"track_id": [f"elsewhere-{i}" for i in range(1, 11)], "item_idx": np.arange(1, 11, dtype=np.int32)})
+    save_model(SessionRNN(10, cfg.model), tmp_path / "rnn")
+    with tracking.start_run(cfg, run_name="foreign"):
+        log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
+                  collapse_repeats=True)
+
+    with pytest.raises(ValueError, match="none of the model's 10 tracks .* score.allow_empty"):
+        batch.score(cfg)
+    pd.testing.assert_frame_equal(partition(spark, lake, day), before)
+
+    cfg.score.allow_empty = True
+    assert batch.score(cfg)["rows"] == 0
+    assert partition(spark, lake, day).empty

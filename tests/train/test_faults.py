@@ -43,13 +43,15 @@ def test_sigkill_mid_epoch_then_resume(spark, cfg):
     proc = subprocess.Popen(_train_cmd(cfg, "train.epochs=5"), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: (ckpt / "checkpoint-000001.pt").exists(), 600, "the checkpoint of epoch 1")
+        # Each run keeps its checkpoints in its own folder, named by its MLflow run id.
+        _wait_for(lambda: any(ckpt.glob("*/checkpoint-000001.pt")), 600, "the checkpoint of epoch 1")
         time.sleep(1.0)  # into epoch 2
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    done = sorted(p.name for p in ckpt.glob("checkpoint-*.pt"))
+    (folder,) = ckpt.iterdir()
+    done = sorted(p.name for p in folder.glob("checkpoint-*.pt"))
     assert done and done[-1] < "checkpoint-000004.pt", "the run was killed before it finished"
     last = int(done[-1].split("-")[1].split(".")[0])
 
@@ -58,8 +60,10 @@ def test_sigkill_mid_epoch_then_resume(spark, cfg):
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
                              filter_string="attributes.status = 'FINISHED'")[0]
+    assert run.info.run_id == folder.name, "the resume continues the killed run"
     steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "loss")]
-    assert steps == list(range(last + 1, 5))
+    assert [s for s in steps if s > last] == list(range(last + 1, 5))
+    assert not folder.exists(), "the finished run's checkpoints are removed"
     assert run.data.metrics["valid_recall_at_10"] > 0.9
 
 

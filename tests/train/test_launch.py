@@ -1,12 +1,16 @@
 """`nextplay train` end to end on a real lake: Petastorm -> the RNN -> MLflow, under each launcher."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nextplay.cli import main
 from nextplay.evaluate.evaluate import evaluate
+from nextplay.tables import Lake
 
 from .planted import write_planted_lake
 
@@ -49,9 +53,17 @@ def test_local_training_learns_logs_and_registers(spark, cfg):
 
     result = evaluate(cfg, run_id=run.info.run_id)
     assert result["recall_at_10"] > 0.9
+    pinned = Lake(cfg.lake).pin_generation(spark)
+    assert run.data.tags["nextplay.sessions_version"] == str(pinned.sessions_version)
+    assert run.data.tags["nextplay.item_index_version"] == str(pinned.item_index_version)
+    inputs = MlflowClient(cfg.tracking.uri).get_run(run.info.run_id).inputs.dataset_inputs
+    assert {d.dataset.name for d in inputs} == {"sessions", "item_index"}
     assert result["baselines"]["most_popular"]["recall_at_10"] < result["recall_at_10"]
     metrics = MlflowClient(cfg.tracking.uri).get_run(run.info.run_id).data.metrics
     assert {"recall_at_20", "mrr_at_20", "session_knn_recall_at_20", "most_popular_mrr_at_20"} <= set(metrics)
+    # A newer sessions table (other sessions, other test split) does not change this run's evaluation.
+    write_planted_lake(spark, cfg, n_sessions=300)
+    assert evaluate(cfg, run_id=run.info.run_id) == result
 
 
 @pytest.mark.slow
@@ -67,16 +79,39 @@ def test_horovod_two_processes_learn(spark, cfg, capfd, batching):
     assert "[rank 0]: epoch 3: loss=" in printed, printed[-2000:]
 
 
+def _interrupted_run(cfg, *overrides: str):
+    """A run whose training finished some epochs and then failed: the registry refuses the model
+    name, so the run ends FAILED after its checkpoints were written, as a run killed there would."""
+    with pytest.raises(MlflowException, match="Invalid model name"):
+        main(["train", *_args(cfg, "tracking.model_name=bad:name", *overrides)])
+    run = _last_run(cfg)
+    assert run.info.status == "FAILED"
+    return run
+
+
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(spark, cfg, tmp_path):
+def test_resume_continues_the_interrupted_run_not_an_older_one(spark, cfg):
+    """An older finished run that reached epoch 4 in the same checkpoint folder must not hide the
+    interrupted run's epochs 0 and 1: --resume continues that run, in that run, and registers its
+    own weights."""
     write_planted_lake(spark, cfg)
-    assert main(["train", *_args(cfg, "train.epochs=2")]) == 0
-    first = _last_run(cfg)
-    assert main(["train", "--resume", *_args(cfg, "train.epochs=4")]) == 0
+    assert main(["train", *_args(cfg, "train.epochs=5")]) == 0
+    older = _last_run(cfg)
+    interrupted = _interrupted_run(cfg, "train.epochs=2")
+    assert main(["train", "--resume", *_args(cfg, "train.epochs=3")]) == 0
     resumed = _last_run(cfg)
+    assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
     steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id, "loss")]
-    assert steps == [2, 3], "a resumed run trains only the epochs after the checkpoint"
-    assert resumed.data.metrics["valid_recall_at_10"] >= first.data.metrics["valid_recall_at_10"] - 0.05
+    assert steps == [0, 1, 2], "the resumed run trains only the epoch after its own last checkpoint"
+    assert resumed.data.tags["nextplay.resumed.train.epochs"] == "3"
+    valid = {m.step: m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id,
+                                                                                        "valid_recall_at_10")}
+    assert valid[2] >= valid[1] - 0.05, "epoch 2 continues from epoch 1's weights"
+    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
+    assert {r.info.run_id for r in runs} == {older.info.run_id, interrupted.info.run_id}
+    versions = MlflowClient(cfg.tracking.uri).search_model_versions(f"name='{cfg.tracking.model_name}'")
+    assert max(versions, key=lambda v: int(v.version)).run_id == interrupted.info.run_id
+    assert list(Path(cfg.train.checkpoint_dir).iterdir()) == [], "a logged run's checkpoints are removed"
 
 
 @pytest.mark.slow
@@ -84,7 +119,7 @@ def test_resume_continues_from_the_last_checkpoint(spark, cfg, tmp_path):
 def test_resume_under_other_model_settings_is_refused_in_one_line(spark, cfg, capsys, launcher):
     """Checked on the driver before any worker starts, so a Horovod resume fails as plainly."""
     write_planted_lake(spark, cfg)
-    assert main(["train", *_args(cfg, "train.epochs=1", "model.readout=last")]) == 0
+    _interrupted_run(cfg, "train.epochs=1", "model.readout=last")
     capsys.readouterr()
     procs = [] if launcher == "local" else ["train.launcher=horovod", "train.num_proc=2"]
     assert main(["train", "--resume", *_args(cfg, "model.readout=attention", *procs)]) == 2

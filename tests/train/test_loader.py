@@ -7,10 +7,10 @@ from pyspark.sql import functions as F
 
 from nextplay import tables
 from nextplay.tables import Lake
-from nextplay.train.launch import snapshot_training_data
+from nextplay.train.launch import snapshot_training_data, validation_lines
 from nextplay.train.loader import cut_points, iterate_batches, lane_batches
 
-from .planted import write_planted_lake
+from .planted import write_planted_index, write_planted_lake
 
 
 def _collect(snapshot, batch_size, rank, size, steps):
@@ -58,6 +58,49 @@ def test_snapshot_ignores_files_of_older_versions(spark, cfg):
     snapshot, *_ = snapshot_training_data(spark, cfg)
     got = _collect(snapshot, 1000, 0, 1, 1)
     assert len(got) == snapshot.n_sessions == 80
+
+
+def test_training_pairs_sessions_with_the_item_index_of_their_generation(spark, cfg):
+    """The next sessionize has committed its item index but not yet its sessions: training must not
+    pair that index with the older sessions."""
+    write_planted_lake(spark, cfg, n_items=30)
+    write_planted_index(spark, cfg, n_items=40, generation=tables.new_generation())
+    assert Lake(cfg.lake).read(spark, tables.ITEM_INDEX).count() == 40
+    _, n_items, counts, _ = snapshot_training_data(spark, cfg)
+    assert n_items == 30 and len(counts) == 31
+
+
+def test_tables_without_generation_markers_pair_by_commit_order(spark, cfg):
+    """Tables written by hand (or before markers existed): the newest index committed before the sessions."""
+    lake = Lake(cfg.lake)
+    write_planted_lake(spark, cfg, n_sessions=100)
+    for table in (tables.ITEM_INDEX, tables.SESSIONS):  # the same rows again, unstamped
+        lake.write(lake.read(spark, table).localCheckpoint(), table, mode="overwrite")
+    unstamped = lake.pin_generation(spark)
+    write_planted_index(spark, cfg, n_items=40, generation=tables.new_generation())
+    pin = lake.pin_generation(spark)
+    assert pin == unstamped and pin.generation is None
+    assert snapshot_training_data(spark, cfg)[1] == 30
+
+
+def test_sessions_of_an_unknown_generation_are_a_clear_error(spark, cfg):
+    write_planted_lake(spark, cfg, n_sessions=100)
+    lake = Lake(cfg.lake)
+    sessions = lake.read(spark, tables.SESSIONS).localCheckpoint()
+    lake.write(sessions, tables.SESSIONS, mode="overwrite", **tables.generation_options("orphan"))
+    with pytest.raises(ValueError, match="generation orphan.*no version of item_index"):
+        snapshot_training_data(spark, cfg)
+
+
+def test_every_training_read_uses_the_pinned_version(spark, cfg):
+    write_planted_lake(spark, cfg, n_sessions=300)
+    pin = Lake(cfg.lake).pin_generation(spark)
+    pinned = validation_lines(spark, cfg, pin)
+    write_planted_lake(spark, cfg, n_sessions=100)
+    assert validation_lines(spark, cfg, pin) == pinned
+    assert len(validation_lines(spark, cfg)[1]) < len(pinned[1])  # unpinned: the newest generation
+    snapshot, *_ = snapshot_training_data(spark, cfg, pin)
+    assert snapshot.n_sessions == 240
 
 
 def test_empty_shard_is_a_clear_error(spark, cfg):

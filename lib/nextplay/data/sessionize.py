@@ -31,7 +31,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from nextplay.config import Config, SessionizeConfig
-from nextplay.tables import ITEM_INDEX, ITEM_INDEX_SCHEMA, PLAYS_SILVER, SESSIONS, SESSIONS_SCHEMA, Lake
+from nextplay.tables import (ITEM_INDEX, ITEM_INDEX_SCHEMA, PLAYS_SILVER, SESSIONS, SESSIONS_SCHEMA, Lake,
+                             generation_options, new_generation)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,11 @@ def build_sessions(plays: DataFrame, index: DataFrame, cfg: SessionizeConfig,
 
 
 def sessionize(spark: SparkSession, cfg: Config) -> dict:
-    """Rebuild item_index and sessions from plays_silver; each table is replaced in one Delta commit."""
+    """Rebuild item_index and sessions from plays_silver; each table is replaced in one Delta commit.
+
+    Both commits carry one generation marker: a reader pins a sessions version and reads the
+    item_index version of the same run (`Lake.pin_generation`), never an index that a later run
+    committed before its sessions."""
     started = time.time()
     scfg, lake = cfg.sessionize, Lake(cfg.lake)
     plays = lake.read(spark, PLAYS_SILVER).select("user_id", "track_id", "ts")
@@ -157,7 +162,9 @@ def sessionize(spark: SparkSession, cfg: Config) -> dict:
 
     for table, schema in ((ITEM_INDEX, ITEM_INDEX_SCHEMA), (SESSIONS, SESSIONS_SCHEMA)):
         lake.create_if_missing(spark, table, schema)
-    lake.write(build_item_index(plays, valid_start, scfg.min_item_count), ITEM_INDEX, mode="overwrite")
+    generation = new_generation()
+    stamp = generation_options(generation)
+    lake.write(build_item_index(plays, valid_start, scfg.min_item_count), ITEM_INDEX, mode="overwrite", **stamp)
     index = lake.read(spark, ITEM_INDEX)
     vocabulary = index.count()
     if vocabulary == 0:
@@ -172,14 +179,14 @@ def sessionize(spark: SparkSession, cfg: Config) -> dict:
         # sessions oldest first in that order, and each task writes one or two date partitions
         # instead of a small file in every one.
         ordered = sessions.repartitionByRange("start_ts").sortWithinPartitions("start_ts")
-        lake.write(ordered.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite")
+        lake.write(ordered.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite", **stamp)
     finally:
         fragments.unpersist()
 
     written = lake.read(spark, SESSIONS).groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("items"))
     per_split = {r["split"]: (r["n"], r["items"]) for r in written.collect()}
     result = {
-        "method": scfg.method, "plays": bounds["n"], "items": vocabulary,
+        "method": scfg.method, "generation": generation, "plays": bounds["n"], "items": vocabulary,
         "first_play": _iso(bounds["first"]), "last_play": _iso(bounds["last"]),
         "valid_start": _iso(valid_us), "test_start": _iso(test_us),
         **{f"sessions_{s}": per_split.get(s, (0, 0))[0] for s in ("train", "valid", "test")},

@@ -36,20 +36,39 @@ def parse_timestamp(text: Column) -> Column:
     return F.when(t.rlike(_NUMBER), F.timestamp_micros(micros)).when(t.rlike(_ISO_DATE), F.try_to_timestamp(t))
 
 
+def _shown(value: Column) -> Column:
+    """The first `_SHOWN` characters of a bad value, with an ellipsis when there are more."""
+    return F.concat(F.substring(value, 1, _SHOWN), F.when(F.length(value) > _SHOWN, F.lit("...")).otherwise(F.lit("")))
+
+
 def _quoted(value: Column) -> Column:
-    shown = F.substring(value, 1, _SHOWN)
-    return F.concat(F.lit("'"), shown, F.when(F.length(value) > _SHOWN, F.lit("...'")).otherwise(F.lit("'")))
+    return F.concat(F.lit("'"), _shown(value), F.lit("'"))
+
+
+def play_id(event_id: Column, user: Column, track: Column, ts: Column) -> Column:
+    """A play's identity as one value (tables.PLAY_IDENTITY hashed): its event id AND who played what
+    when. Sources share the event id namespace and producers reset counters, so two plays that only
+    share an event id are two plays. Apply it to silver's columns to find a bronze row's silver twin."""
+    return F.sha2(F.concat_ws("\u001f", event_id, user, track, F.unix_micros(ts).cast("string")), 256)
+
+
+def _not_scalar(name: str) -> Column:
+    """True when the reader found a structure (object, array, boolean) in id field `name`."""
+    return F.array_contains(F.split(F.coalesce(F.col("_non_scalar_ids"), F.lit("")), ","), name)
 
 
 def _id_problem(name: str, value: Column, max_len: int) -> Column:
-    return (F.when(value.isNull() | (value == ""), F.lit(f"{name}: missing"))
+    """Why `value` cannot be id `name`, or null. A JSON object or array is not an id even though its text
+    would pass every other rule: `{"a": 1}` as a user would be a user nobody ever is."""
+    return (F.when(_not_scalar(name), F.concat(F.lit(f"{name}: not a string or number ("), _shown(value), F.lit(")")))
+            .when(value.isNull() | (value == ""), F.lit(f"{name}: missing"))
             .when(F.length(value) > max_len, F.format_string(f"{name}: longer than {max_len} characters (%d)", F.length(value)))
             .when(value.contains("\ufffd"), F.concat(F.lit(f"{name}: not valid UTF-8 text "), _quoted(value))))
 
 
 def validate(raw: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
-    """RAW_PLAYS rows plus `play`, a struct shaped like a silver row, and `reason` (null when the row
-    is good). `now` is the batch's ingest time: rows later than it by more than
+    """RAW_PLAYS rows plus `play`, a struct shaped like a silver row plus its `play_id`, and `reason`
+    (null when the row is good). `now` is the batch's ingest time: rows later than it by more than
     `max_future_minutes` are clock errors, not plays."""
     user = F.trim("user_id")
     track = F.trim("track_id")
@@ -77,13 +96,17 @@ def validate(raw: DataFrame, cfg: IngestConfig, now: datetime) -> DataFrame:
     )
     problems = F.concat_ws("; ", _id_problem("user_id", user, cfg.max_id_length),
                            _id_problem("track_id", track, cfg.max_id_length), ts_problem, ms_problem,
-                           F.when(F.length(given_id) > cfg.max_id_length,
-                                  F.lit(f"event_id: longer than {cfg.max_id_length} characters")))
+                           F.when(_not_scalar("event_id"), F.concat(
+                               F.lit("event_id: not a string or number ("), _shown(given_id), F.lit(")")))
+                           .when(F.length(given_id) > cfg.max_id_length,
+                                 F.lit(f"event_id: longer than {cfg.max_id_length} characters")))
     reason = F.coalesce(F.col("_parse_error"), F.nullif(problems, F.lit("")))
     # Sources without ids get a stable one: the same play always hashes the same, whatever its format.
     derived_id = F.sha2(F.concat_ws("\u001f", user, track, F.unix_micros(ts).cast("string")), 256)
+    event_id = F.coalesce(given_id, derived_id)
     play = F.struct(
-        F.coalesce(given_id, derived_id).alias("event_id"), user.alias("user_id"), track.alias("track_id"),
+        event_id.alias("event_id"), user.alias("user_id"), track.alias("track_id"),
         ts.alias("ts"), ms.alias("ms_played"), F.to_date(ts).alias("event_date"),
+        play_id(event_id, user, track, ts).alias("play_id"),
     )
     return raw.select("*", play.alias("play"), reason.alias("reason"))

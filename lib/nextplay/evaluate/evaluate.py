@@ -27,8 +27,9 @@ def latest_training_run(cfg: Config) -> str:
     return runs[0].info.run_id
 
 
-def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int]]:
-    """Item lists of the `limit` most recent sessions of one split, oldest first.
+def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
+    """Item lists of the `limit` most recent sessions of one split, oldest first, from the sessions
+    table as of `version` (default: the newest).
 
     `orderBy(...).limit(n).collect()` would plan as a top-n in which every partition sends up to n
     whole rows to the driver at once (beyond spark.driver.maxResultSize on a big lake). Instead the
@@ -43,7 +44,9 @@ def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int
     from nextplay import tables
     from nextplay.tables import Lake
 
-    sessions = Lake(cfg.lake).read(spark, tables.SESSIONS).where(F.col("split") == split)
+    lake = Lake(cfg.lake)
+    sessions = lake.read(spark, tables.SESSIONS) if version is None else lake.read_at(spark, tables.SESSIONS, version)
+    sessions = sessions.where(F.col("split") == split)
     cutoff = (sessions.select("start_ts").orderBy(F.col("start_ts").desc()).limit(limit)
               .agg(F.min("start_ts").alias("cutoff")).first()["cutoff"])
     if cutoff is None:
@@ -52,6 +55,21 @@ def recent_sessions(spark, cfg: Config, split: str, limit: int) -> list[list[int
     rows = heapq.nlargest(limit, ((r["start_ts"], r["session_id"], r["items"]) for r in recent.toLocalIterator()),
                           key=lambda r: (r[0], r[1]))
     return [list(items) for _, _, items in reversed(rows)]
+
+
+def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
+    """The sessions version the training run pinned, so evaluating an old run reads what it was
+    trained and validated on (time travel). A run logged before runs pinned their tables reads
+    the newest generation."""
+    from mlflow.tracking import MlflowClient
+
+    from nextplay.tables import Lake, Pin
+
+    pin = Pin.from_tags(MlflowClient().get_run(run_id).data.tags)
+    if pin is None:
+        pin = Lake(cfg.lake).pin_generation(spark)
+        log.warning("run %s logged no table versions: evaluating on sessions version %d", run_id, pin.sessions_version)
+    return pin.sessions_version
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
@@ -66,11 +84,12 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     run_id = run_id or latest_training_run(cfg)
     model = load_logged(f"runs:/{run_id}/model").rnn  # built from the installed package, no code from the artifact
     spark = get_spark(cfg)
-    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions)
+    version = sessions_version_of(cfg, spark, run_id)
+    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version)
     prefixes, labels = session_lines(test)
     if not labels:
         raise ValueError("the sessions table has no 'test' sessions with a next item: check sessionize.test_days")
-    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions)
+    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version)
     baselines = {"most_popular": MostPopular(),
                  "session_knn": SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
     for b in baselines.values():

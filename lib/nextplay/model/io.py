@@ -24,18 +24,48 @@ MODEL_FILE = "model.pt"
 _BEFORE_THE_KEY = {"knn_explore_weight": 0.0, "knn_position_decay": 0.0, "knn_neighbors": 500, "knn_sample": 1000}
 
 
+def atomic_save(payload: dict, final: Path) -> None:
+    """`torch.save` that a kill or power loss at any moment leaves as the old file or the new one.
+
+    The bytes go to a temp file in the same folder, are flushed to disk, renamed over `final`
+    (atomic on POSIX and Windows), and the folder entry is flushed too. A temp file that a killed
+    writer left is never read; callers remove it on their next save."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_folder(final.parent)
+
+
+def _fsync_folder(directory: Path) -> None:
+    """Persist a rename; folders cannot be opened for this on Windows, where the rename is durable already."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
+    """Write `model.pt` atomically into `path`, removing temp files an earlier killed save left there."""
     directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "n_items": model.n_items,
         "config": dataclasses.asdict(model.cfg),
         "item_counts": None if model.item_counts is None else torch.from_numpy(model.item_counts),
     }
-    tmp = directory / f".{MODEL_FILE}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, directory / MODEL_FILE)
+    atomic_save(payload, directory / MODEL_FILE)
+    for stale in directory.glob(f".{MODEL_FILE}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionRNN:

@@ -8,7 +8,9 @@ they often cannot reach or authenticate to.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
 anywhere before the commit leaves the previous partition exactly as it was, and readers see the
-old partition or the new one, never a mix.
+old partition or the new one, never a mix. A run with no user to score (no recent play of a track
+the model knows) fails before the commit rather than replace the partition with nothing (unless
+`score.allow_empty`).
 """
 from __future__ import annotations
 
@@ -132,6 +134,15 @@ def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel,
     return rows.select([F.col(f.name).cast(f.dataType) for f in PREDICTIONS_SCHEMA.fields])
 
 
+def _nothing_scored(model: ResolvedModel, index: DataFrame, cfg: Config, active: int, newest_iso: str,
+                    score_date: date) -> str:
+    """Why a run has no history to score, in one line, for the error that keeps the old partition."""
+    return (f"{model.uri}: none of the model's {index.count()} tracks appear in the plays of the {active} users "
+            f"active in the {cfg.score.lookback_days} days before {newest_iso} (a model trained on another catalog?); "
+            f"refusing to replace the predictions of {score_date} with nothing (set score.allow_empty=true to "
+            "empty that partition anyway)")
+
+
 def score(cfg: Config) -> dict:
     """Score every user active in the last `score.lookback_days` and replace today's partition."""
     started = time.monotonic()
@@ -162,6 +173,11 @@ def score(cfg: Config) -> dict:
     # spread it over every core instead (an explicit partition count is never coalesced).
     hist = hist.repartition(2 * spark.sparkContext.defaultParallelism)
     rows = predictions_frame(hist.mapInPandas(scorer, SCORED_SCHEMA), index, model, scored_at, score_date)
+    # A user gets rows only for a history in the model's catalog: with no recent play of any of its
+    # tracks the write would replace the day's partition with nothing. A cheap join answers it
+    # before any scoring, which still runs once, inside the write.
+    if recent.join(index.select("track_id"), "track_id").isEmpty() and not cfg.score.allow_empty:
+        raise ValueError(_nothing_scored(model, index, cfg, active, newest_iso, score_date))
     lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
     log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
              lake.name(PREDICTIONS), score_date)

@@ -9,6 +9,10 @@ an arbitrary rank's value in local mode, so return values are never trusted). On
 runs on another machine: `output_dir` is a folder of the run under `train.checkpoint_dir`, which
 must be storage every node reaches (nextplay/storage.py), never the driver's own disk. The driver
 alone talks to MLflow: the per-epoch metrics are logged from the result's history.
+
+Everything a run reads comes from one pinned generation of the lake (`Lake.pin_generation`): the
+sessions version and the item_index version sessionize wrote with it, logged as run tags. Each
+run checkpoints into its own folder; `--resume` continues the newest interrupted run in that run.
 """
 from __future__ import annotations
 
@@ -20,13 +24,16 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nextplay.config import Config, ConfigError
 from nextplay.storage import Storage, join
 from nextplay.train.loader import SessionSnapshot
+
+if TYPE_CHECKING:  # the tables module imports pyspark, which training processes do not need
+    from nextplay.tables import Pin
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ class TrainSpec:
     run_id: str | None = None
     valid_prefixes: list[list[int]] = field(default_factory=list)
     valid_labels: list[int] = field(default_factory=list)
+    checkpoint_dir: str = ""  # this run's own folder under train.checkpoint_dir; "" = the base folder
+    sessions_version: int | None = None  # the pinned sessions version, recorded in every checkpoint
 
 
 def _collective(launcher: str):
@@ -120,8 +129,9 @@ def train_worker(spec: TrainSpec) -> None:
 
     start_epoch = 0
     signature = model_signature(cfg, spec.n_items)
+    checkpoint_dir = spec.checkpoint_dir or cfg.train.checkpoint_dir
     if cfg.train.resume:
-        state = load_latest_checkpoint(cfg.train.checkpoint_dir, map_location=device, storage=spec.snapshot.storage)
+        state = load_latest_checkpoint(checkpoint_dir, map_location=device, storage=spec.snapshot.storage)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -133,8 +143,10 @@ def train_worker(spec: TrainSpec) -> None:
             return
         # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
         stepped = getattr(comm, "optimizer", None) or optimizer
-        save_checkpoint(cfg.train.checkpoint_dir, epoch, model, stepped,
-                        extra={"run_id": spec.run_id or "", "signature": signature}, storage=spec.snapshot.storage)
+        extra = {"run_id": spec.run_id or "", "signature": signature}
+        if spec.sessions_version is not None:
+            extra["sessions_version"] = spec.sessions_version
+        save_checkpoint(checkpoint_dir, epoch, model, stepped, extra=extra, storage=spec.snapshot.storage)
         metrics = {k: float(v) for k, v in stats.items() if k != "epoch" and isinstance(v, (int, float))}
         if spec.valid_prefixes:
             valid = evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks, device=device)
@@ -217,15 +229,17 @@ def _is_local(cfg: Config) -> bool:
     return (cfg.spark.master or "").startswith("local")
 
 
-def snapshot_training_data(spark, cfg: Config):
-    """Pin one Delta version of `sessions` and gather what the workers need from it."""
+def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
+    """Gather what the workers need from one pinned generation of `sessions` and `item_index`
+    (default: the newest, `Lake.pin_generation`)."""
     from pyspark.sql import functions as F
 
     from nextplay import tables
     from nextplay.tables import Lake
 
     lake = Lake(cfg.lake)
-    sessions = lake.read(spark, tables.SESSIONS)
+    pin = pin or lake.pin_generation(spark)
+    sessions = lake.read_at(spark, tables.SESSIONS, pin.sessions_version)
     files = sessions.inputFiles()
     counts = {r["split"]: (r["n"], r["events"]) for r in
               sessions.groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("events")).collect()}
@@ -239,7 +253,7 @@ def snapshot_training_data(spark, cfg: Config):
     snapshot = SessionSnapshot(tuple(time_ordered(files, storage)), "train", int(n_train), int(n_events),
                                count_row_groups(files, storage), storage)
 
-    index = lake.read(spark, tables.ITEM_INDEX).select("item_idx", "play_count")
+    index = lake.read_at(spark, tables.ITEM_INDEX, pin.item_index_version).select("item_idx", "play_count")
     n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
     item_counts = np.zeros(n_items + 1, dtype=np.float64)
     for row in index.toLocalIterator():  # V numbers: the model holds V x H floats anyway
@@ -247,21 +261,23 @@ def snapshot_training_data(spark, cfg: Config):
     return snapshot, n_items, item_counts, counts
 
 
-def validation_lines(spark, cfg: Config) -> tuple[list[list[int]], list[int]]:
-    """Every next-item step of the most recent valid-split sessions, as prefix/label pairs."""
+def validation_lines(spark, cfg: Config, pin: Pin | None = None) -> tuple[list[list[int]], list[int]]:
+    """Every next-item step of the most recent valid-split sessions (of the pinned sessions version),
+    as prefix/label pairs."""
     from nextplay.evaluate.evaluate import recent_sessions
     from nextplay.evaluate.lines import session_lines
 
-    return session_lines(recent_sessions(spark, cfg, "valid", cfg.evaluate.max_valid_sessions))
+    version = None if pin is None else pin.sessions_version
+    return session_lines(recent_sessions(spark, cfg, "valid", cfg.evaluate.max_valid_sessions, version=version))
 
 
 def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes: list[list[int]],
-                      labels: list[int]) -> None:
+                      labels: list[int], pin: Pin | None = None) -> None:
     """Fill the hybrid's memory with the most recent training sessions and save the model again.
 
-    Done on the driver, after training: the memory is data read from the same lake, not something
-    a rank learns. The per-epoch `valid_*` metrics measured the RNN alone; `hybrid_valid_*` is
-    the model as it will score.
+    Done on the driver, after training: the memory is data read from the same lake version the
+    run trained on, not something a rank learns. The per-epoch `valid_*` metrics measured the RNN
+    alone; `hybrid_valid_*` is the model as it will score.
     """
     import mlflow
 
@@ -269,12 +285,71 @@ def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes:
     from nextplay.evaluate.metrics import evaluate_model
     from nextplay.model.io import save_model
 
-    model.memory.remember(recent_sessions(spark, cfg, "train", cfg.model.knn_sessions))
+    version = None if pin is None else pin.sessions_version
+    model.memory.remember(recent_sessions(spark, cfg, "train", cfg.model.knn_sessions, version=version))
     save_model(model, output_dir)
     mlflow.log_metric("knn_memory_sessions", model.memory.n_sessions)
     if labels:
         valid = evaluate_model(model, prefixes, labels, ks=cfg.evaluate.ks)
         mlflow.log_metrics({f"hybrid_valid_{k}": v for k, v in valid.items() if k != "lines"})
+
+
+def resumable_run(cfg: Config):
+    """The newest training run of the experiment that did not finish and left checkpoints, or None.
+
+    Only runs that are not FINISHED qualify: a finished run logged its model and removed its
+    checkpoints, so an older run's files can never be mistaken for an interrupted one's."""
+    from mlflow.tracking import MlflowClient
+
+    from nextplay.train.checkpoint import has_checkpoint, run_checkpoint_dir
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], max_results=200, order_by=["attributes.start_time DESC"],
+                              filter_string="tags.`nextplay.stage` = 'train' and attributes.status != 'FINISHED'")
+    storage = Storage.of(cfg.lake)
+    return next((r for r in runs if has_checkpoint(run_checkpoint_dir(cfg.train.checkpoint_dir, r.info.run_id), storage)),
+                None)
+
+
+def _pin_of(run) -> Pin:
+    from nextplay.tables import Pin
+
+    pin = Pin.from_tags(run.data.tags)
+    if pin is None:
+        raise ConfigError(f"train.resume: run {run.info.run_id} has checkpoints but no pinned table versions; "
+                          "train without --resume")
+    return pin
+
+
+def _log_run_inputs(cfg: Config, pin: Pin) -> None:
+    """Record the pinned Delta versions as the run's dataset inputs (MLflow's lineage view)."""
+    import mlflow
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from nextplay import tables
+    from nextplay.tables import Lake
+
+    lake = Lake(cfg.lake)
+    for table, version in ((tables.SESSIONS, pin.sessions_version), (tables.ITEM_INDEX, pin.item_index_version)):
+        where = {"delta_table_name": lake.name(table)} if lake.is_catalog else {"path": lake.path(table)}
+        source = DeltaDatasetSource(**where, delta_table_version=version)
+        mlflow.log_input(MetaDataset(source, name=table, digest=f"v{version}"), context="training")
+
+
+def _log_resumed_params(params: dict[str, Any], logged: dict[str, str]) -> None:
+    """A resumed run keeps the params it started with (MLflow never changes a param): settings the
+    resume changed, such as train.epochs, are recorded as `nextplay.resumed.<key>` tags."""
+    import mlflow
+
+    values = {k: str(v) for k, v in params.items()}
+    new = sorted((k, v) for k, v in values.items() if k not in logged)
+    for lo in range(0, len(new), 100):
+        mlflow.log_params(dict(new[lo:lo + 100]))
+    mlflow.set_tags({f"nextplay.resumed.{k}": v for k, v in values.items() if k in logged and logged[k] != v})
 
 
 @dataclass
@@ -290,27 +365,46 @@ class TrainedModel:
 
 
 def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedModel:
-    """Snapshot, launch, and log one training run (params, curves, the registered model)."""
+    """Pin, snapshot, launch, and log one training run (params, curves, the registered model).
+
+    With `train.resume` the newest interrupted run continues: same MLflow run, same checkpoint
+    folder, same pinned table versions. Without it, or when there is none, a new run starts."""
     import mlflow
 
     from nextplay import tracking
     from nextplay.model.io import load_model
-    from nextplay.train.checkpoint import check_resumable, model_signature
+    from nextplay.tables import Lake
+    from nextplay.train.checkpoint import check_resumable, model_signature, remove_run_checkpoints, run_checkpoint_dir
 
-    snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg)
-    if cfg.train.resume:
-        check_resumable(cfg.train.checkpoint_dir, model_signature(cfg, n_items), snapshot.storage)
-    prefixes, labels = validation_lines(spark, cfg)
+    tracking.configure(cfg.tracking)
+    resumed = resumable_run(cfg) if cfg.train.resume else None
+    if cfg.train.resume and resumed is None:
+        log.info("train.resume: no interrupted training run with checkpoints in %s; starting a new run",
+                 cfg.train.checkpoint_dir)
+    pin = _pin_of(resumed) if resumed else Lake(cfg.lake).pin_generation(spark)
+    snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg, pin)
+    if resumed:
+        check_resumable(run_checkpoint_dir(cfg.train.checkpoint_dir, resumed.info.run_id),
+                        model_signature(cfg, n_items), pin.sessions_version, snapshot.storage)
+    prefixes, labels = validation_lines(spark, cfg, pin)
     local_dir = tempfile.mkdtemp(prefix="nextplay-train-")
     shared_dir = None
+    name = run_name or f"train-{cfg.model.cell}-{cfg.model.head}"
     try:
-        with tracking.start_run(cfg, run_name=run_name or f"train-{cfg.model.cell}-{cfg.model.head}") as run:
-            mlflow.set_tag("nextplay.stage", "train")
-            tracking.log_params(cfg, extra={
-                "world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
-                "train_events": snapshot.n_events, "valid_lines": len(labels)})
-            shared_dir = output_folder(cfg, run.info.run_id)
-            spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run.info.run_id, prefixes, labels)
+        with (mlflow.start_run(run_id=resumed.info.run_id) if resumed else mlflow.start_run(run_name=name)) as run:
+            run_id = run.info.run_id
+            mlflow.set_tags({"nextplay.stage": "train", **pin.as_tags()})
+            extra = {"world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
+                     "train_events": snapshot.n_events, "valid_lines": len(labels)}
+            if resumed:
+                _log_resumed_params({**cfg.flat(), **extra}, resumed.data.params)
+            else:
+                tracking.log_params(cfg, extra=extra)
+                _log_run_inputs(cfg, pin)
+            checkpoints = run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)
+            shared_dir = output_folder(cfg, run_id)
+            spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run_id, prefixes, labels,
+                             checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version)
             started = time.time()
             result = launch(spec)
             seconds = time.time() - started
@@ -323,9 +417,10 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             snapshot.storage.download(shared_dir, local_dir)
             model = load_model(local_dir)
             if model.memory is not None:
-                remember_sessions(spark, cfg, model, local_dir, prefixes, labels)
-            version = tracking.log_trained_model(spark, cfg, local_dir)
-        return TrainedModel(run.info.run_id, model, version, seconds, events_per_second,
+                remember_sessions(spark, cfg, model, local_dir, prefixes, labels, pin)
+            version = tracking.log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version)
+            remove_run_checkpoints(checkpoints, snapshot.storage)  # the model is logged: nothing is left to resume
+        return TrainedModel(run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
@@ -334,9 +429,11 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
 
 
 def output_folder(cfg: Config, run_id: str) -> str:
-    """Where rank 0 leaves the model and result of run `run_id`: under `train.checkpoint_dir`, which
+    """Where rank 0 leaves the model and result of run `run_id`: in the run's checkpoint folder, which
     every rank and the driver reach (on a cluster it must be shared storage, like the checkpoints)."""
-    return join(cfg.train.checkpoint_dir, "outputs", run_id)
+    from nextplay.train.checkpoint import run_checkpoint_dir
+
+    return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "output")
 
 
 def log_history(history: list[dict[str, Any]]) -> None:
