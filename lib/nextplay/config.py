@@ -196,6 +196,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
     # Each run checkpoints into <checkpoint_dir>/<MLflow run id>/, removed once its model is logged.
+    # Rank 0 also leaves the model there for the driver: with ranks on a cluster's executors it must be
+    # storage every node reaches (hdfs://, s3://, a shared mount), never a folder on one machine.
     checkpoint_dir: str = "checkpoints"
     # Continue the newest unfinished training run that left checkpoints, in that MLflow run and on
     # the table versions it pinned; no such run: start a new one.
