@@ -118,3 +118,16 @@ def test_empty_lake_root_is_refused(how, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lake.root" in err[0]
     assert list(tmp_path.iterdir()) == ([] if how == "set" else [tmp_path / "c.yml"])
+
+
+def test_ranks_on_a_cluster_need_a_shared_checkpoint_dir():
+    """Rank 0 on an executor leaves its checkpoints and model in train.checkpoint_dir for the driver:
+    a relative folder is a different folder on every machine, so a cluster run refuses it up front."""
+    cluster = ["spark.master=spark://master:7077", "train.launcher=torch_distributor", "train.num_proc=2"]
+    with pytest.raises(ConfigError, match="train.checkpoint_dir: 'checkpoints' is a folder on each machine"):
+        load_config(None, [*cluster, "train.checkpoint_dir=checkpoints"])
+    with pytest.raises(ConfigError, match="train.checkpoint_dir"):
+        load_config(None, ["spark.master=null", "train.launcher=spark", "train.num_proc=2"])
+    for shared in ("hdfs://nn:8020/ckpt", "/mnt/shared/ckpt", "file:///mnt/shared/ckpt"):  # URIs and mounts
+        assert load_config(None, [*cluster, f"train.checkpoint_dir={shared}"]).train.checkpoint_dir == shared
+    load_config(None, ["spark.master=local[2]", "train.launcher=torch_distributor", "train.num_proc=2"])

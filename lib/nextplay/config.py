@@ -457,6 +457,13 @@ def _check_ranges(cfg: Config) -> None:
                           "set train.launcher to horovod, spark or torch_distributor for more")
     if cfg.train.hosts is not None:
         _check_hosts(cfg.train.hosts, cfg.train.num_proc)
+    on_executors = cfg.train.launcher in ("spark", "torch_distributor") and not (cfg.spark.master or "").startswith("local")
+    ckpt = cfg.train.checkpoint_dir
+    if on_executors and "://" not in ckpt and not ckpt.startswith("file:") and not os.path.isabs(ckpt):
+        raise ConfigError(f"train.checkpoint_dir: {ckpt!r} is a folder on each machine, but the ranks of "
+                          f"train.launcher={cfg.train.launcher} run on the cluster's executors and leave the model "
+                          "there for the driver: give storage every node reaches (hdfs://..., s3://..., or an "
+                          "absolute path on a shared mount)")
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
     if cfg.lake.catalog is None and not cfg.lake.root.strip():
