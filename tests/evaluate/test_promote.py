@@ -23,7 +23,7 @@ from nextplay import tables
 from nextplay.config import Config, load_config
 from nextplay.tables import PLAYS_SILVER_SCHEMA, Lake
 
-from ..train.planted import N_ITEMS, write_planted_lake
+from train.planted import N_ITEMS, write_planted_lake
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +107,7 @@ def story(spark: SparkSession, base: Config) -> dict:
     out["crippled_train"] = train(_cfg(base, CRIPPLED))
     out["crippled_eval"] = evaluate(base, run_id=out["crippled_train"]["run_id"])
     out["aliases_after_crippled"] = aliases(base)
+    out["crippled_run"] = run_of(base, out["crippled_train"]["run_id"])  # evaluated again below
 
     out["score"] = score(base)
     lake = Lake(base.lake)
@@ -144,7 +145,7 @@ def test_a_crippled_model_is_refused_and_the_champion_stays(story: dict, base: C
     # every prefix at the mirrored track, and the successor would be ranked as a random item).
     assert promotion["champion"] == pytest.approx(good["mrr_at_20"], abs=0.05)
     assert promotion["champion"] > crippled["mrr_at_20"] + 0.3
-    run = run_of(base, crippled["run_id"])
+    run = story["crippled_run"]
     assert run.data.metrics["champion_mrr_at_20"] == pytest.approx(promotion["champion"])
     assert {"champion_recall_at_10", "champion_recall_at_20", "champion_mrr_at_10"} <= set(run.data.metrics)
     assert run.data.tags["nextplay.promotion"] == f"refused: {promotion['reason']}"
