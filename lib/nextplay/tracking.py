@@ -87,7 +87,8 @@ _MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 def _is_missing(e: Exception) -> bool:
     code = getattr(e, "error_code", "")
     text = str(e).lower()
-    return code in _MISSING_CODES or (code == "INVALID_PARAMETER_VALUE" and ("not found" in text or "does not exist" in text))
+    said_missing = "not found" in text or "does not exist" in text
+    return code in _MISSING_CODES or (code == "INVALID_PARAMETER_VALUE" and said_missing)
 
 
 def alias_version(name: str, alias: str) -> str | None:

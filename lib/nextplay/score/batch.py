@@ -1,9 +1,9 @@
 """`nextplay score`: the top-K next tracks for every recently active user, into `predictions`.
 
 The model, by default the registry's `champion` (the version the promotion gate of `nextplay
-evaluate` last accepted), is pinned to one registry version and downloaded once on the driver, shipped to the
-executors with `SparkContext.addFile`, and loaded once per executor Python process (Python
-workers are reused across tasks). Executors never talk to the tracking server, which on a cluster
+evaluate` last accepted), is pinned to one registry version and downloaded once on the driver,
+shipped to the executors with `SparkContext.addFile`, and loaded once per executor Python process
+(Python workers are reused across tasks). Executors never talk to the tracking server, which on a cluster
 they often cannot reach or authenticate to.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
