@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +247,7 @@ def test_a_predictions_table_of_the_older_schema_gains_sessions_version(spark: S
     lake.write(spark.createDataFrame(tiny.plays, PLAYS_SILVER_SCHEMA), PLAYS_SILVER, mode="overwrite")
     older = T.StructType([f for f in PREDICTIONS_SCHEMA.fields if f.name != "sessions_version"])
     lake.create_if_missing(spark, PREDICTIONS, older)
-    old_row = [("u_before", 1, "t01", 1, 0.5, "nextplay-rnn", "0", pd.Timestamp("2024-03-01"),
-                pd.Timestamp("2024-03-01").date())]
+    old_row = [("u_before", 1, "t01", 1, 0.5, "nextplay-rnn", "0", datetime(2024, 3, 1), date(2024, 3, 1))]
     lake.write(spark.createDataFrame(old_row, older), PREDICTIONS)
 
     result = batch.score(cfg)
