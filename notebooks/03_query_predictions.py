@@ -11,14 +11,15 @@ cfg, spark, lake, show = nbsetup.setup(globals())
 
 # COMMAND ----------
 
-# MAGIC %md Which runs wrote which partitions.
+# MAGIC %md Which model wrote which partition, and the sessions version it was trained on (null for
+# MAGIC rows written before predictions carried it).
 
 # COMMAND ----------
 
 show(spark.sql("""
-    SELECT score_date, model_name, model_version, min(scored_at) AS scored_at,
+    SELECT score_date, model_name, model_version, sessions_version, min(scored_at) AS scored_at,
            count(DISTINCT user_id) AS users, count(*) AS rows
-    FROM predictions GROUP BY score_date, model_name, model_version ORDER BY score_date DESC
+    FROM predictions GROUP BY score_date, model_name, model_version, sessions_version ORDER BY score_date DESC
 """))
 
 # COMMAND ----------

@@ -3,6 +3,7 @@ checksums), never duplicates: the property nightly re-runs and retries rely on."
 from __future__ import annotations
 
 import pytest
+from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -58,6 +59,13 @@ def test_every_stage_twice_changes_nothing(spark, cfg):
     eval_b = evaluate(cfg, run_id=run_b["run_id"])
     assert eval_a["recall_at_20"] == pytest.approx(eval_b["recall_at_20"])
     assert eval_a["baselines"] == eval_b["baselines"]
+    # Evaluating again moves nothing: the same figures, the same decision, the aliases where they were.
+    registry = MlflowClient(cfg.tracking.uri)
+    aliases = registry.get_registered_model(cfg.tracking.model_name).aliases
+    eval_again = evaluate(cfg, run_id=run_b["run_id"])
+    assert {k: v for k, v in eval_again.items() if k != "promotion"} == {k: v for k, v in eval_b.items() if k != "promotion"}
+    assert eval_again["promotion"]["decision"] == eval_b["promotion"]["decision"]
+    assert registry.get_registered_model(cfg.tracking.model_name).aliases == aliases
 
     cfg.score.model_uri = f"models:/{cfg.tracking.model_name}/{run_a['model_version']}"
     score(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -220,6 +221,24 @@ class EvaluateConfig:
 
 
 @dataclass
+class PromoteConfig:
+    # After measuring a training run, `nextplay evaluate` gives its registered version the alias
+    # `challenger`, and the alias `champion` (what `nextplay score` loads) only when the rule below
+    # passes on the challenger's own test lines: the challenger, the current champion and session-kNN
+    # are measured on the same lines (evaluate/promote.py).
+    # false: evaluate measures and logs the comparison but never moves `champion`.
+    enabled: bool = True
+    # The metric the rule compares: recall_at_K or mrr_at_K, with K one of evaluate.ks.
+    metric: str = "recall_at_20"
+    # challenger - champion must be at least this, in the metric's units (0.01 = one point):
+    # 0 promotes a challenger that is not worse; a small negative value tolerates a tiny loss. In [-1, 1].
+    min_gain_over_champion: float = 0.0
+    # challenger - session-kNN must be more than this: 0 promotes only a model that beats the baseline,
+    # which also decides the very first champion. In [-1, 1].
+    min_gain_over_knn: float = 0.0
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns.db"
     experiment: str = "nextplay"
@@ -234,7 +253,9 @@ class TrackingConfig:
 
 @dataclass
 class ScoreConfig:
-    model_uri: str | None = None  # default: latest version of tracking.model_name
+    # Default: the version behind the alias `champion` of tracking.model_name, which `nextplay evaluate`
+    # moves only to a model that passes the promotion gate (`promote`).
+    model_uri: str | None = None
     top_k: int = 10
     lookback_days: int = 30
     history_length: int = 50
@@ -259,6 +280,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -452,6 +474,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError("sessionize.min_session_length: must be at least 2 (a single play has no next item)")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) <= 0:
         raise ConfigError(f"evaluate.ks: must be a non-empty list of positive integers, got {cfg.evaluate.ks}")
+    _check_promote(cfg)
     if cfg.train.launcher == "local" and cfg.train.num_proc != 1:
         raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {cfg.train.num_proc}; "
                           "set train.launcher to horovod, spark or torch_distributor for more")
@@ -482,6 +505,22 @@ def _check_hosts(hosts: str, num_proc: int) -> None:
         slots += int(n)
     if slots < num_proc:
         raise ConfigError(f"train.hosts: {slots} slots for train.num_proc={num_proc} processes")
+
+
+PROMOTE_METRIC = re.compile(r"^(recall|mrr)_at_(\d+)$")
+
+
+def _check_promote(cfg: Config) -> None:
+    """The gate compares a metric evaluate measures, with gains a fraction can reach."""
+    m = PROMOTE_METRIC.match(cfg.promote.metric)
+    if m is None or int(m.group(2)) not in cfg.evaluate.ks:
+        ks = ", ".join(str(k) for k in cfg.evaluate.ks)
+        raise ConfigError(f"promote.metric: expected recall_at_K or mrr_at_K with K in evaluate.ks ({ks}), "
+                          f"got {cfg.promote.metric!r}")
+    for key, v in {"promote.min_gain_over_champion": cfg.promote.min_gain_over_champion,
+                   "promote.min_gain_over_knn": cfg.promote.min_gain_over_knn}.items():
+        if not -1.0 <= v <= 1.0:
+            raise ConfigError(f"{key}: must be in [-1, 1] (a difference of two fractions), got {v}")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """`nextplay pipeline`: generate -> ingest -> sessionize -> train -> evaluate -> score in one process.
 
 One SparkSession serves every stage, and each stage is the same function its own subcommand runs,
-so the pipeline is a demo of the stages rather than a second implementation of them.
+so the pipeline is a demo of the stages rather than a second implementation of them. In particular
+it goes through the promotion gate as the nightly jobs do: evaluate decides whether the model just
+trained becomes the champion, and score serves the champion (or `score.model_uri`), not simply the
+newest model.
 """
 from __future__ import annotations
 
@@ -43,8 +46,6 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     trained = _timed("train", timings, lambda: train(cfg))
     result["train"] = trained
     result["evaluate"] = _timed("evaluate", timings, lambda: evaluate(cfg, run_id=trained["run_id"]))
-    if trained.get("model_version") and cfg.score.model_uri is None:
-        cfg.score.model_uri = f"models:/{cfg.tracking.model_name}/{trained['model_version']}"
     result["score"] = _timed("score", timings, lambda: score(cfg))
     timings["total"] = round(sum(timings.values()), 1)
     result["seconds"] = timings
@@ -62,4 +63,8 @@ def summary(result: dict[str, Any]) -> str:
     for name, m in rows:
         lines.append(f"  {name:<16} Recall@20 {100 * m['recall_at_20']:6.2f}%   MRR@20 {100 * m['mrr_at_20']:6.2f}%")
     lines.append(f"MLflow run {result['train']['run_id']} (model version {result['train']['model_version']})")
+    lines.append(f"promotion: {ev['promotion']['decision']}: {ev['promotion']['reason']}")
+    sc = result["score"]
+    lines.append(f"scored with {sc['model_name']} version {sc['model_version']}: {sc['rows']} predictions "
+                 f"for {sc['scored_users']} users")
     return "\n".join(lines)

@@ -126,6 +126,9 @@ PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False),
     T.StructField("scored_at", T.TimestampType(), False),
     T.StructField("score_date", T.DateType(), False),
+    # Lineage: the sessions version the model's training run pinned (null: the run recorded none, or
+    # a row written before predictions carried it). Last, where ALTER TABLE ADD COLUMNS puts it.
+    T.StructField("sessions_version", T.LongType()),
 ])
 
 SCHEMAS = {
@@ -199,6 +202,17 @@ class Lake:
         if PARTITIONS.get(table):
             builder = builder.partitionedBy(*PARTITIONS[table])
         builder.execute()
+
+    def add_missing_columns(self, spark: SparkSession, table: str) -> list[str]:
+        """Give a table created by an older release the columns its schema (SCHEMAS) has since gained,
+        nullable since its old rows have no value; returns their names. Without them every write of
+        the current schema would fail on a mismatch."""
+        have = {f.name for f in self.read(spark, table).schema.fields}
+        missing = [f for f in SCHEMAS[table].fields if f.name not in have]
+        if missing:
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+            spark.sql(f"ALTER TABLE {self.name(table)} ADD COLUMNS ({columns})")
+        return [f.name for f in missing]
 
     def writer(self, df: DataFrame, table: str, mode: str):
         """A configured DataFrameWriter; call `.save_to(lake, table)` via `write`."""

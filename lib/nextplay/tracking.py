@@ -66,6 +66,72 @@ class ResolvedModel:
     uri: str  # models:/name/version, or the runs:/ or path URI as given
     name: str  # registered name, or the URI itself when the model is not registered
     version: str  # registry version, or the run id ("" when unknown)
+    run_id: str = ""  # the training run that logged it ("" when unknown)
+    sessions_version: int | None = None  # the sessions version that run trained on (None: not recorded)
+
+
+# -- the registry: versions and aliases ------------------------------------------------------------
+#
+# Aliases, not stages: stages are deprecated in MLflow 3 and do not exist in Unity Catalog. Only
+# set_registered_model_alias / get_model_version_by_alias are used, which the local sqlite registry
+# and `databricks-uc` both implement.
+
+CHAMPION = "champion"  # the version `nextplay score` loads; moved only by the promotion gate
+CHALLENGER = "challenger"  # the version evaluated last, promoted or not
+
+# How registries answer a lookup of an alias (or a model) that does not exist: the sqlite store says
+# INVALID_PARAMETER_VALUE "... alias X not found", Unity Catalog and REST stores RESOURCE_DOES_NOT_EXIST.
+_MISSING_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+def _is_missing(e: Exception) -> bool:
+    code = getattr(e, "error_code", "")
+    text = str(e).lower()
+    said_missing = "not found" in text or "does not exist" in text
+    return code in _MISSING_CODES or (code == "INVALID_PARAMETER_VALUE" and said_missing)
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version behind `alias` of registered model `name`, or None when the alias (or the model)
+    does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as e:
+        if _is_missing(e):
+            return None
+        raise
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point `alias` of `name` at `version` (an alias names one version at a time: it moves)."""
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The version of `name` that training run `run_id` registered (the highest if it registered
+    several), or None when it registered none (`tracking.register` false).
+
+    Filtered by run id, the one filter Unity Catalog accepts besides the name."""
+    versions = [v for v in MlflowClient().search_model_versions(f"run_id='{run_id}'") if v.name == name]
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def trained_sessions_version(run_id: str) -> int | None:
+    """The sessions version training run `run_id` pinned and trained on, from its run tags; None for a
+    run logged before runs pinned their tables, or one this store cannot read."""
+    from mlflow.exceptions import MlflowException
+
+    from nextplay.tables import Pin
+
+    if not run_id:
+        return None
+    try:
+        pin = Pin.from_tags(MlflowClient().get_run(run_id).data.tags)
+    except MlflowException:
+        return None
+    return None if pin is None else pin.sessions_version
 
 
 def latest_version(name: str) -> str:
@@ -80,20 +146,26 @@ _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<ref>[^/]+)|@(?P<alia
 
 
 def resolve_model(tcfg: TrackingConfig, uri: str | None) -> ResolvedModel:
-    """Pin `uri` (default: the latest version of `tcfg.model_name`) to a concrete version.
+    """Pin `uri` (default: the `champion` of `tcfg.model_name`) to a concrete version, with the run
+    that logged it and the sessions version that run trained on.
 
-    Pinning first means every row of one scoring run names the same version, even if a new one is
-    registered while the run is going.
+    Pinning first means every row of one scoring run names the same version, even if the alias
+    moves or a new version is registered while the run is going.
     """
     if uri is None:
-        uri = f"models:/{tcfg.model_name}/latest"
+        uri = f"models:/{tcfg.model_name}@{CHAMPION}"
     m = _MODELS_URI.match(uri)
     if m is None:
-        return ResolvedModel(uri=uri, name=uri, version=_run_id_of(uri))
+        run_id = _run_id_of(uri)
+        return ResolvedModel(uri=uri, name=uri, version=run_id, run_id=run_id,
+                             sessions_version=trained_sessions_version(run_id))
     name, ref, alias = m.group("name"), m.group("ref"), m.group("alias")
-    client = MlflowClient()
     if alias:
-        version = str(client.get_model_version_by_alias(name, alias).version)
+        version = alias_version(name, alias)
+        if version is None:
+            hint = ("run `nextplay evaluate` to measure a trained model and promote it, or set score.model_uri"
+                    if alias == CHAMPION else "set the alias, or name another model")
+            raise FileNotFoundError(f"no version of registered model '{name}' holds the alias '{alias}': {hint}")
     elif ref is None or ref.lower() == "latest":
         version = latest_version(name)
     elif ref.isdigit():
@@ -101,7 +173,9 @@ def resolve_model(tcfg: TrackingConfig, uri: str | None) -> ResolvedModel:
     else:
         raise ValueError(f"model URI {uri}: expected models:/name[/version|/latest] or models:/name@alias "
                          "(registry stages are deprecated in MLflow 3)")
-    return ResolvedModel(uri=f"models:/{name}/{version}", name=name, version=version)
+    run_id = MlflowClient().get_model_version(name, version).run_id or ""
+    return ResolvedModel(uri=f"models:/{name}/{version}", name=name, version=version, run_id=run_id,
+                         sessions_version=trained_sessions_version(run_id))
 
 
 def _run_id_of(uri: str) -> str:

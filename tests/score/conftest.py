@@ -1,6 +1,6 @@
 """A tiny real setup for the scoring tests, built once per test session: a SessionRNN trained for a
-few steps on made-up plays, logged and registered in a temp sqlite MLflow store, and those plays in
-a temp lake. The plays hold what scoring must handle: unknown tracks, repeats (also repeats broken
+few steps on made-up plays, logged and registered in a temp sqlite MLflow store (the champion), and
+those plays in a temp lake. The plays hold what scoring must handle: unknown tracks, repeats (also repeats broken
 only by an unknown track), equal timestamps, users outside the lookback and a user whose recent
 plays are all unknown."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ NEWEST = datetime(2024, 3, 31, 12, 0)
 LOOKBACK_DAYS = 30
 HISTORY_LENGTH = 5
 TOP_K = 4
+SESSIONS_VERSION = 3  # the sessions version the tiny model's run says it trained on
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     from nextplay import tracking
     from nextplay.model.io import save_model
     from nextplay.score.pyfunc import log_model
+    from nextplay.tables import Pin
 
     root = tmp_path_factory.mktemp("score")
     cfg = load_config(None, [
@@ -126,7 +128,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     rnn_dir = root / "rnn"
     save_model(train_tiny_rnn(list(hist.values()), N_TRACKS), rnn_dir)
     with tracking.start_run(cfg, run_name="tiny"):
+        mlflow.set_tags(Pin(SESSIONS_VERSION, 1, None).as_tags())  # the table versions, as training tags them
         info = log_model(str(rnn_dir), index, registered_model_name=cfg.tracking.model_name,
                          top_k=TOP_K, collapse_repeats=True)
     assert mlflow.active_run() is None
+    # What `nextplay score` loads by default; the promotion gate sets it after evaluation.
+    tracking.set_alias(cfg.tracking.model_name, tracking.CHAMPION, str(info.registered_model_version))
     return TinyModel(cfg, rnn_dir, index, plays, str(info.registered_model_version))

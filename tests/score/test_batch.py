@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from nextplay.model.io import load_model
 from nextplay.score import batch, history
 from nextplay.tables import PLAYS_SILVER, PLAYS_SILVER_SCHEMA, PREDICTIONS, Lake
 
-from .conftest import HISTORY_LENGTH, TOP_K, TinyModel, expected_histories
+from .conftest import HISTORY_LENGTH, SESSIONS_VERSION, TOP_K, TinyModel, expected_histories
 
 RUN_COLUMNS = ["scored_at"]  # the only columns allowed to differ between two runs
 
@@ -84,6 +85,7 @@ def test_spark_scores_equal_the_model_in_process(spark: SparkSession, lake: Lake
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4, atol=1e-4)
     assert set(got["model_name"]) == {tiny.cfg.tracking.model_name}
     assert set(got["model_version"]) == {tiny.version} and got["scored_at"].nunique() == 1
+    assert set(got["sessions_version"]) == {SESSIONS_VERSION} and first_run["sessions_version"] == SESSIONS_VERSION
 
 
 @pytest.mark.slow
@@ -180,9 +182,10 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
                           "item_idx": np.arange(1, n_items + 1, dtype=np.int32)})
     save_model(SessionRNN(n_items, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="other"):
-        log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
-                  collapse_repeats=True)
+        info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
+                         collapse_repeats=True)
     tracking.configure(cfg.tracking)
+    tracking.set_alias(cfg.tracking.model_name, tracking.CHAMPION, str(info.registered_model_version))
     model = tracking.resolve_model(cfg.tracking, None)
     assert model.uri == f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}"  # the clash under test
     shipped, _ = batch.ship_model(spark, model)
@@ -216,8 +219,9 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     index = pd.DataFrame({"track_id": [f"elsewhere-{i}" for i in range(1, 11)], "item_idx": np.arange(1, 11, dtype=np.int32)})
     save_model(SessionRNN(10, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="foreign"):
-        log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
-                  collapse_repeats=True)
+        info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
+                         collapse_repeats=True)
+    tracking.set_alias(cfg.tracking.model_name, tracking.CHAMPION, str(info.registered_model_version))
 
     with pytest.raises(ValueError, match="none of the model's 10 tracks .* score.allow_empty"):
         batch.score(cfg)
@@ -226,3 +230,30 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     cfg.score.allow_empty = True
     assert batch.score(cfg)["rows"] == 0
     assert partition(spark, lake, day).empty
+
+
+@pytest.mark.slow
+def test_a_predictions_table_of_the_older_schema_gains_sessions_version(spark: SparkSession, tiny: TinyModel,
+                                                                       tmp_path: Path) -> None:
+    """A lake whose predictions table was written before predictions carried their lineage: scoring
+    adds the column (old rows: null) instead of failing on the schema mismatch."""
+    from pyspark.sql import types as T
+
+    from nextplay.tables import PREDICTIONS_SCHEMA
+
+    cfg = with_score(tiny, score_date="2024-04-03")
+    cfg.lake.root = str(tmp_path / "lake")
+    lake = Lake(cfg.lake)
+    lake.write(spark.createDataFrame(tiny.plays, PLAYS_SILVER_SCHEMA), PLAYS_SILVER, mode="overwrite")
+    older = T.StructType([f for f in PREDICTIONS_SCHEMA.fields if f.name != "sessions_version"])
+    lake.create_if_missing(spark, PREDICTIONS, older)
+    old_row = [("u_before", 1, "t01", 1, 0.5, "nextplay-rnn", "0", datetime(2024, 3, 1), date(2024, 3, 1))]
+    lake.write(spark.createDataFrame(old_row, older), PREDICTIONS)
+
+    result = batch.score(cfg)
+    table = lake.read(spark, PREDICTIONS)
+    assert [f.name for f in table.schema.fields] == [f.name for f in PREDICTIONS_SCHEMA.fields]
+    rows = table.toPandas()
+    assert rows.loc[rows["user_id"] == "u_before", "sessions_version"].isna().all()
+    new = rows[rows["score_date"].astype(str) == "2024-04-03"]
+    assert len(new) == result["rows"] > 0 and set(new["sessions_version"]) == {SESSIONS_VERSION}

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from nextplay import tracking
 from nextplay.config import TrackingConfig, load_config
 
-from .conftest import TinyModel
+from .conftest import SESSIONS_VERSION, TinyModel
 
 
 def test_artifact_root_is_absolute_for_local_stores_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,19 +39,45 @@ def test_resolve_model_pins_a_version(tiny: TinyModel) -> None:
     client.create_registered_model(cfg.model_name)
     for _ in range(2):
         client.create_model_version(cfg.model_name, source.source, run_id=source.run_id)
+    with pytest.raises(FileNotFoundError, match="no version of registered model 'nextplay-resolve-test' holds the "
+                       "alias 'champion': run `nextplay evaluate`"):
+        tracking.resolve_model(cfg, None)
     client.set_registered_model_alias(cfg.model_name, "champion", "1")
 
-    latest = tracking.resolve_model(cfg, None)
-    assert (latest.uri, latest.name, latest.version) == ("models:/nextplay-resolve-test/2", cfg.model_name, "2")
+    champion = tracking.resolve_model(cfg, None)  # the default: the champion, not the newest version
+    assert (champion.uri, champion.name, champion.version) == ("models:/nextplay-resolve-test/1", cfg.model_name, "1")
+    assert (champion.run_id, champion.sessions_version) == (source.run_id, SESSIONS_VERSION)
     assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test/latest").version == "2"
     assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test@champion").version == "1"
     assert tracking.resolve_model(cfg, "models:/nextplay-resolve-test/1").uri == "models:/nextplay-resolve-test/1"
     run_uri = f"runs:/{source.run_id}/model"
-    assert tracking.resolve_model(cfg, run_uri) == tracking.ResolvedModel(run_uri, run_uri, source.run_id)
+    assert tracking.resolve_model(cfg, run_uri) == tracking.ResolvedModel(run_uri, run_uri, source.run_id, source.run_id,
+                                                                          SESSIONS_VERSION)
     with pytest.raises(ValueError, match="stages are deprecated"):
         tracking.resolve_model(cfg, "models:/nextplay-resolve-test/Production")
     with pytest.raises(FileNotFoundError, match="no version"):
         tracking.resolve_model(cfg, "models:/never-registered/latest")
+    with pytest.raises(FileNotFoundError, match="holds the alias 'champion'"):
+        tracking.resolve_model(cfg, "models:/never-registered@champion")
+
+
+def test_registry_helpers_find_a_run_s_version_and_move_aliases(tiny: TinyModel) -> None:
+    cfg = copy.deepcopy(tiny.cfg.tracking)
+    tracking.configure(cfg)
+    client = MlflowClient()
+    source = client.get_model_version(cfg.model_name, tiny.version)
+    name = "nextplay-alias-test"
+    client.create_registered_model(name)
+    for _ in range(3):
+        client.create_model_version(name, source.source, run_id=source.run_id)
+    assert tracking.version_of_run(name, source.run_id) == "3"  # the highest of the run's versions
+    assert tracking.version_of_run(name, "0" * 32) is None
+    assert tracking.alias_version(name, tracking.CHALLENGER) is None
+    tracking.set_alias(name, tracking.CHALLENGER, "2")
+    tracking.set_alias(name, tracking.CHALLENGER, "3")  # an alias moves: one version at a time
+    assert tracking.alias_version(name, tracking.CHALLENGER) == "3"
+    assert client.get_model_version(name, "2").aliases == []
+    assert tracking.alias_version("never-registered", tracking.CHAMPION) is None
 
 
 def test_log_params_logs_every_config_key(tmp_path: Path) -> None:

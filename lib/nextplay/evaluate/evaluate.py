@@ -1,9 +1,13 @@
-"""`nextplay evaluate`: the test split of `sessions`, ranked against all items, beside the baselines.
+"""`nextplay evaluate`: the test split of `sessions`, ranked against all items, beside the baselines,
+then the promotion gate.
 
 Every next-item step of the test sessions is one line (as in the session benchmarks). The model
 comes from the training run's logged MLflow model; most-popular and session-kNN are fitted on the
-train split of the same snapshot. Lines and training sessions are capped by `evaluate.max_*`
-(the most recent sessions are kept): the baselines hold their sessions in the driver's memory.
+train split of the same snapshot: the sessions version the run pinned, so evaluating an old run
+after the lake changed gives the figures it gave then. Lines and training sessions are capped by
+`evaluate.max_*` (the most recent sessions are kept): the baselines hold their sessions in the
+driver's memory. The run's registered version then goes through the gate (evaluate/promote.py),
+which measures the current champion on the same lines and decides whether `score` serves it.
 """
 from __future__ import annotations
 
@@ -73,16 +77,21 @@ def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
+    """Measure the run (default: the latest finished training run), log it, and pass its registered
+    version through the promotion gate. Returns the model's metrics, the baselines' and the
+    gate's decision (`promotion`)."""
     from nextplay import tracking
     from nextplay.evaluate.baselines import MostPopular, SessionKNN
     from nextplay.evaluate.lines import session_lines
+    from nextplay.evaluate.promote import gate
     from nextplay.evaluate.report import evaluate_all, log_evaluation
     from nextplay.score.pyfunc import load_logged
     from nextplay.spark import get_spark
 
     tracking.configure(cfg.tracking)
     run_id = run_id or latest_training_run(cfg)
-    model = load_logged(f"runs:/{run_id}/model").rnn  # built from the installed package, no code from the artifact
+    logged = load_logged(f"runs:/{run_id}/model")  # built from the installed package, no code from the artifact
+    model = logged.rnn
     spark = get_spark(cfg)
     version = sessions_version_of(cfg, spark, run_id)
     test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version)
@@ -96,4 +105,5 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
         b.fit(train, model.n_items)
     report = evaluate_all(model, baselines, prefixes, labels, cfg)
     log_evaluation(cfg, run_id, report)
-    return {"run_id": run_id, **report.model, "baselines": report.baselines}
+    decision = gate(cfg, run_id, logged, prefixes, labels, report.model, report.baselines)
+    return {"run_id": run_id, **report.model, "baselines": report.baselines, "promotion": decision.as_dict()}

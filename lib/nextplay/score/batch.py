@@ -1,9 +1,11 @@
 """`nextplay score`: the top-K next tracks for every recently active user, into `predictions`.
 
-The model is pinned to one registry version and downloaded once on the driver, shipped to the
-executors as a zip with `SparkContext.addArchive` (Spark ships a local folder only to in-process
-executors: a cluster's get the archive and unpack it on their own disk), and loaded once per executor Python process (Python
-workers are reused across tasks). Executors never talk to the tracking server, which on a cluster
+The model, by default the registry's `champion` (the version the promotion gate of `nextplay
+evaluate` last accepted), is pinned to one registry version and downloaded once on the driver,
+shipped to the executors as a zip with `SparkContext.addArchive` (Spark ships a local folder only
+to in-process executors: a cluster's get the archive and unpack it on their own disk), and loaded
+once per executor Python process (Python workers are reused across tasks). Executors never talk to
+the tracking server, which on a cluster
 they often cannot reach or authenticate to.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
@@ -126,11 +128,13 @@ def item_index_frame(spark: SparkSession, model_dir: Path) -> DataFrame:
 
 def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel, scored_at: datetime,
                       score_date: date) -> DataFrame:
-    """Attach track ids and run columns, in the order and types of PREDICTIONS_SCHEMA."""
+    """Attach track ids and run columns (the model version and the sessions version it trained on, so
+    a prediction traces back to its data), in the order and types of PREDICTIONS_SCHEMA."""
     rows = scored.join(index, "item_idx").select(
         "user_id", "rank", "track_id", "item_idx", "score",
         F.lit(model.name).alias("model_name"), F.lit(model.version).alias("model_version"),
-        F.lit(scored_at).alias("scored_at"), F.lit(score_date).alias("score_date"))
+        F.lit(scored_at).alias("scored_at"), F.lit(score_date).alias("score_date"),
+        F.lit(model.sessions_version).cast("long").alias("sessions_version"))
     return rows.select([F.col(f.name).cast(f.dataType) for f in PREDICTIONS_SCHEMA.fields])
 
 
@@ -144,7 +148,9 @@ def _nothing_scored(model: ResolvedModel, index: DataFrame, cfg: Config, active:
 
 
 def score(cfg: Config) -> dict:
-    """Score every user active in the last `score.lookback_days` and replace today's partition."""
+    """Score every user active in the last `score.lookback_days` and replace today's partition, with
+    `score.model_uri` or, by default, the version behind the alias `champion` (set by the promotion
+    gate of `nextplay evaluate`; none yet is a one-line error)."""
     started = time.monotonic()
     scored_at = datetime.now(timezone.utc)
     score_date = parse_score_date(cfg.score.score_date)
@@ -179,6 +185,10 @@ def score(cfg: Config) -> dict:
     if recent.join(index.select("track_id"), "track_id").isEmpty() and not cfg.score.allow_empty:
         raise ValueError(_nothing_scored(model, index, cfg, active, newest_iso, score_date))
     lake.create_if_missing(spark, PREDICTIONS, PREDICTIONS_SCHEMA)
+    added = lake.add_missing_columns(spark, PREDICTIONS)
+    if added:
+        log.warning("%s: added the columns %s (table written by an older release)", lake.name(PREDICTIONS),
+                    ", ".join(added))
     log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
              lake.name(PREDICTIONS), score_date)
     lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
@@ -187,7 +197,8 @@ def score(cfg: Config) -> dict:
     seconds = time.monotonic() - started
     return {
         "table": lake.name(PREDICTIONS), "score_date": str(score_date), "model_uri": model.uri,
-        "model_name": model.name, "model_version": model.version, "newest_play": newest_iso,
+        "model_name": model.name, "model_version": model.version, "sessions_version": model.sessions_version,
+        "newest_play": newest_iso,
         "active_users": active, "scored_users": counts["users"], "rows": counts["rows"],
         "seconds": round(seconds, 1), "users_per_s": round(counts["users"] / seconds, 1),
     }
