@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from pyspark.sql import SparkSession
 
@@ -84,9 +86,34 @@ def maintain_table(spark: SparkSession, lake: Lake, table: str, mcfg: Maintenanc
             "files_vacuumed": deleted, "seconds": round(time.time() - started, 2)}
 
 
+@contextmanager
+def _listing_parallelism(spark: SparkSession, cfg: Config) -> Iterator[None]:
+    """VACUUM lists a table's folders with `spark.sql.sources.parallelPartitionDiscovery.parallelism`
+    tasks (10,000 by default, sized for a cluster). A local session nextplay built (`spark.master` set)
+    lists with as many tasks as it shuffles instead; the setting is restored afterwards."""
+    key = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+    if not cfg.spark.master:
+        yield
+        return
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, str(cfg.spark.shuffle_partitions))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
 def maintain(cfg: Config, spark: SparkSession | None = None) -> dict:
     """Maintain every table of the lake that exists; returns what was done per table."""
     spark = spark or get_spark(cfg)
+    with _listing_parallelism(spark, cfg):
+        return _maintain(spark, cfg)
+
+
+def _maintain(spark: SparkSession, cfg: Config) -> dict:
     lake, mcfg = Lake(cfg.lake), cfg.maintenance
     if mcfg.retention_hours < DELTA_SAFE_RETENTION_HOURS:
         log.warning("maintenance.retention_hours=%d is below Delta's safety minimum (forced): VACUUM may delete "
