@@ -27,7 +27,7 @@ from nextplay.cli import STAGES, build_parser, config_from_args, main
 from nextplay.config import ConfigError, load_config, packaged_confs, resolve_conf
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAINING_STAGES = ["ingest", "sessionize", "train", "evaluate"]
+TRAINING_STAGES = ["ingest", "sessionize", "train", "evaluate", "maintain"]
 # Stand-ins for what only a deploy knows.
 COMMIT = "3f1c9efcc8e2c3132c36d1ab781d3e419d4d4c87"
 USER, SHORT_NAME = "someone@example.com", "someone"

@@ -83,6 +83,12 @@ def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
     return benchmark(cfg, train_path=args.train, test_path=args.test, out_path=args.out)
 
 
+def _stage_maintain(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.maintain import maintain
+
+    return maintain(cfg)
+
+
 def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
     from nextplay.sql import run_sql
 
@@ -99,6 +105,7 @@ STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = 
     "score": ("write the top-K next tracks per active user to predictions", _stage_score),
     "pipeline": ("generate -> ingest -> sessionize -> train -> evaluate -> score", _stage_pipeline),
     "benchmark": ("train and evaluate on the session-benchmark text format", _stage_benchmark),
+    "maintain": ("OPTIMIZE and VACUUM every table, with maintenance.retention_hours of history kept", _stage_maintain),
     "sql": ("run one read-only SQL query over the lake's tables (anything else is refused)", _stage_sql),
 }
 

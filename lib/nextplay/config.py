@@ -268,6 +268,34 @@ class ScoreConfig:
     allow_empty: bool = False
 
 
+# Delta's own default for how long removed files are kept (delta.deletedFileRetentionDuration, 7 days),
+# the floor its VACUUM safety check names: a shorter retention can delete files that a running write
+# or a long query still reads.
+DELTA_SAFE_RETENTION_HOURS = 168
+
+
+@dataclass
+class MaintenanceConfig:
+    """`nextplay maintain`: compaction, clustering and removal of old files, for every table."""
+
+    # Hours a file that no current table version uses (replaced by an overwrite, a MERGE, OPTIMIZE)
+    # stays on storage before VACUUM deletes it, and hours the table's log keeps its commits: every
+    # table version younger than this stays readable by time travel. Training runs pin the sessions
+    # and item_index versions they read, and `evaluate --run-id` and `train --resume` read those
+    # versions again, so this bounds how old a run can be and still be re-evaluated exactly. The
+    # price is storage: sessionize rewrites sessions every night, so 30 days keep about 30 copies of
+    # it. Also set on each table as delta.deletedFileRetentionDuration and delta.logRetentionDuration.
+    retention_hours: int = 720
+    # Below Delta's safety floor (168 hours) maintain refuses to run unless this is true: a short
+    # retention can break a write or a query running during VACUUM, and older training runs can then
+    # no longer be re-evaluated on the tables they read.
+    allow_short_retention: bool = False
+    # A predictions table an older release created partitioned by score_date cannot be clustered;
+    # maintain Z-orders (by user_id) its score days within this many days of today. Older days were
+    # Z-ordered while they were recent, and Z-ordering rewrites every file of the days it covers.
+    zorder_days: int = 3
+
+
 @dataclass
 class Config:
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -281,6 +309,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -487,6 +516,7 @@ def _check_ranges(cfg: Config) -> None:
                           f"train.launcher={cfg.train.launcher} run on the cluster's executors and leave the model "
                           "there for the driver: give storage every node reaches (hdfs://..., s3://..., or an "
                           "absolute path on a shared mount)")
+    _check_maintenance(cfg.maintenance)
     if (cfg.lake.catalog is None) != (cfg.lake.schema is None):
         raise ConfigError("lake.catalog and lake.schema: set both (Unity Catalog) or neither (a folder)")
     if cfg.lake.catalog is None and not cfg.lake.root.strip():
@@ -521,6 +551,19 @@ def _check_promote(cfg: Config) -> None:
                    "promote.min_gain_over_knn": cfg.promote.min_gain_over_knn}.items():
         if not -1.0 <= v <= 1.0:
             raise ConfigError(f"{key}: must be in [-1, 1] (a difference of two fractions), got {v}")
+
+
+def _check_maintenance(m: MaintenanceConfig) -> None:
+    """A retention below Delta's safety floor only when asked for explicitly."""
+    if m.retention_hours < 0:
+        raise ConfigError(f"maintenance.retention_hours: must be >= 0, got {m.retention_hours}")
+    if m.retention_hours < DELTA_SAFE_RETENTION_HOURS and not m.allow_short_retention:
+        raise ConfigError(
+            f"maintenance.retention_hours: {m.retention_hours} is below Delta's safety minimum of "
+            f"{DELTA_SAFE_RETENTION_HOURS} hours (VACUUM could delete files a running write or query still reads, "
+            "and the table versions older training runs pinned); set maintenance.allow_short_retention=true to force it")
+    if m.zorder_days < 1:
+        raise ConfigError(f"maintenance.zorder_days: must be at least 1, got {m.zorder_days}")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:

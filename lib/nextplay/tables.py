@@ -1,4 +1,4 @@
-"""Table names and schemas: the contracts between stages (DESIGN.md, "Data flow and table contracts").
+"""Table names, schemas, layouts, comments and constraints: the contracts between stages.
 
 Every stage reads and writes tables through `Lake`, which hides whether a table is a folder under
 `lake.root` (laptop, cluster: any Hadoop URI) or a Unity Catalog table `catalog.schema.name`
@@ -6,6 +6,7 @@ Every stage reads and writes tables through `Lake`, which hides whether a table 
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -16,6 +17,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from nextplay.config import LakeConfig
+
+log = logging.getLogger(__name__)
 
 PLAYS_BRONZE = "plays_bronze"
 PLAYS_SILVER = "plays_silver"
@@ -137,7 +140,172 @@ SCHEMAS = {
     PREDICTIONS: PREDICTIONS_SCHEMA,
 }
 
-PARTITIONS = {PLAYS_SILVER: ["event_date"], SESSIONS: ["event_date"], PREDICTIONS: ["score_date"]}
+# How each table lays out its files, fixed when the table is created (Delta cannot change partitioning
+# later). Writers never name the layout: Delta keeps the table's own, so a predictions table created
+# partitioned by score_date by an older release keeps working beside a new clustered one.
+PARTITIONS = {PLAYS_SILVER: ["event_date"], SESSIONS: ["event_date"]}
+# Liquid clustering (new tables only; it cannot be combined with partitioning): predictions are read by
+# day and by listener. `score` replaces one day with replaceWhere `score_date = ...`, which needs no
+# partition; clustering on the day keeps that day's rows in few files and the rewrite small.
+CLUSTERING = {PREDICTIONS: ["score_date", "user_id"]}
+# A predictions table partitioned by score_date (older release) cannot be clustered: maintenance
+# Z-orders its recent days by these columns instead.
+ZORDER = {PREDICTIONS: ["user_id"]}
+# Tables that `nextplay maintain` compacts (OPTIMIZE): those that grow by appends, merges and day
+# replacements. sessionize rewrites item_index and sessions whole, laid out as training reads them
+# (sessions' files in start-time order for `train.batching=lanes`), so compaction would only add a copy.
+COMPACTED = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, INGEST_LOG, PREDICTIONS)
+
+# -- what each table says about itself ---------------------------------------------------------------
+#
+# Set when a table is created and added to tables an older release created (`Lake.create_if_missing`):
+# `DESCRIBE TABLE` shows the column comments, `DESCRIBE DETAIL` the table's and its constraints.
+
+TABLE_COMMENTS = {
+    PLAYS_BRONZE: "One row per raw record read by ingest, exactly as received, valid or not; append-only.",
+    PLAYS_SILVER: "One row per play (a listener played a track at a time), validated and deduplicated by "
+                  "(event_id, user_id, track_id, ts); partitioned by event_date (UTC).",
+    PLAYS_QUARANTINE: "One row per raw record that failed validation, with the record as received and why.",
+    INGEST_LOG: "One row per ingested batch: its counts (rows_in = rows_silver + rows_quarantined + "
+                "duplicates_removed) and the files it read.",
+    ITEM_INDEX: "One row per track in the model's vocabulary (tracks played at least sessionize.min_item_count "
+                "times before the validation window); rewritten whole by sessionize.",
+    SESSIONS: "One row per listening session (plays separated by at most sessionize.session_gap_minutes) as "
+              "item ids, labelled train/valid/test by start time; rewritten whole by sessionize.",
+    PREDICTIONS: "One row per (listener, rank) of a day's top-K next-track predictions; score replaces one "
+                 "score_date at a time.",
+}
+
+_INGEST_STAMPS = {
+    "_batch_id": "Id of the ingest batch that read the record (see ingest_log.batch_id).",
+    "_ingested_at": "When that batch ran (UTC).",
+}
+_RAW = {
+    "user_id": "Listener id as received (text).",
+    "track_id": "Track id as received (text).",
+    "ts_raw": "Play time as received: ISO-8601, or epoch seconds or milliseconds.",
+    "ms_played_raw": "Milliseconds played as received (text).",
+    "event_id": "Event id as received; may be empty for sources without one.",
+    "_raw": "The whole record as received.",
+    "_source_file": "The file the record came from.",
+    "_parse_error": "Why the record could not be split into fields; null when it could.",
+    "_non_scalar_ids": "Comma-separated id fields that held a structure or a boolean instead of an id.",
+}
+
+COLUMN_COMMENTS: dict[str, dict[str, str]] = {
+    PLAYS_BRONZE: {
+        **_RAW,
+        "play_id": "Hash of the play's identity (event_id, user_id, track_id, ts); null for quarantined "
+                   "records. Bronze rows sharing it are one play.",
+        **_INGEST_STAMPS,
+    },
+    PLAYS_SILVER: {
+        "event_id": "Event id from the source, or a hash of (user_id, track_id, ts) when it had none.",
+        "user_id": "Listener id (trimmed, non-empty).",
+        "track_id": "Track id (trimmed, non-empty).",
+        "ts": "When the play started (UTC timestamp).",
+        "ms_played": "Milliseconds of the track played; null when the source does not say.",
+        "event_date": "UTC date of ts; the partition column.",
+    },
+    PLAYS_QUARANTINE: {
+        "raw": "The whole record as received.",
+        "reason": "Why it failed validation, for a person to act on (e.g. ts: unparseable), rules joined by semicolons.",
+        **_INGEST_STAMPS,
+        "_source_file": "The file the record came from.",
+    },
+    INGEST_LOG: {
+        "batch_id": "Batch id: given with --batch-id, or a hash of the batch's files.",
+        "input": "The input path or glob the batch was listed from.",
+        "format": "The input format the batch was read as.",
+        "rows_in": "Records read (= rows_silver + rows_quarantined + duplicates_removed).",
+        "rows_silver": "Plays inserted into plays_silver.",
+        "rows_quarantined": "Records sent to plays_quarantine.",
+        "duplicates_removed": "Valid records not inserted because the play was already known "
+                              "(= duplicates_in_batch + duplicates_in_silver).",
+        "duplicates_in_batch": "Valid records repeating a play earlier in the same batch.",
+        "duplicates_in_silver": "Plays of the batch that plays_silver already held.",
+        "ingested_at": "When the batch ran (UTC).",
+        "seconds": "Wall-clock seconds the batch took.",
+        "files": "The files the batch read (path, size in bytes, modification time in epoch ms); never read again.",
+    },
+    ITEM_INDEX: {
+        "track_id": "Track id, as in plays_silver.",
+        "item_idx": "The model's id for the track: 1..V by descending play_count (0 is padding, never stored).",
+        "play_count": "Plays of the track before the validation window.",
+    },
+    SESSIONS: {
+        "user_id": "Listener id.",
+        "session_id": "Stable id: a hash of (user_id, start_ts, chunk number).",
+        "start_ts": "Time of the session's first play (UTC).",
+        "end_ts": "Time of its last play (UTC).",
+        "event_date": "UTC date of start_ts; the partition column.",
+        "items": "item_idx of the plays in time order (out-of-vocabulary plays dropped, repeats collapsed "
+                 "when sessionize.collapse_repeats).",
+        "length": "Number of items (= size(items)), at least sessionize.min_session_length >= 2.",
+        "split": "train, valid or test, by the time the session starts.",
+    },
+    PREDICTIONS: {
+        "user_id": "Listener id.",
+        "rank": "Position in the listener's top-K, 1 = most likely next track.",
+        "track_id": "Predicted next track.",
+        "item_idx": "The model's id for the track (item_index.item_idx of the model's training data).",
+        "score": "The model's log-probability (natural log) that this track is played next; higher ranks first.",
+        "model_name": "Registered MLflow model that scored the row.",
+        "model_version": "Its registry version.",
+        "scored_at": "When the scoring run started (UTC).",
+        "score_date": "The day the predictions are for; score replaces one day at a time.",
+        "sessions_version": "Version of the sessions table the model was trained on (null for rows scored by "
+                            "a release that did not record it).",
+    },
+}
+
+# CHECK constraints, by table: name -> SQL expression every row satisfies. Delta rejects a write with
+# a violating row (the whole commit fails, nothing lands). Each holds for what the writers produce;
+# NOT NULL columns are declared in the schemas above.
+CONSTRAINTS: dict[str, dict[str, str]] = {
+    PLAYS_SILVER: {
+        "ms_played_not_negative": "ms_played IS NULL OR ms_played >= 0",
+        "ids_not_empty": "event_id <> '' AND user_id <> '' AND track_id <> ''",
+    },
+    PLAYS_QUARANTINE: {"reason_given": "reason <> ''"},
+    INGEST_LOG: {
+        "every_row_accounted_for": "rows_in = rows_silver + rows_quarantined + duplicates_removed",
+        "duplicates_add_up": "duplicates_removed = duplicates_in_batch + duplicates_in_silver",
+        "counts_not_negative": "rows_silver >= 0 AND rows_quarantined >= 0 AND duplicates_in_batch >= 0 "
+                               "AND duplicates_in_silver >= 0",
+    },
+    ITEM_INDEX: {"item_idx_positive": "item_idx >= 1", "play_count_positive": "play_count >= 1"},
+    SESSIONS: {
+        "split_known": "split IN ('train', 'valid', 'test')",
+        "length_at_least_two": "length >= 2",
+        "length_is_item_count": "length = size(items)",
+        "ends_after_start": "end_ts >= start_ts",
+    },
+    PREDICTIONS: {"rank_positive": "rank >= 1", "item_idx_positive": "item_idx >= 1"},
+}
+
+
+CONSTRAINT_PREFIX = "delta.constraints."  # where Delta keeps a table's CHECK constraints, as properties
+_IDENTIFIER = re.compile(r"'[^']*'|\b([A-Za-z_][A-Za-z0-9_]*)\b")
+_SQL_WORDS = {"AND", "OR", "NOT", "IS", "NULL", "IN", "size"}
+
+
+def described(table: str, schema: T.StructType) -> T.StructType:
+    """`schema` with each column's comment (COLUMN_COMMENTS) in its metadata, where Delta keeps it."""
+    comments = COLUMN_COMMENTS.get(table, {})
+    return T.StructType([T.StructField(f.name, f.dataType, f.nullable,
+                                       {**f.metadata, **({"comment": comments[f.name]} if f.name in comments else {})})
+                         for f in schema.fields])
+
+
+def _columns_of(expression: str) -> set[str]:
+    """The column names a constraint expression reads (its identifiers, less SQL words and quoted text)."""
+    return {m for m in _IDENTIFIER.findall(expression) if m and m not in _SQL_WORDS}
+
+
+def _sql_string(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3a://, abfss://, dbfs:/, file:/
@@ -189,19 +357,74 @@ class Lake:
             return DeltaTable.forName(spark, self.name(table))
         return DeltaTable.forPath(spark, self.path(table))
 
-    def create_if_missing(self, spark: SparkSession, table: str, schema: T.StructType) -> None:
-        """Create an empty table with exactly `schema` (NOT NULL columns included) and its partitioning.
+    def create_if_missing(self, spark: SparkSession, table: str, schema: T.StructType) -> list[str]:
+        """Create an empty table with exactly `schema` (NOT NULL columns included), its layout, its
+        comments and its CHECK constraints, in one commit; a table that exists gets what it lacks of the
+        comments and constraints (`upgrade`). Returns what was changed, for the log.
 
         A table created by a first `write` would take the DataFrame's nullability instead, and
         Delta would then no longer reject rows that break the contract.
         """
         from delta.tables import DeltaTable
 
-        builder = DeltaTable.createIfNotExists(spark).addColumns(schema)
+        if self.exists(spark, table):
+            return self.upgrade(spark, table)
+        builder = DeltaTable.createIfNotExists(spark).addColumns(described(table, schema))
         builder = builder.tableName(self.name(table)) if self.is_catalog else builder.location(self.path(table))
+        if table in TABLE_COMMENTS:
+            builder = builder.comment(TABLE_COMMENTS[table])
         if PARTITIONS.get(table):
             builder = builder.partitionedBy(*PARTITIONS[table])
+        if CLUSTERING.get(table):
+            builder = builder.clusterBy(*CLUSTERING[table])
+        names = {f.name for f in schema.fields}
+        for name, expression in CONSTRAINTS.get(table, {}).items():
+            if _columns_of(expression) <= names:
+                builder = builder.property(f"{CONSTRAINT_PREFIX}{name}", expression)
         builder.execute()
+        return ["created"]
+
+    def upgrade(self, spark: SparkSession, table: str) -> list[str]:
+        """Give a table an older release created the comments and CHECK constraints it lacks.
+
+        Idempotent: nothing is committed when the table already has them. A constraint whose columns
+        the table does not have yet (they are added by the stage that writes them), or that rows
+        already in the table break, is left out with a warning rather than blocking the stage."""
+        detail = spark.sql(f"DESCRIBE DETAIL {self.name(table)}").first()
+        have = {f.name: f.metadata.get("comment") for f in self.read(spark, table).schema.fields}
+        done = []
+        wanted = TABLE_COMMENTS.get(table)
+        if wanted and detail["description"] != wanted:
+            spark.sql(f"COMMENT ON TABLE {self.name(table)} IS {_sql_string(wanted)}")
+            done.append("table comment")
+        columns = {c: text for c, text in COLUMN_COMMENTS.get(table, {}).items() if c in have and have[c] != text}
+        if columns:
+            clauses = ", ".join(f"`{c}` COMMENT {_sql_string(text)}" for c, text in columns.items())
+            spark.sql(f"ALTER TABLE {self.name(table)} ALTER COLUMN {clauses}")
+            done.append(f"comments on {', '.join(columns)}")
+        present = {k[len(CONSTRAINT_PREFIX):] for k in (detail["properties"] or {}) if k.startswith(CONSTRAINT_PREFIX)}
+        for name, expression in CONSTRAINTS.get(table, {}).items():
+            if name in present:
+                continue
+            if not _columns_of(expression) <= set(have):
+                log.warning("%s: constraint %s (%s) waits for its columns", table, name, expression)
+                continue
+            try:
+                spark.sql(f"ALTER TABLE {self.name(table)} ADD CONSTRAINT {name} CHECK ({expression})")
+                done.append(f"constraint {name}")
+            except Exception as e:  # noqa: BLE001 - Delta raises AnalysisException or a Py4J error
+                if name in self.constraints(spark, table):
+                    continue  # a concurrent stage added it first
+                log.warning("%s: could not add constraint %s (%s): %s", table, name, expression,
+                            str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if done:
+            log.info("%s: added %s", table, "; ".join(done))
+        return done
+
+    def constraints(self, spark: SparkSession, table: str) -> dict[str, str]:
+        """The table's CHECK constraints, name -> expression, as Delta holds them."""
+        props = spark.sql(f"DESCRIBE DETAIL {self.name(table)}").first()["properties"] or {}
+        return {k[len(CONSTRAINT_PREFIX):]: v for k, v in props.items() if k.startswith(CONSTRAINT_PREFIX)}
 
     def add_missing_columns(self, spark: SparkSession, table: str) -> list[str]:
         """Give a table created by an older release the columns its schema (SCHEMAS) has since gained,
@@ -215,14 +438,14 @@ class Lake:
         return [f.name for f in missing]
 
     def writer(self, df: DataFrame, table: str, mode: str):
-        """A configured DataFrameWriter; call `.save_to(lake, table)` via `write`."""
-        w = df.write.format("delta").mode(mode)
-        parts = PARTITIONS.get(table)
-        if parts:
-            w = w.partitionBy(*parts)
-        return w
+        """A DataFrameWriter for `table`. It names no partitioning: Delta writes into the table's own
+        layout (partitioned, clustered, or neither), which `create_if_missing` fixed at creation."""
+        return df.write.format("delta").mode(mode)
 
     def write(self, df: DataFrame, table: str, mode: str = "append", **options: str) -> None:
+        """Write `df` to `table`, creating it first (schema, layout, comments, constraints) if missing."""
+        if not self.exists(df.sparkSession, table):
+            self.create_if_missing(df.sparkSession, table, SCHEMAS[table])
         w = self.writer(df, table, mode)
         for k, v in options.items():
             w = w.option(k, v)
@@ -308,7 +531,8 @@ def generation_options(generation: str) -> dict[str, str]:
 
 # Operations that rewrite files without changing rows: a sessions version after one of them still
 # belongs to the generation of the write before it.
-_LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"}
+_LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
+                "CHANGE COLUMN", "CHANGE COLUMNS", "ADD CONSTRAINT", "DROP CONSTRAINT", "ADD COLUMNS", "CLUSTER BY"}
 
 
 def _generation_of(user_metadata: str | None) -> str | None:
