@@ -12,7 +12,8 @@ from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
 def test_layers_defaults_then_yaml_then_overrides(tmp_path):
     conf = tmp_path / "c.yml"
     conf.write_text("train:\n  epochs: 7\n  lr: 0.01\nmodel:\n  cell: lstm\n")
-    cfg = load_config(conf, ["train.epochs=3", "evaluate.ks=[5, 10]", "spark.master=null", "sessionize.collapse_repeats=no"])
+    cfg = load_config(conf, ["train.epochs=3", "evaluate.ks=[5, 10]", "promote.metric=mrr_at_10", "spark.master=null",
+                            "sessionize.collapse_repeats=no"])
     assert (cfg.train.epochs, cfg.train.lr, cfg.model.cell) == (3, 0.01, "lstm")
     assert cfg.evaluate.ks == [5, 10] and cfg.spark.master is None and cfg.sessionize.collapse_repeats is False
     assert cfg.model.hidden_size == ModelConfig().hidden_size  # not in the file: the dataclass default
