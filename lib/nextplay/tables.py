@@ -274,7 +274,7 @@ CONSTRAINTS: dict[str, dict[str, str]] = {
         "counts_not_negative": "rows_silver >= 0 AND rows_quarantined >= 0 AND duplicates_in_batch >= 0 "
                                "AND duplicates_in_silver >= 0",
     },
-    ITEM_INDEX: {"item_idx_positive": "item_idx >= 1", "play_count_positive": "play_count >= 1"},
+    ITEM_INDEX: {"item_idx_positive": "item_idx >= 1", "play_count_not_negative": "play_count >= 0"},
     SESSIONS: {
         "split_known": "split IN ('train', 'valid', 'test')",
         "length_at_least_two": "length >= 2",
