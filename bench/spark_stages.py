@@ -72,11 +72,12 @@ def silver_lake(b: Bench, events: int) -> tuple[Config, int]:
     key = f"silver_{events}"
     if key in b.inputs:
         return b.inputs[key]
-    from nextplay.data.readers import read_raw
+    from nextplay.data.readers import list_input, read_raw
     from nextplay.data.validate import validate
 
     cfg = _with_lake(b.cfg, b.workdir / f"lake_{vocab_label(events)}")
-    raw = _listener_subset(read_raw(b.spark, str(raw_events(b)), "parquet"), events, b.mode.largest_events)
+    files = [f.path for f in list_input(b.spark, str(raw_events(b)))]
+    raw = _listener_subset(read_raw(b.spark, files, "parquet"), events, b.mode.largest_events)
     checked = validate(raw, cfg.ingest, datetime.now(timezone.utc))
     plays = checked.where(F.col("reason").isNull()).select("play.*")
     lake = Lake(cfg.lake)

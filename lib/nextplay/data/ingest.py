@@ -49,6 +49,7 @@ from delta.exceptions import (
     MetadataChangedException, ProtocolChangedException,
 )
 from pyspark import StorageLevel
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -86,6 +87,19 @@ def with_retries(what: str, attempts: int, action: Callable[[], T]) -> T:
             log.warning("%s: lost a commit race (%s); attempt %d of %d in %.1f s", what, type(e).__name__,
                         attempt, attempts, wait)
             time.sleep(wait)
+
+
+def _create(spark: SparkSession, lake: Lake, table: str) -> None:
+    """Create `table` if missing. Two first ingests into a new lake race to create it, and Delta may
+    answer the loser with an AnalysisException (the folder is not empty yet holds no table) rather
+    than a commit conflict: when the table exists after such a failure, the winner made it."""
+    try:
+        lake.create_if_missing(spark, table, SCHEMAS[table])
+    except AnalysisException:
+        time.sleep(random.uniform(0.5, 1.5))
+        if not lake.exists(spark, table):
+            raise
+        lake.create_if_missing(spark, table, SCHEMAS[table])
 
 
 def _add_new_columns(spark: SparkSession, lake: Lake, table: str) -> None:
@@ -188,8 +202,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict:
         raise ValueError("ingest.input: no input given; pass --input PATH (a file, folder or glob)")
     listed = list_input(spark, icfg.input)
     for table in (PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, INGEST_LOG):
-        with_retries(f"create {table}", icfg.commit_attempts,
-                     lambda t=table: lake.create_if_missing(spark, t, SCHEMAS[t]))
+        with_retries(f"create {table}", icfg.commit_attempts, lambda t=table: _create(spark, lake, t))
         with_retries(f"evolve {table}", icfg.commit_attempts, lambda t=table: _add_new_columns(spark, lake, t))
     known = _recorded(spark, lake, listed)
     new, nothing = _new_files(spark, lake, icfg, listed, known)

@@ -362,6 +362,8 @@ _READERS = {
 
 def read_raw(spark: SparkSession, paths: Sequence[str], fmt: str) -> DataFrame:
     """Exactly `paths`, all in format `fmt`, as RAW_PLAYS rows (lazy: nothing is read until an action)."""
+    if isinstance(paths, str):  # one path would be read as its characters
+        raise TypeError("read_raw takes a list of file paths (list_input gives them), not one path")
     if fmt not in _READERS:
         raise ValueError(f"ingest.format: {fmt!r} is not a format; choose one of {', '.join(FORMATS)}")
     return _READERS[fmt](spark, paths)
