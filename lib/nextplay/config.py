@@ -121,7 +121,7 @@ class ModelConfig:
     # Sampled head: a session's own items are never negatives for its targets (the batch's other
     # targets include them, and they are related to the target rather than competing with it).
     # Off: it lifted diginetica's BPR-max RNN alone (+1.2 Recall@20) but not its hybrid, and cost
-    # yoochoose1_64's hybrid 1.7 (docs/benchmarks.md, "Stop 14").
+    # yoochoose1_64's hybrid 1.7 (docs/benchmarks.md).
     exclude_session_items: bool = False
     # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
     # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,
@@ -130,7 +130,7 @@ class ModelConfig:
     loss: Literal["cross_entropy", "bpr_max"] = "cross_entropy"
     bpr_reg: float = 0.9  # GRU4Rec's setting for diginetica, the one validated here
     init_std: float = 0.05
-    # What the output reads: the last hidden state (the seed article) or that state plus attention
+    # What the output reads: the last hidden state (GRU4Rec's readout) or that state plus attention
     # over the session's earlier states (NARM-style; bilinear scores, see model/readout.py). On both
     # benchmark sets' validation splits `last` was as accurate or better and 1.6x faster to train.
     readout: Literal["last", "attention"] = "last"
@@ -138,7 +138,7 @@ class ModelConfig:
     # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
     repeat: bool = True
     # The repeat mixture's likelihood trains the gate and the pointer only, not the network's states
-    # (they then learn from the head's loss alone). Measured with lanes in docs/benchmarks.md "Stop 15".
+    # (they then learn from the head's loss alone). Measured with lanes in docs/benchmarks.md.
     repeat_detached: bool = False
     # > 0: L2-normalise session and item vectors and scale their dot product by this (full/sampled).
     cosine_scale: float = 0.0
@@ -149,8 +149,8 @@ class ModelConfig:
     # sessions sharing an item with the prefix, the `knn_neighbors` most similar of them; neighbour
     # items count exp(-d / knn_position_decay) at d steps from where the sessions meet (0: all alike,
     # plain V-SKNN). The RNN trains alone either way; both weights 0 score the RNN alone. Chosen on
-    # the validation splits: docs/benchmarks.md, "The hybrid"; the explore weight went from 0.5 to
-    # 0.3 in stop 12, when equal-item batches made the RNN's own new-item ranking stronger.
+    # the validation splits: docs/benchmarks.md, "The hybrid"; the explore weight is 0.3 since
+    # equal-item batches made the RNN's own new-item ranking stronger.
     # Scoring only: the head's logits are divided by this before its softmax (training never sees
     # it). Below 1 sharpens the head against the memory in the hybrid: BPR-max trains scores to rank,
     # not to be a likelihood, and on diginetica's validation split they mixed best at 0.5.
@@ -178,7 +178,7 @@ class TrainConfig:
     batch_unit: Literal["items", "sessions"] = "items"
     # `buckets`: shuffled sessions in length-sorted batches (batch_unit applies). `lanes`: batch_size
     # sessions in flight, one target each per step, oldest sessions first (GRU4Rec's official
-    # session-parallel batches; train/lanes.py says why, docs/benchmarks.md "Stop 15" measures it).
+    # session-parallel batches; train/lanes.py says why, docs/benchmarks.md measures it).
     # Lanes run about 4x faster with bptt_steps=1, which they are meant for (model/cells.py `last_step`).
     batching: Literal["buckets", "lanes"] = "buckets"
     max_len: int = 50

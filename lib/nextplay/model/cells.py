@@ -1,4 +1,4 @@
-"""The recurrent core of the seed article: h_{i+1} = f(W h_i + b_{y_i}), as tanh RNN, GRU or LSTM."""
+"""The recurrent core of GRU4Rec's session model: h_{i+1} = f(W h_i + b_{y_i}), as tanh RNN, GRU or LSTM."""
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,7 @@
 """From the RNN's hidden states to what the output needs at each step: a session vector, and for the
 repeat-aware mixture a gate and a distribution over the prefix positions.
 
-`last` reads the final hidden state alone (the seed article). `attention` adds attention over the
+`last` reads the final hidden state alone (as GRU4Rec does). `attention` adds attention over the
 session's earlier states with the last state as query (NARM-style), so a long session's main purpose
 survives the RNN's recency bias. Both attention and the repeat pointer are computed at every prefix
 step at once (a causal [T, L] pattern), because training uses every step of a session.

@@ -1,4 +1,4 @@
-"""SessionRNN: the seed article's recurrent next-item model, with optional readout and repeat mixture.
+"""SessionRNN: GRU4Rec's recurrent next-item model, with optional readout and repeat mixture.
 
 Item ids are 1..n_items; 0 is padding. Every sequence is right-padded. Training uses every step of
 every session (the target of step t is item t + 1); scoring uses each row's last real step.

@@ -30,7 +30,7 @@ Batch = dict[str, torch.Tensor]
 
 
 class AdagradSGD(torch.optim.Optimizer):
-    """Indexed Adagrad, with optional momentum, beside plain SGD: the seed article's optimiser and
+    """Indexed Adagrad, with optional momentum, beside plain SGD: GRU4Rec's optimiser and
     the official GRU4Rec code's.
 
     A param group's `rule` says which. Adagrad groups update only the rows whose gradient is non-zero
