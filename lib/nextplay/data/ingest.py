@@ -102,17 +102,6 @@ def _create(spark: SparkSession, lake: Lake, table: str) -> None:
         lake.create_if_missing(spark, table, SCHEMAS[table])
 
 
-def _add_new_columns(spark: SparkSession, lake: Lake, table: str) -> None:
-    """Give a table created by an older release the columns its schema has since gained (nullable:
-    its old rows have no value). Without them every append would fail on a schema mismatch."""
-    have = {f.name for f in lake.read(spark, table).schema.fields}
-    missing = [f for f in SCHEMAS[table].fields if f.name not in have]
-    if missing:
-        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
-        log.warning("%s: adding the columns %s (written by an older release)", table, ", ".join(f.name for f in missing))
-        spark.sql(f"ALTER TABLE {lake.name(table)} ADD COLUMNS ({columns})")
-
-
 def _files_frame(spark: SparkSession, files: Sequence[InputFile]) -> DataFrame:
     return spark.createDataFrame([(f.path, f.size, f.modified) for f in files], INGEST_FILE)
 
@@ -203,7 +192,7 @@ def ingest(spark: SparkSession, cfg: Config) -> dict:
     listed = list_input(spark, icfg.input)
     for table in (PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, INGEST_LOG):
         with_retries(f"create {table}", icfg.commit_attempts, lambda t=table: _create(spark, lake, t))
-        with_retries(f"evolve {table}", icfg.commit_attempts, lambda t=table: _add_new_columns(spark, lake, t))
+        with_retries(f"evolve {table}", icfg.commit_attempts, lambda t=table: lake.add_missing_columns(spark, t))
     known = _recorded(spark, lake, listed)
     new, nothing = _new_files(spark, lake, icfg, listed, known)
     if nothing:
