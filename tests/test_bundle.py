@@ -8,14 +8,16 @@ which must be shipped inside the wheel and found by the CLI's own resolution.
 """
 from __future__ import annotations
 
-import ast
 import copy
-import fnmatch
 import importlib.metadata
 import importlib.resources
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -357,12 +359,11 @@ def test_task_parameters_parse_into_the_targets_config(job: str, key: str, targe
     assert cfg.tracking.model_name == f"{catalog}.{schema}.{r.lookup('resources.registered_models.nextplay.name')}"
     assert (cfg.tracking.uri, cfg.tracking.registry_uri, cfg.spark.master) == ("databricks", "databricks-uc", None)
     assert cfg.tracking.git_commit == COMMIT
-    if job == "nextplay_training":
-        assert cfg.ingest.input == f"/Volumes/{catalog}/{schema}/raw"
-        assert cfg.train.checkpoint_dir == f"/Volumes/{catalog}/{schema}/checkpoints"
-    else:
-        assert cfg.score.score_date == RUN_DATE
-        assert cfg.score.model_uri is None, "scoring resolves the registered model itself"
+    # One config for every stage of both jobs (each stage reads its own sections).
+    assert cfg.ingest.input == f"/Volumes/{catalog}/{schema}/raw"
+    assert cfg.train.checkpoint_dir == f"/Volumes/{catalog}/{schema}/checkpoints"
+    assert cfg.score.score_date == RUN_DATE
+    assert cfg.score.model_uri is None, "scoring resolves the registered model itself"
     if target == "dev":
         assert schema.startswith(f"dev_{SHORT_NAME}_"), "development mode's prefix must reach the tasks"
 
@@ -391,22 +392,20 @@ def test_the_deployed_commit_tags_the_training_run(tmp_path: Path, monkeypatch: 
 # -- (c) the packaged conf: in the wheel, found by the CLI --------------------------------------
 
 
-def _package_data() -> dict[str, list[str]]:
-    """setup.py's package_data, read without running setup.py."""
-    call = next(n for n in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
-                if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
-    return ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
-
-
-def test_package_data_ships_every_packaged_conf() -> None:
-    package = ROOT / "lib" / "nextplay"
-    confs = sorted(p.relative_to(package).as_posix() for p in (package / "conf").glob("*.yml"))
-    assert "conf/databricks.yml" in confs
-    patterns = _package_data()["nextplay"]
-    for pattern in patterns:
-        assert fnmatch.filter(confs, pattern), f"package_data pattern {pattern!r} matches no file"
-    for conf in confs:
-        assert any(fnmatch.fnmatch(conf, p) for p in patterns), f"{conf} would be left out of the wheel"
+def test_the_wheel_ships_every_packaged_conf(tmp_path: Path) -> None:
+    """The wheel the bundle deploys, built by setup.py from a copy of the sources (no stale build/ folder
+    of the checkout can leak into it), holds every packaged conf under nextplay/conf/, byte for byte."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "lib", src / "lib", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "setup.py", src)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("nextplay-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {n: z.read(n) for n in z.namelist() if n.startswith("nextplay/conf/")}
+    confs = {f"nextplay/conf/{p.name}": p.read_bytes() for p in (ROOT / "lib" / "nextplay" / "conf").glob("*.yml")}
+    assert "nextplay/conf/databricks.yml" in confs
+    assert shipped == confs
     assert not (ROOT / "conf" / "databricks.yml").exists(), "one source: the packaged conf"
 
 
