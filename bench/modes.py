@@ -2,7 +2,7 @@
 and `tiny` (the smoke test: checks the harness, not speed).
 
 Sizes are chosen so the slowest single run stays short enough to repeat on a 2-core machine, and so
-that the training and scoring figures are measured at the catalog sizes the issue asks about in
+that the training and scoring figures are measured at the same catalog sizes in
 every mode (10k, 100k and 1M items): only steps, users and repetitions shrink in quick mode.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A reference for the RNN alone: GRU4Rec's published training loop on nextplay's validation split.
 
-Why it exists: on diginetica it trains a better RNN than nextplay's trainer (stop 14,
-docs/benchmarks.md), and bisecting it showed that the order of sessions is what matters. It
+Why it exists: on diginetica it trained a better RNN than length-sorted batches did (validation
+Recall@20 51.75 against 49.49, GRU 256), and bisecting it showed that the order of sessions matters. It
 reproduces the loop the official GRU4Rec code describes, with that code's diginetica parameters,
 in one file, outside the production path:
 

@@ -1,13 +1,13 @@
-"""Tune and measure the session RNN on the session-benchmark text files (../shared/data/<set>/).
+"""Tune and measure the session RNN on the session-benchmark text files (docs/benchmarks.md, "The data").
 
 How the figures in the report are reproduced:
 
     # validation (the last 10% of train_sessions.txt, every prefix -> next item), default config
-    .venv/bin/python experiments/tune_benchmark.py --data ../shared/data/yoochoose1_64
+    .venv/bin/python experiments/tune_benchmark.py --data $DATA/yoochoose1_64
     # one change against the defaults
-    .venv/bin/python experiments/tune_benchmark.py --data ../shared/data/diginetica --set model.hidden_size=200
+    .venv/bin/python experiments/tune_benchmark.py --data $DATA/diginetica --set model.hidden_size=200
     # the test figures of a chosen config: trains on all of train_sessions.txt, scores test_prefix_label.tsv
-    .venv/bin/python experiments/tune_benchmark.py --data ../shared/data/yoochoose1_64 --test --baselines
+    .venv/bin/python experiments/tune_benchmark.py --data $DATA/yoochoose1_64 --test --baselines
 
 On a CPU shared with other work, one intra-op thread with passive OpenMP waiting was 3-4x faster
 than two spinning threads (`OMP_WAIT_POLICY=PASSIVE ... --set train.threads=1`); the figures in the

@@ -121,7 +121,7 @@ class ModelConfig:
     # Sampled head: a session's own items are never negatives for its targets (the batch's other
     # targets include them, and they are related to the target rather than competing with it).
     # Off: it lifted diginetica's BPR-max RNN alone (+1.2 Recall@20) but not its hybrid, and cost
-    # yoochoose1_64's hybrid 1.7 (docs/benchmarks.md).
+    # yoochoose1_64's hybrid 1.7 (validation splits).
     exclude_session_items: bool = False
     # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
     # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,
@@ -149,7 +149,7 @@ class ModelConfig:
     # sessions sharing an item with the prefix, the `knn_neighbors` most similar of them; neighbour
     # items count exp(-d / knn_position_decay) at d steps from where the sessions meet (0: all alike,
     # plain V-SKNN). The RNN trains alone either way; both weights 0 score the RNN alone. Chosen on
-    # the validation splits: docs/benchmarks.md, "The hybrid"; the explore weight is 0.3 since
+    # the validation splits: docs/benchmarks.md, "The two configurations"; the explore weight is 0.3 since
     # equal-item batches made the RNN's own new-item ranking stronger.
     # Scoring only: the head's logits are divided by this before its softmax (training never sees
     # it). Below 1 sharpens the head against the memory in the hybrid: BPR-max trains scores to rank,

@@ -1,4 +1,4 @@
-"""plays_silver -> item_index + sessions (DESIGN.md tables 5 and 6).
+"""plays_silver -> item_index + sessions (columns and constraints: tables.py, docs/tables.md).
 
 A session ends after more than `session_gap_minutes` of silence (exactly the gap still continues
 it, which is also what Spark's `session_window` does). The split is by time, from the newest play:

@@ -17,7 +17,7 @@ not); the bit tree has its own node vectors and ignores it.
 With `sparse`, the sampled and bit-tree heads gather the rows they train with `F.embedding(...,
 sparse=True)`: their gradient then holds only the rows a batch touched, so a step costs the batch
 and its negatives instead of the whole catalog (a dense [V, D] gradient and optimizer pass per step
-is what made 1M-item training slow; docs/benchmarks.md).
+is what made 1M-item training slow; `sampled_over_full` in docs/benchmarks.md measures the gap).
 """
 from __future__ import annotations
 

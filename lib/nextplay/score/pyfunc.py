@@ -1,7 +1,7 @@
 """The logged model: a SessionRNN plus the item index it was trained with, as an MLflow pyfunc.
 
 Why a custom pyfunc and not `mlflow.pytorch`: MLflow 3 saves torch models as torch.export
-programs with a fixed sequence length (STACK.md), and a bare network speaks item indices while its
+programs with a fixed sequence length (docs/stack.md), and a bare network speaks item indices while its
 users speak track ids. This wrapper takes track-id histories and answers track ids, so a notebook,
 `mlflow models predict` or a serving endpoint needs nothing else; the batch scorer reaches past the
 strings to `topk_items` because it has already mapped histories to item indices in Spark.
