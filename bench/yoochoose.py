@@ -1,7 +1,7 @@
 """train_events_per_second_yoochoose1_64: training speed on a public benchmark set, so this model can
 be set beside other implementations measured on the same data and machine.
 
-The sessions of ../shared/data/yoochoose1_64/train_sessions.txt are written to a Parquet file and
+The sessions of `$NEXTPLAY_DATA/yoochoose1_64/train_sessions.txt` are written to a Parquet file and
 batched by the project's Petastorm loader (length-bucketed, as in training); the batches are then
 held in memory and `fit` runs the configured default model on them. Measured on one thread, the
 setting of the published reference (the official GRU4Rec PyTorch code: about 1,800 events/s on one
@@ -26,13 +26,14 @@ from bench.context import Bench, log
 from bench.measure import interleaved, median
 from bench.training import WARMUP_STEPS, Trainer, timed_batches
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Where the public benchmark sets live: NEXTPLAY_DATA, else `shared/data` beside the checkout.
+SHARED_DATA = Path(os.environ.get("NEXTPLAY_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TRAIN_FILE = SHARED_DATA / "yoochoose1_64" / "train_sessions.txt"
 
 
 def skip_reason() -> str | None:
     if not TRAIN_FILE.exists():
-        return f"shared data not found at {TRAIN_FILE} (only present on the project's machines)"
+        return f"benchmark data not found at {TRAIN_FILE} (set NEXTPLAY_DATA to the folder holding yoochoose1_64/)"
     return None
 
 

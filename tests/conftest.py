@@ -9,15 +9,16 @@ import pytest
 
 from nextplay.config import Config, load_config
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The public benchmark sets: NEXTPLAY_DATA, else `shared/data` beside the checkout.
+SHARED_DATA = Path(os.environ.get("NEXTPLAY_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
 def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with a clear message when it is absent."""
+    """A path under the benchmark data folder (NEXTPLAY_DATA), or skip the test with a clear message when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared data not found at {path} (only present on the project's machines)")
+        pytest.skip(f"benchmark data not found at {path} (set NEXTPLAY_DATA to the folder holding the sets)")
     return path
 
 
