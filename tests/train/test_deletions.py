@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from nextplay import tables
 from nextplay.tables import Lake
-from nextplay.train.launch import snapshot_training_data
+from nextplay.train.launch import apply_deletions, deletions_folder, snapshot_training_data
 from nextplay.train.loader import iterate_batches, lane_batches
 
 from .planted import write_planted_lake
@@ -36,10 +36,10 @@ def _delete(spark, cfg, where: str) -> dict[str, str]:
     return lake.delta_table(spark, tables.SESSIONS).history(1).first()["operationMetrics"]
 
 
-def _training_snapshot(spark, cfg, pin):
-    """The snapshot as `train_and_log` builds it for a pinned version."""
+def _training_snapshot(spark, cfg, pin, run_id: str = "run-1"):
+    """The snapshot as `train_and_log` builds it for a pinned version, in the folder of run `run_id`."""
     snapshot, *_ = snapshot_training_data(spark, cfg, pin)
-    return snapshot
+    return apply_deletions(spark, cfg, snapshot, deletions_folder(cfg, run_id))
 
 
 @pytest.mark.parametrize("vectors", [True, False], ids=["deletion-vectors", "rewritten-files"])
@@ -63,8 +63,15 @@ def test_deleted_sessions_never_reach_training(spark, cfg, vectors):
     assert pinned == set(expected)  # Delta itself reads the pinned version so
 
     snapshot = _training_snapshot(spark, cfg, pin)
-    assert snapshot.n_sessions == len(expected)
+    assert snapshot.n_sessions == len(expected) and snapshot.version == pin.sessions_version
+    copied = [f for f in snapshot.files if f"{deletions_folder(cfg, 'run-1')}/" in f]
+    # Deletion vectors: the files that lost rows are copied without them, the others are read in place.
+    assert len(snapshot.files) == len(lake.read_at(spark, tables.SESSIONS, pin.sessions_version).inputFiles())
+    assert (0 < len(copied) < len(snapshot.files)) if vectors else not copied
     assert _one_pass(snapshot) == expected
-    assert _lanes(snapshot) == expected  # oldest first, across rewritten and untouched files
+    lanes = _lanes(snapshot)
+    assert sorted(lanes) == expected
+    if vectors:  # the copies keep the table's time-ordered layout (a rewriting DELETE lays out its own files)
+        assert lanes == expected
     shards = [_lanes(snapshot, r, 2) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == expected
