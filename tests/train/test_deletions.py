@@ -2,15 +2,18 @@
 whether a DELETE left deletion vectors beside the old files or rewrote them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from pyspark.sql import functions as F
 
 from nextplay import tables
+from nextplay.cli import main
 from nextplay.tables import Lake
 from nextplay.train.launch import apply_deletions, deletions_folder, snapshot_training_data
 from nextplay.train.loader import iterate_batches, lane_batches
 
 from .planted import write_planted_lake
+from .test_launch import _args, _last_run
 
 START = 1_700_000_000  # write_planted_lake: session k starts at START + k hours, on item k + 1, by user u{k % 50}
 
@@ -62,6 +65,10 @@ def test_deleted_sessions_never_reach_training(spark, cfg, vectors):
               .where("split = 'train'").select("session_id").collect()}
     assert pinned == set(expected)  # Delta itself reads the pinned version so
 
+    planned, *_ = snapshot_training_data(spark, cfg, pin)
+    if vectors:  # files that hold deleted rows are never read as they are
+        with pytest.raises(ValueError, match="hold deleted rows: copy their live rows first"):
+            next(iterate_batches(planned, batch_size=8, unit="sessions"))
     snapshot = _training_snapshot(spark, cfg, pin)
     assert snapshot.n_sessions == len(expected) and snapshot.version == pin.sessions_version
     copied = [f for f in snapshot.files if f"{deletions_folder(cfg, 'run-1')}/" in f]
@@ -75,3 +82,19 @@ def test_deleted_sessions_never_reach_training(spark, cfg, vectors):
         assert lanes == expected
     shards = [_lanes(snapshot, r, 2) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == expected
+
+
+@pytest.mark.slow
+def test_a_training_run_reads_the_live_rows_and_removes_its_copies(spark, cfg):
+    """`nextplay train` after a DELETE that left deletion vectors: the run trains on the live rows of
+    the version it pins and logs, and leaves no copy behind."""
+    write_planted_lake(spark, cfg, n_items=600, files=6, time_ordered=True)
+    lake = Lake(cfg.lake)
+    spark.sql(f"ALTER TABLE {lake.name(tables.SESSIONS)} SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    assert int(_delete(spark, cfg, "user_id = 'u7'")["numDeletionVectorsAdded"]) > 0
+    version = lake.pin_generation(spark).sessions_version
+    assert main(["train", *_args(cfg, "train.epochs=1", "train.batching=lanes")]) == 0
+    run = _last_run(cfg)
+    assert run.data.params["train_sessions"] == str(480 - 12)  # u7's 12 sessions are all of the train split
+    assert run.data.tags["nextplay.sessions_version"] == str(version)
+    assert list(Path(cfg.train.checkpoint_dir).iterdir()) == [], "the run's folder, copies included, is removed"
