@@ -24,13 +24,13 @@ compares them with the row count in the file's footer: a file with fewer live ro
 That needs no Delta-internal API (the JVM `DeltaLog`, the log's add actions), only what every Delta
 reader must honour, and the same aggregate gives the split's counts. Files without deletions are read
 as they are; `copy_surviving_rows` has Spark read the others at the pinned version (deletion vectors
-applied, `_metadata.file_path` selecting them) and writes their live rows of the split to Parquet in
-the run's own folder on shared storage, one file per source file, sorted by start time, each read in
-its source's place, so the time-ordered layout `lanes` relies on is kept. Copying only those files keeps the extra work in
-proportion to what was deleted; copying the whole split whenever one vector exists would copy the
-table on every run after any deletion. A DELETE that rewrites files instead (no deletion vectors)
-needs nothing: the version lists the new files only. The loader refuses a snapshot whose copies were
-not made, so deleted rows can never train silently.
+applied, `_metadata.file_path` selecting them) and write their live rows of the split to Parquet in
+the run's own folder on shared storage: one file per source file, sorted by start time and read in
+its source's place, so the time-ordered layout `lanes` relies on is kept. Copying only those files
+keeps the extra work in proportion to what was deleted; copying the whole split whenever one vector
+exists would copy the table on every run after any deletion. A DELETE that rewrites files instead
+(no deletion vectors) needs nothing: the version lists the new files only. The loader refuses a
+snapshot whose copies were not made, so deleted rows can never train silently.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from nextplay.storage import Storage, is_local, join, local_path
 from nextplay.train.lanes import LaneBatches
 
 if TYPE_CHECKING:  # pyspark is needed on the driver only, never in a training process
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame
 
 SPLIT_COLUMN = "split"
 TIME_COLUMN = "start_ts"
@@ -78,7 +78,7 @@ class SessionSnapshot:
     # Places in `files` of the files whose rows are partly deleted (deletion vectors): no rank may read
     # until `copy_surviving_rows` has replaced them by copies of their live rows.
     partly_deleted: tuple[int, ...] = ()
-    spark_paths: tuple[str, ...] = ()  # each file as Spark's `_metadata.file_path` names it, until then
+    spark_paths: tuple[str, ...] = ()  # while there are such files: each file as `_metadata.file_path` names it
 
     def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
         return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
@@ -132,27 +132,29 @@ def plan_snapshot(sessions: DataFrame, split: str, storage: Storage = Storage(),
 
     files = sessions.inputFiles()
     per_file = (sessions.groupBy(F.col("_metadata.file_path").alias("file"), F.col(SPLIT_COLUMN).alias("split"))
-                .agg(F.count("*").alias("n"), F.sum("length").alias("events")).collect())
+                .agg(F.count("*").alias("n"), F.sum("length").alias("events")).toLocalIterator())
     listed = set(files)
     live: dict[str, int] = {}
     spark_name: dict[str, str] = {}
     counts: dict[str, tuple[int, int]] = {}
-    for row in per_file:
+    has_split: set[str] = set()
+    for row in per_file:  # streamed: a few rows per file, never the table
         name = unquote(row["file"])  # `_metadata.file_path` is URI-encoded, inputFiles() is not
         if name not in listed:
             raise RuntimeError(f"Spark read rows from {row['file']}, which is not among the files of sessions "
                                f"version {version}: cannot tell which rows are deleted")
         spark_name[name] = row["file"]
         live[name] = live.get(name, 0) + row["n"]
+        if row["split"] == split:
+            has_split.add(name)
         n, events = counts.get(row["split"], (0, 0))
         counts[row["split"]] = (n + row["n"], events + (row["events"] or 0))
-    has_split = {unquote(row["file"]) for row in per_file if row["split"] == split}
     deleted = {f for f in files if live.get(f, 0) < footer_rows(f, storage)}
     read = time_ordered([f for f in files if f not in deleted or f in has_split], storage)
+    places = tuple(i for i, f in enumerate(read) if f in deleted)
     n_split, n_events = counts.get(split, (0, 0))
     snapshot = SessionSnapshot(tuple(read), split, int(n_split), int(n_events), count_row_groups(read, storage),
-                               storage, version, tuple(i for i, f in enumerate(read) if f in deleted),
-                               tuple(spark_name.get(f, "") for f in read))
+                               storage, version, places, tuple(spark_name.get(f, "") for f in read) if places else ())
     return snapshot, counts
 
 
@@ -170,12 +172,13 @@ def copy_surviving_rows(sessions: DataFrame, snapshot: SessionSnapshot, folder: 
     if not snapshot.partly_deleted:
         return snapshot
     spark = sessions.sparkSession
-    places = list(snapshot.partly_deleted)
+    places = sorted(snapshot.partly_deleted)
     if _file_system(snapshot.files[0]) != _file_system(folder):
         places = list(range(len(snapshot.files)))
     sources = spark.createDataFrame([(snapshot.spark_paths[i], i) for i in places],
                                     f"source_path string, {SOURCE_COLUMN} int")
     columns = _footer(snapshot.files[places[0]], snapshot.storage).schema.to_arrow_schema().names
+    replaced = set(places)
     (sessions.where(F.col(SPLIT_COLUMN) == snapshot.split)
      .withColumn("source_path", F.col("_metadata.file_path"))
      .join(F.broadcast(sources), "source_path")
@@ -186,7 +189,7 @@ def copy_surviving_rows(sessions: DataFrame, snapshot: SessionSnapshot, folder: 
     for path in written_parquet(folder, snapshot.storage):
         place = re.search(rf"/{SOURCE_COLUMN}=(\d+)/", path)
         copies.setdefault(int(place.group(1)), []).append(path)
-    files = [c for i, f in enumerate(snapshot.files) for c in (copies.get(i, []) if i in places else [f])]
+    files = [c for i, f in enumerate(snapshot.files) for c in (copies.get(i, []) if i in replaced else [f])]
     return replace(snapshot, files=tuple(files), row_groups=count_row_groups(files, snapshot.storage),
                    partly_deleted=(), spark_paths=())
 
