@@ -1,14 +1,19 @@
 """The Petastorm loader on a real Delta table: snapshot isolation, shards, equal step counts."""
 from __future__ import annotations
 
+import dataclasses
+import posixpath
+import uuid
+
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from nextplay import tables
+from nextplay.storage import Storage, local_path
 from nextplay.tables import Lake
 from nextplay.train.launch import snapshot_training_data, validation_lines
-from nextplay.train.loader import cut_points, iterate_batches, lane_batches
+from nextplay.train.loader import count_row_groups, cut_points, iterate_batches, lane_batches, time_ordered
 
 from .planted import write_planted_index, write_planted_lake
 
@@ -147,3 +152,26 @@ def test_lanes_read_the_split_oldest_first(spark, cfg):
     shards = [_lane_sessions(snapshot, r, 2) for r in range(2)]
     assert all(s == sorted(s) and s for s in shards)
     assert sorted(shards[0] + shards[1]) == train
+
+
+def test_a_snapshot_on_a_remote_file_system_reads_like_a_local_one(spark, cfg):
+    """Footers and Petastorm's readers go through the storage layer (fsspec), so files on any file
+    system it reaches by URI (here fsspec's in-memory one; HDFS in tests/cluster) read as on disk."""
+    write_planted_lake(spark, cfg, n_items=600, files=5, time_ordered=True)
+    local, *_ = snapshot_training_data(spark, cfg)
+    storage, base = Storage(), f"memory://nextplay-{uuid.uuid4().hex[:8]}"
+    fs, _ = storage.fs(base)
+    remote = []
+    for f in reversed(local.files):  # listed in reverse: time_ordered must restore the reading order
+        url = posixpath.join(base, *local_path(f).rsplit("/", 2)[-2:])
+        with open(local_path(f), "rb") as src, fs.open(storage.fs(url)[1], "wb") as dst:
+            dst.write(src.read())
+        remote.append(url)
+    ordered = time_ordered(remote, storage)
+    assert [u.rsplit("/", 2)[-2:] for u in ordered] == [local_path(f).rsplit("/", 2)[-2:] for f in local.files]
+    snapshot = dataclasses.replace(local, files=tuple(ordered), row_groups=count_row_groups(ordered, storage),
+                                   storage=storage)
+    assert snapshot.row_groups == local.row_groups
+    assert _lane_sessions(snapshot, 0, 1) == _lane_sessions(local, 0, 1)
+    assert sorted(_collect(snapshot, 1000, 0, 1, 1)) == _train_firsts(spark, cfg)
+    storage.remove(base, recursive=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from nextplay.config import Config, ConfigError
 from nextplay.storage import Storage, join
-from nextplay.train.loader import SessionSnapshot
+from nextplay.train.loader import SessionSnapshot, copy_surviving_rows, plan_snapshot
 
 if TYPE_CHECKING:  # the tables module imports pyspark, which training processes do not need
     from nextplay.tables import Pin
@@ -231,7 +231,8 @@ def _is_local(cfg: Config) -> bool:
 
 def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
     """Gather what the workers need from one pinned generation of `sessions` and `item_index`
-    (default: the newest, `Lake.pin_generation`)."""
+    (default: the newest, `Lake.pin_generation`). Files that lost rows to deletion vectors are left
+    for `apply_deletions`, which needs the run's folder (loader.py)."""
     from pyspark.sql import functions as F
 
     from nextplay import tables
@@ -240,18 +241,10 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
     lake = Lake(cfg.lake)
     pin = pin or lake.pin_generation(spark)
     sessions = lake.read_at(spark, tables.SESSIONS, pin.sessions_version)
-    files = sessions.inputFiles()
-    counts = {r["split"]: (r["n"], r["events"]) for r in
-              sessions.groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("events")).collect()}
-    if counts.get("train", (0, 0))[0] == 0:
+    snapshot, counts = plan_snapshot(sessions, "train", Storage.of(cfg.lake), pin.sessions_version)
+    if snapshot.n_sessions == 0:
         raise ValueError("the sessions table has no 'train' sessions: run sessionize on more data, "
                          "or check sessionize.test_days / valid_days against the data's time span")
-    from nextplay.train.loader import count_row_groups, time_ordered
-
-    n_train, n_events = counts["train"]
-    storage = Storage.of(cfg.lake)
-    snapshot = SessionSnapshot(tuple(time_ordered(files, storage)), "train", int(n_train), int(n_events),
-                               count_row_groups(files, storage), storage)
 
     index = lake.read_at(spark, tables.ITEM_INDEX, pin.item_index_version).select("item_idx", "play_count")
     n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
@@ -259,6 +252,28 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
     for row in index.toLocalIterator():  # V numbers: the model holds V x H floats anyway
         item_counts[row["item_idx"]] = row["play_count"]
     return snapshot, n_items, item_counts, counts
+
+
+def apply_deletions(spark, cfg: Config, snapshot: SessionSnapshot, folder: str) -> SessionSnapshot:
+    """`snapshot` with the live rows of its partly deleted files copied to `folder` (under the run's
+    checkpoint folder: shared storage every rank reaches), read at the snapshot's own version."""
+    from nextplay import tables
+    from nextplay.tables import Lake
+
+    if not snapshot.partly_deleted:
+        return snapshot
+    sessions = Lake(cfg.lake).read_at(spark, tables.SESSIONS, snapshot.version)
+    copied = copy_surviving_rows(sessions, snapshot, folder)
+    log.info("sessions version %s: %d file(s) hold deleted rows; their live rows were copied to %s",
+             snapshot.version, len(snapshot.partly_deleted), folder)
+    return copied
+
+
+def deletions_folder(cfg: Config, run_id: str) -> str:
+    """Where run `run_id` keeps the live rows of partly deleted `sessions` files (`apply_deletions`)."""
+    from nextplay.train.checkpoint import run_checkpoint_dir
+
+    return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "sessions")
 
 
 def validation_lines(spark, cfg: Config, pin: Pin | None = None) -> tuple[list[list[int]], list[int]]:
@@ -388,7 +403,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                         model_signature(cfg, n_items), pin.sessions_version, snapshot.storage)
     prefixes, labels = validation_lines(spark, cfg, pin)
     local_dir = tempfile.mkdtemp(prefix="nextplay-train-")
-    shared_dir = None
+    shared_dir = copies = None
     name = run_name or f"train-{cfg.model.cell}-{cfg.model.head}"
     try:
         with (mlflow.start_run(run_id=resumed.info.run_id) if resumed else mlflow.start_run(run_name=name)) as run:
@@ -402,7 +417,8 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                 tracking.log_params(cfg, extra=extra)
                 _log_run_inputs(cfg, pin)
             checkpoints = run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)
-            shared_dir = output_folder(cfg, run_id)
+            shared_dir, copies = output_folder(cfg, run_id), deletions_folder(cfg, run_id)
+            snapshot = apply_deletions(spark, cfg, snapshot, copies)
             spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run_id, prefixes, labels,
                              checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version)
             started = time.time()
@@ -424,8 +440,9 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                             len(history), int(result["world_size"]), history)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
-        if shared_dir is not None:  # the model now lives in MLflow; a failed run leaves nothing either
-            snapshot.storage.remove(shared_dir, recursive=True)
+        for folder in (shared_dir, copies):  # the model now lives in MLflow; a failed run leaves nothing either
+            if folder is not None:  # (a resumed run copies the live rows of its pinned version again)
+                snapshot.storage.remove(folder, recursive=True)
 
 
 def output_folder(cfg: Config, run_id: str) -> str:

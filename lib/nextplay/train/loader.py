@@ -14,25 +14,50 @@ collective operation.
 
 `train.batching=lanes` reads the same snapshot in time order instead, oldest sessions first, for
 session-parallel steps (`lane_batches`, train/lanes.py).
+
+Deleted rows. Reading a version's Parquet files is exact only while every row in them is live. A
+DELETE (or UPDATE, MERGE) on a table with `delta.enableDeletionVectors` (Databricks' default for new
+tables) leaves the file in the version and marks the deleted rows in a deletion vector beside it;
+read as plain Parquet, those rows would train again. So `plan_snapshot` counts, with one Spark
+aggregate at the pinned version (which applies deletion vectors), the live rows of every file, and
+compares them with the row count in the file's footer: a file with fewer live rows carries deletions.
+That needs no Delta-internal API (the JVM `DeltaLog`, the log's add actions), only what every Delta
+reader must honour, and the same aggregate gives the split's counts. Files without deletions are read
+as they are; `copy_surviving_rows` has Spark read the others at the pinned version (deletion vectors
+applied, `_metadata.file_path` selecting them) and write their live rows of the split to Parquet in
+the run's own folder on shared storage: one file per source file, sorted by start time and read in
+its source's place, so the time-ordered layout `lanes` relies on is kept. Copying only those files
+keeps the extra work in proportion to what was deleted; copying the whole split whenever one vector
+exists would copy the table on every run after any deletion. A DELETE that rewrites files instead
+(no deletion vectors) needs nothing: the version lists the new files only. The loader refuses a
+snapshot whose copies were not made, so deleted rows can never train silently.
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
+import posixpath
+import re
 import warnings
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Iterator
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from nextplay.storage import Storage, is_local, local_path
+from nextplay.storage import Storage, is_local, join, local_path
 from nextplay.train.lanes import LaneBatches
+
+if TYPE_CHECKING:  # pyspark is needed on the driver only, never in a training process
+    from pyspark.sql import DataFrame
 
 SPLIT_COLUMN = "split"
 TIME_COLUMN = "start_ts"
+SOURCE_COLUMN = "source_file"  # the folder of a copied file: the place in the snapshot of the file it copies
 
 # Petastorm 0.12 drives pyarrow 14 through its legacy dataset API, which warns on every call.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
@@ -49,6 +74,11 @@ class SessionSnapshot:
     n_events: int  # items in those sessions (for events/s)
     row_groups: int
     storage: Storage = Storage()  # how Python on any node opens `files` (hdfs:// goes over WebHDFS)
+    version: int | None = None  # the Delta version of `sessions` the files make up
+    # Places in `files` of the files whose rows are partly deleted (deletion vectors): no rank may read
+    # until `copy_surviving_rows` has replaced them by copies of their live rows.
+    partly_deleted: tuple[int, ...] = ()
+    spark_paths: tuple[str, ...] = ()  # while there are such files: each file as `_metadata.file_path` names it
 
     def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
         return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
@@ -85,6 +115,97 @@ def time_ordered(files: list[str], storage: Storage = Storage()) -> list[str]:
     return sorted(files, key=lambda f: (*earliest(f), f))
 
 
+def footer_rows(path: str, storage: Storage = Storage()) -> int:
+    """The rows a data file holds, deleted ones included (its Parquet footer)."""
+    return _footer(path, storage).num_rows
+
+
+def plan_snapshot(sessions: DataFrame, split: str, storage: Storage = Storage(),
+                  version: int | None = None) -> tuple[SessionSnapshot, dict[str, tuple[int, int]]]:
+    """The snapshot of `sessions` (one Delta version, read by Spark) for training on `split`, and the
+    (sessions, items) count of every split.
+
+    One aggregate per (file, split) gives both the counts and, compared with each file's footer, which
+    files lose rows to deletion vectors (module docstring): those are marked `partly_deleted` when any
+    of their live rows is of `split`, and left out when none is."""
+    from pyspark.sql import functions as F
+
+    files = sessions.inputFiles()
+    per_file = (sessions.groupBy(F.col("_metadata.file_path").alias("file"), F.col(SPLIT_COLUMN).alias("split"))
+                .agg(F.count("*").alias("n"), F.sum("length").alias("events")).toLocalIterator())
+    listed = set(files)
+    live: dict[str, int] = {}
+    spark_name: dict[str, str] = {}
+    counts: dict[str, tuple[int, int]] = {}
+    has_split: set[str] = set()
+    for row in per_file:  # streamed: a few rows per file, never the table
+        name = unquote(row["file"])  # `_metadata.file_path` is URI-encoded, inputFiles() is not
+        if name not in listed:
+            raise RuntimeError(f"Spark read rows from {row['file']}, which is not among the files of sessions "
+                               f"version {version}: cannot tell which rows are deleted")
+        spark_name[name] = row["file"]
+        live[name] = live.get(name, 0) + row["n"]
+        if row["split"] == split:
+            has_split.add(name)
+        n, events = counts.get(row["split"], (0, 0))
+        counts[row["split"]] = (n + row["n"], events + (row["events"] or 0))
+    deleted = {f for f in files if live.get(f, 0) < footer_rows(f, storage)}
+    read = time_ordered([f for f in files if f not in deleted or f in has_split], storage)
+    places = tuple(i for i, f in enumerate(read) if f in deleted)
+    n_split, n_events = counts.get(split, (0, 0))
+    snapshot = SessionSnapshot(tuple(read), split, int(n_split), int(n_events), count_row_groups(read, storage),
+                               storage, version, places, tuple(spark_name.get(f, "") for f in read) if places else ())
+    return snapshot, counts
+
+
+def copy_surviving_rows(sessions: DataFrame, snapshot: SessionSnapshot, folder: str) -> SessionSnapshot:
+    """`snapshot` with its partly deleted files replaced by copies of their live `split` rows, written by
+    Spark under `folder` (shared storage: the ranks read it from any node); `sessions` is the table at
+    `snapshot.version`, so Delta applies the deletion vectors of exactly that version.
+
+    Each source file becomes one file in the source's own columns, its rows sorted by start time, in
+    a folder named after the source's place in `snapshot.files`, and takes that place: the reading
+    order (`time_ordered`) stays the table's. One Petastorm reader reads one file system: when `folder`
+    is on another one than the table, every file of the split is copied, not only the partly deleted."""
+    from pyspark.sql import functions as F
+
+    if not snapshot.partly_deleted:
+        return snapshot
+    spark = sessions.sparkSession
+    places = sorted(snapshot.partly_deleted)
+    if _file_system(snapshot.files[0]) != _file_system(folder):
+        places = list(range(len(snapshot.files)))
+    sources = spark.createDataFrame([(snapshot.spark_paths[i], i) for i in places],
+                                    f"source_path string, {SOURCE_COLUMN} int")
+    columns = _footer(snapshot.files[places[0]], snapshot.storage).schema.to_arrow_schema().names
+    replaced = set(places)
+    (sessions.where(F.col(SPLIT_COLUMN) == snapshot.split)
+     .withColumn("source_path", F.col("_metadata.file_path"))
+     .join(F.broadcast(sources), "source_path")
+     .select(*columns, SOURCE_COLUMN)
+     .repartition(SOURCE_COLUMN).sortWithinPartitions(SOURCE_COLUMN, TIME_COLUMN)
+     .write.mode("overwrite").partitionBy(SOURCE_COLUMN).parquet(folder))
+    copies: dict[int, list[str]] = {}
+    for path in written_parquet(folder, snapshot.storage):
+        place = re.search(rf"/{SOURCE_COLUMN}=(\d+)/", path)
+        copies.setdefault(int(place.group(1)), []).append(path)
+    files = [c for i, f in enumerate(snapshot.files) for c in (copies.get(i, []) if i in replaced else [f])]
+    return replace(snapshot, files=tuple(files), row_groups=count_row_groups(files, snapshot.storage),
+                   partly_deleted=(), spark_paths=())
+
+
+def written_parquet(folder: str, storage: Storage = Storage()) -> list[str]:
+    """The Parquet files under `folder`, as URIs of its own scheme (absolute paths for a local one)."""
+    fs, root = storage.fs(folder)
+    base = os.path.abspath(local_path(folder)) if is_local(folder) else folder.rstrip("/")
+    return sorted(join(base, posixpath.relpath(p, root)) for p in fs.find(root) if p.endswith(".parquet"))
+
+
+def _file_system(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    return parsed.scheme if parsed.scheme not in ("", "file") else "file", parsed.netloc
+
+
 def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_order: bool):
     """Build the per-row-group transform: keep one split (and one hash shard), optionally sort the
     sessions by start time, pad `items`."""
@@ -114,6 +235,9 @@ def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, t
     from petastorm import make_batch_reader
     from petastorm.transform import TransformSpec
 
+    if snapshot.partly_deleted:
+        raise ValueError(f"{len(snapshot.partly_deleted)} file(s) of sessions version {snapshot.version} hold deleted "
+                         "rows: copy their live rows first (copy_surviving_rows), or deleted sessions would train")
     row_sharding = snapshot.row_groups < size
     spec = TransformSpec(
         _pad_transform(snapshot.split, rank, size, row_sharding, time_order),
