@@ -210,13 +210,15 @@ def test_checker_flags_a_backward_edge_even_inside_a_function(fake_root):
                   "from nextplay.config import Config\n"
                   "def f():\n    from nextplay.evaluate import report\n")
     found = imports_of(path)
-    assert [(i.target, i.in_function) for i in found] == [("nextplay.config", False), ("nextplay.evaluate.report", True)]
+    assert [(i.target, i.in_function) for i in found] == [("nextplay.config", False),
+                                                          ("nextplay.evaluate.report", True)]
     assert len(order_violations(found)) == 1 and "evaluate is not below train" in order_violations(found)[0]
     assert len(placement_violations(found)) == 1
 
 
 def test_checker_resolves_relative_and_package_imports(fake_root):
-    path = _write(fake_root, "tracking.py", "from . import data\nfrom .train import launch\nfrom nextplay import config\n")
+    path = _write(fake_root, "tracking.py",
+                  "from . import data\nfrom .train import launch\nfrom nextplay import config\n")
     assert [i.target for i in imports_of(path)] == ["nextplay.data", "nextplay.train.launch", "nextplay.config"]
     assert len(order_violations(imports_of(path))) == 2  # tracking sits below both stages
 

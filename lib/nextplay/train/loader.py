@@ -111,8 +111,8 @@ def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_or
 def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, time_order: bool = False):
     """Row groups in random order, or with `time_order` in the snapshot's file order (`time_ordered`)
     with each row group's sessions sorted by start time."""
-    from petastorm import make_batch_reader
-    from petastorm.transform import TransformSpec
+    from petastorm import make_batch_reader  # deferred: heavy, and only the ranks that read batches need it
+    from petastorm.transform import TransformSpec  # deferred: with make_batch_reader above
 
     row_sharding = snapshot.row_groups < size
     spec = TransformSpec(
