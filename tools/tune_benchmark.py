@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="skip training: load this state_dict (from --save, same data and --set) and evaluate it")
     args = ap.parse_args(argv)
 
-    # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
-    cfg: Config = load_config(os.devnull, ["train.progress=false", *args.set])
+    # An empty YAML file: the dataclass defaults plus --set, never conf/local.yml.
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as empty:
+        cfg: Config = load_config(empty.name, ["train.progress=false", *args.set])
     torch.set_num_threads(cfg.train.threads or 2)
     sessions = read_sessions(args.data / "train_sessions.txt")
     if args.test:
