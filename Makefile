@@ -1,11 +1,11 @@
-# nextplay: `make demo` runs the pipeline end to end, `make test` runs the tests.
+# nextplay: `make demo` runs the pipeline end to end, `make test` runs the tests, `make lint` checks the imports.
 # Everything is installed into .venv/ by `make venv` (idempotent; see scripts/bootstrap_venv.sh).
 PY := .venv/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv jars hdfs-jars demo test test-fast test-cluster test-all bench bench-quick clean wheel
+.PHONY: venv jars hdfs-jars demo lint test test-fast test-cluster test-all bench bench-quick clean wheel
 
 venv: .venv/.nextplay-stamp jars
 
@@ -35,6 +35,11 @@ demo: venv
 	@echo; echo '$$ .venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"'
 	@.venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"
 	@echo; echo "Open the MLflow UI on these runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db"
+
+# The package's import graph: stages import only earlier stages, and imports sit at the top of modules
+# unless deferred for a stated reason (tests/test_imports.py; also part of `make test`).
+lint: .venv/.nextplay-stamp
+	$(PY) -m pytest -q tests/test_imports.py
 
 # The full suite, slow and cluster tests included (what CI runs).
 test: venv hdfs-jars

@@ -35,7 +35,7 @@ def _ship(b: Bench, p: np.ndarray):
     by the same popularity (their count: the mode's `memory_sessions`)."""
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.score import pyfunc
+    from nextplay.model import pyfunc
     from nextplay.score.batch import ship_model
     from nextplay.tracking import ResolvedModel
 
@@ -67,7 +67,7 @@ def _histories(p: np.ndarray, users: int, max_len: int, seed: int) -> pd.DataFra
 
 
 def score_figures(b: Bench) -> dict[str, Any]:
-    from nextplay.score import pyfunc
+    from nextplay.model import pyfunc
     from nextplay.score.batch import SCORED_SCHEMA, make_scorer
 
     s = b.cfg.score

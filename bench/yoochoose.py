@@ -39,7 +39,7 @@ def skip_reason() -> str | None:
 
 def _sessions_parquet(path: Path, out: Path) -> tuple[int, int, np.ndarray]:
     """Item ids re-indexed 1..V by popularity; returns (sessions, V, item counts by index)."""
-    from nextplay.evaluate.lines import read_benchmark_sessions
+    from nextplay.data.lines import read_benchmark_sessions
 
     sessions = [s for s in read_benchmark_sessions(path) if len(s) >= 2]
     popularity = Counter(t for s in sessions for t in s)

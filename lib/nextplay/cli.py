@@ -11,8 +11,19 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from nextplay.benchmark import benchmark
 from nextplay.config import Config, ConfigError, load_config
+from nextplay.data.generate import generate
+from nextplay.data.ingest import ingest
+from nextplay.data.sessionize import sessionize
+from nextplay.evaluate.evaluate import evaluate
 from nextplay.logs import configure_logging
+from nextplay.maintain import maintain
+from nextplay.pipeline import run_pipeline, summary
+from nextplay.score.batch import score
+from nextplay.spark import get_spark
+from nextplay.sql import run_sql
+from nextplay.train.launch import train
 
 log = logging.getLogger("nextplay")
 
@@ -33,65 +44,42 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _stage_generate(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.generate import generate
-    from nextplay.spark import get_spark
-
     return generate(get_spark(cfg), cfg)
 
 
 def _stage_ingest(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.ingest import ingest
-    from nextplay.spark import get_spark
-
     return ingest(get_spark(cfg), cfg)
 
 
 def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.sessionize import sessionize
-    from nextplay.spark import get_spark
-
     return sessionize(get_spark(cfg), cfg)
 
 
 def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.train.launch import train
-
     return train(cfg)
 
 
 def _stage_evaluate(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.evaluate.evaluate import evaluate
-
     return evaluate(cfg, run_id=args.run_id)
 
 
 def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.score.batch import score
-
     return score(cfg)
 
 
 def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.pipeline import run_pipeline
-
     return run_pipeline(cfg)
 
 
 def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.evaluate.benchmark import benchmark
-
     return benchmark(cfg, train_path=args.train, test_path=args.test, out_path=args.out)
 
 
 def _stage_maintain(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.maintain import maintain
-
     return maintain(cfg)
 
 
 def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.sql import run_sql
-
     run_sql(cfg, args.query, fmt=args.format, limit=args.limit)
     return None
 
@@ -175,8 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nextplay {args.stage}: {e}", file=sys.stderr)
         return 1
     if args.stage == "pipeline":
-        from nextplay.pipeline import summary
-
         print(summary(result))
     elif result is not None:
         print(json.dumps(result, indent=2, default=str))

@@ -13,6 +13,13 @@ import time
 from typing import Any, Callable
 
 from nextplay.config import Config
+from nextplay.data.generate import generate
+from nextplay.data.ingest import ingest
+from nextplay.data.sessionize import sessionize
+from nextplay.evaluate.evaluate import evaluate
+from nextplay.score.batch import score
+from nextplay.spark import get_spark
+from nextplay.train.launch import train
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +34,6 @@ def _timed(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
 
 
 def run_pipeline(cfg: Config) -> dict[str, Any]:
-    from nextplay.data.generate import generate
-    from nextplay.data.ingest import ingest
-    from nextplay.data.sessionize import sessionize
-    from nextplay.evaluate.evaluate import evaluate
-    from nextplay.score.batch import score
-    from nextplay.spark import get_spark
-    from nextplay.train.launch import train
-
     spark = get_spark(cfg)
     timings: dict[str, float] = {}
     result: dict[str, Any] = {}

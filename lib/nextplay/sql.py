@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, TextIO
 
 from pyspark.errors import PySparkException
+from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -172,8 +173,6 @@ def check_analyzed(df: DataFrame, allowed: set[str]) -> None:
 @contextmanager
 def _quiet_query_errors() -> Iterator[None]:
     """PySpark logs every SQL error with its JVM stack trace to stderr; the refusal says it in one line."""
-    from pyspark.logger import PySparkLogger
-
     logger = PySparkLogger.getLogger("SQLQueryContextLogger")
     disabled, logger.disabled = logger.disabled, True
     try:

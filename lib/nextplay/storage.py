@@ -14,6 +14,7 @@ from __future__ import annotations
 import getpass
 import os
 import posixpath
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,9 @@ class Storage:
 
 
 def _legacy_base():
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from pyarrow.filesystem import DaskFileSystem
+        from pyarrow.filesystem import DaskFileSystem  # deferred: under catch_warnings, it warns when loaded
     return DaskFileSystem
 
 

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -339,8 +340,6 @@ class Lake:
     def exists(self, spark: SparkSession, table: str) -> bool:
         if self.is_catalog:
             return spark.catalog.tableExists(self.name(table).replace("`", ""))
-        from delta.tables import DeltaTable
-
         return DeltaTable.isDeltaTable(spark, self.path(table))
 
     def read(self, spark: SparkSession, table: str) -> DataFrame:
@@ -351,8 +350,6 @@ class Lake:
         return spark.read.format("delta").load(self.path(table))
 
     def delta_table(self, spark: SparkSession, table: str):
-        from delta.tables import DeltaTable
-
         if self.is_catalog:
             return DeltaTable.forName(spark, self.name(table))
         return DeltaTable.forPath(spark, self.path(table))
@@ -365,8 +362,6 @@ class Lake:
         A table created by a first `write` would take the DataFrame's nullability instead, and
         Delta would then no longer reject rows that break the contract.
         """
-        from delta.tables import DeltaTable
-
         if self.exists(spark, table):
             return self.upgrade(spark, table)
         builder = DeltaTable.createIfNotExists(spark).addColumns(described(table, schema))

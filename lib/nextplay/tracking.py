@@ -8,17 +8,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
 
 import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from nextplay.config import Config, TrackingConfig
-
-if TYPE_CHECKING:
-    import pandas as pd
-    from pyspark.sql import SparkSession
+from nextplay.tables import Pin
 
 # Stores on this machine's disk (sqlite, file:, a bare folder): the client picks their artifact root.
 _LOCAL_SCHEMES = {"", "file", "sqlite"}
@@ -94,8 +93,6 @@ def _is_missing(e: Exception) -> bool:
 def alias_version(name: str, alias: str) -> str | None:
     """The version behind `alias` of registered model `name`, or None when the alias (or the model)
     does not exist yet."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException as e:
@@ -121,10 +118,6 @@ def version_of_run(name: str, run_id: str) -> str | None:
 def trained_sessions_version(run_id: str) -> int | None:
     """The sessions version training run `run_id` pinned and trained on, from its run tags; None for a
     run logged before runs pinned their tables, or one this store cannot read."""
-    from mlflow.exceptions import MlflowException
-
-    from nextplay.tables import Pin
-
     if not run_id:
         return None
     try:
@@ -247,10 +240,10 @@ def log_params(cfg: Config, extra: Mapping[str, Any] | None = None) -> None:
 
 def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "loss_curve.png") -> None:
     """Plot the per-epoch training loss (and any valid_* metric on a second axis) as a run artifact."""
-    import matplotlib
+    import matplotlib  # deferred: plotting only; pyplot must be imported after matplotlib.use
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after matplotlib.use("Agg"), so no display is needed
 
     epochs = [h.get("epoch", i) for i, h in enumerate(history)]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -270,23 +263,6 @@ def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "l
     plt.close(fig)
 
 
-def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
-    """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
-    one the run trained with; default the newest); returns the registered version.
-
-    The model is registered under `tracking.model_name` unless `tracking.register` is false.
-    """
-    from nextplay.score.pyfunc import log_model
-    from nextplay.tables import ITEM_INDEX, Lake
-
-    lake = Lake(cfg.lake)
-    index = lake.read(spark, ITEM_INDEX) if item_index_version is None else lake.read_at(spark, ITEM_INDEX, item_index_version)
-    item_index = index.select("track_id", "item_idx", "play_count").toArrow().to_pandas()
-    info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
-                     top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
-    return None if info.registered_model_version is None else str(info.registered_model_version)
-
-
 # -- reading runs back (notebooks) ---------------------------------------------------------------
 
 _RUN_PARAMS = ("model.cell", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
@@ -296,8 +272,6 @@ def compare_runs(cfg: Config, k: int = 20) -> pd.DataFrame:
     """One row per evaluated run of the experiment, newest first: the model's recall/MRR at `k`,
     every baseline's beside it (`{baseline}_recall_at_{k}`, as the evaluator logs them), and the
     params that usually explain a difference."""
-    import pandas as pd
-
     configure(cfg.tracking)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], order_by=["attributes.start_time DESC"])
     if runs.empty or f"metrics.recall_at_{k}" not in runs:

@@ -48,7 +48,7 @@ def test_a_huge_catalog_scores_in_bounded_memory() -> None:
     8 GB, so evaluation shrinks the batch to a fixed memory budget instead (same metrics)."""
     import tracemalloc
 
-    from nextplay.evaluate.metrics import evaluate_model
+    from nextplay.metrics import evaluate_model
 
     n_items = 2_000_000
     scorer = MostPopular().fit([[1, 2, 2, 3]], n_items)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig
-from nextplay.evaluate.metrics import evaluate_model, metrics_from_ranks, ranks_from_scores
+from nextplay.metrics import evaluate_model, metrics_from_ranks, ranks_from_scores
 from nextplay.model.rnn import SessionRNN
 
 

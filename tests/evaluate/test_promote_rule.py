@@ -69,7 +69,7 @@ def _model(tmp: Path, tracks: list[str], collapse: bool):
     """A real logged-model folder's parts (weights, item index, config) loaded as evaluate loads them."""
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
-    from nextplay.score.pyfunc import CONF_COLLAPSE, CONF_TOP_K, NextTrackModel, write_item_index
+    from nextplay.model.pyfunc import CONF_COLLAPSE, CONF_TOP_K, NextTrackModel, write_item_index
 
     tmp.mkdir()
     save_model(SessionRNN(len(tracks), load_config(None, ["model.hidden_size=4"]).model), tmp / "rnn")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig
-from nextplay.evaluate.metrics import ranks_from_scores
+from nextplay.metrics import ranks_from_scores
 from nextplay.model.io import MODEL_FILE, load_model, save_model
 from nextplay.model.neighbors import SessionMemory, SessionNeighbors
 from nextplay.model.rnn import SessionRNN

@@ -84,7 +84,7 @@ def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40):
 
     from nextplay.config import TrainConfig
     from nextplay.model.rnn import SessionRNN
-    from nextplay.score.pyfunc import pad
+    from nextplay.model.pyfunc import pad
     from nextplay.train.loop import build_optimizer
 
     torch.manual_seed(3)
@@ -108,7 +108,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.score.pyfunc import log_model
+    from nextplay.model.pyfunc import log_model
     from nextplay.tables import Pin
 
     root = tmp_path_factory.mktemp("score")

@@ -172,7 +172,7 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
     from nextplay import tracking
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
-    from nextplay.score.pyfunc import log_model
+    from nextplay.model.pyfunc import log_model
 
     cfg = copy.deepcopy(tiny.cfg)
     cfg.tracking.uri = f"sqlite:///{tmp_path / 'other.db'}"
@@ -206,7 +206,7 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     from nextplay import tracking
     from nextplay.model.io import save_model
     from nextplay.model.rnn import SessionRNN
-    from nextplay.score.pyfunc import log_model
+    from nextplay.model.pyfunc import log_model
 
     day = "2024-04-02"
     batch.score(with_score(tiny, score_date=day))

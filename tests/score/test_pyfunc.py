@@ -17,7 +17,7 @@ import yaml
 
 from nextplay import tracking
 from nextplay.model.io import load_model
-from nextplay.score import pyfunc
+from nextplay.model import pyfunc
 
 from .conftest import TOP_K, TinyModel
 

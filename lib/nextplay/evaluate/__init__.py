@@ -1,1 +1,1 @@
-"""Offline next-item evaluation: rank metrics against all items, and the baselines they are read beside."""
+"""Offline next-item evaluation: the model beside the baselines on the test split, and the promotion gate."""

@@ -14,14 +14,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from nextplay import tracking
 from nextplay.config import Config
+from nextplay.data.lines import recent_sessions, session_lines
+from nextplay.evaluate.baselines import MostPopular, SessionKNN
+from nextplay.evaluate.promote import gate
+from nextplay.evaluate.report import evaluate_all, log_evaluation
+from nextplay.model.pyfunc import load_logged
+from nextplay.spark import get_spark
+from nextplay.tables import Lake, Pin
 
 log = logging.getLogger(__name__)
 
 
 def latest_training_run(cfg: Config) -> str:
-    import mlflow
-
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
                               filter_string="tags.`nextplay.stage` = 'train' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
@@ -31,44 +40,10 @@ def latest_training_run(cfg: Config) -> str:
     return runs[0].info.run_id
 
 
-def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
-    """Item lists of the `limit` most recent sessions of one split, oldest first, from the sessions
-    table as of `version` (default: the newest).
-
-    `orderBy(...).limit(n).collect()` would plan as a top-n in which every partition sends up to n
-    whole rows to the driver at once (beyond spark.driver.maxResultSize on a big lake). Instead the
-    executors find the start time of the n-th most recent session, and only the sessions from then
-    on are streamed to the driver a partition at a time, keeping the newest n (ties at the cut-off
-    broken by session id, so the choice is the same on every run).
-    """
-    import heapq
-
-    from pyspark.sql import functions as F
-
-    from nextplay import tables
-    from nextplay.tables import Lake
-
-    lake = Lake(cfg.lake)
-    sessions = lake.read(spark, tables.SESSIONS) if version is None else lake.read_at(spark, tables.SESSIONS, version)
-    sessions = sessions.where(F.col("split") == split)
-    cutoff = (sessions.select("start_ts").orderBy(F.col("start_ts").desc()).limit(limit)
-              .agg(F.min("start_ts").alias("cutoff")).first()["cutoff"])
-    if cutoff is None:
-        return []
-    recent = sessions.where(F.col("start_ts") >= F.lit(cutoff)).select("start_ts", "session_id", "items")
-    rows = heapq.nlargest(limit, ((r["start_ts"], r["session_id"], r["items"]) for r in recent.toLocalIterator()),
-                          key=lambda r: (r[0], r[1]))
-    return [list(items) for _, _, items in reversed(rows)]
-
-
 def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
     """The sessions version the training run pinned, so evaluating an old run reads what it was
     trained and validated on (time travel). A run logged before runs pinned their tables reads
     the newest generation."""
-    from mlflow.tracking import MlflowClient
-
-    from nextplay.tables import Lake, Pin
-
     pin = Pin.from_tags(MlflowClient().get_run(run_id).data.tags)
     if pin is None:
         pin = Lake(cfg.lake).pin_generation(spark)
@@ -80,14 +55,6 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Measure the run (default: the latest finished training run), log it, and pass its registered
     version through the promotion gate. Returns the model's metrics, the baselines' and the
     gate's decision (`promotion`)."""
-    from nextplay import tracking
-    from nextplay.evaluate.baselines import MostPopular, SessionKNN
-    from nextplay.evaluate.lines import session_lines
-    from nextplay.evaluate.promote import gate
-    from nextplay.evaluate.report import evaluate_all, log_evaluation
-    from nextplay.score.pyfunc import load_logged
-    from nextplay.spark import get_spark
-
     tracking.configure(cfg.tracking)
     run_id = run_id or latest_training_run(cfg)
     logged = load_logged(f"runs:/{run_id}/model")  # built from the installed package, no code from the artifact

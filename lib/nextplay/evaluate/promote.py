@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+import mlflow
 import numpy as np
 
+from nextplay import tracking
 from nextplay.config import Config, PromoteConfig
-
-if TYPE_CHECKING:
-    from nextplay.score.pyfunc import NextTrackModel
+from nextplay.metrics import evaluate_model
+from nextplay.model.pyfunc import NextTrackModel, collapse_repeats, load_logged
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ def lines_for(champion: NextTrackModel, challenger: NextTrackModel, prefixes: Se
     carry. Unknown prefix tracks are dropped (then repeats collapsed if the champion was trained so,
     as scoring does); an unknown label, or a prefix with no known track ([0], label 0), is a miss
     that still counts as a line."""
-    from nextplay.score.pyfunc import collapse_repeats
-
     remap = remap_to(champion, challenger)
     if remap is None:
         return [list(p) for p in prefixes], list(labels)
@@ -127,9 +126,6 @@ def measure_champion(cfg: Config, uri: str, challenger: NextTrackModel, prefixes
                      labels: Sequence[int]) -> dict[str, float]:
     """recall_at_K / mrr_at_K (evaluate.ks) of the model at `uri` on the challenger's lines, loaded
     with the trusted loader (no code from the registry runs here)."""
-    from nextplay.evaluate.metrics import evaluate_model
-    from nextplay.score.pyfunc import load_logged
-
     champion = load_logged(uri)
     mapped_prefixes, mapped_labels = lines_for(champion, challenger, prefixes, labels)
     measured = evaluate_model(champion.rnn, mapped_prefixes, mapped_labels, ks=cfg.evaluate.ks,
@@ -141,8 +137,6 @@ def gate(cfg: Config, run_id: str, challenger: NextTrackModel, prefixes: Sequenc
          labels: Sequence[int], model_metrics: Mapping[str, float],
          baselines: Mapping[str, Mapping[str, float]]) -> Decision:
     """Compare, decide, move the aliases, and log the decision to the run; see the module docstring."""
-    from nextplay import tracking
-
     tracking.configure(cfg.tracking)
     name, metric = cfg.tracking.model_name, cfg.promote.metric
     ours, knn = float(model_metrics[metric]), float(baselines["session_knn"][metric])
@@ -173,8 +167,6 @@ def gate(cfg: Config, run_id: str, challenger: NextTrackModel, prefixes: Sequenc
 
 def _log(run_id: str, decision: Decision) -> None:
     """The champion's figures as `champion_*` metrics beside the run's own, and the decision as tags."""
-    import mlflow
-
     with mlflow.start_run(run_id=run_id):
         if decision.champion_metrics:
             mlflow.log_metrics({f"{CHAMPION_PREFIX}{k}": v for k, v in decision.champion_metrics.items()})

@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import mlflow
+
+from nextplay import tracking
 from nextplay.config import Config
+from nextplay.metrics import evaluate_model
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,6 @@ class EvaluationReport:
 def evaluate_all(model: Any, baselines: Mapping[str, Any], prefixes: Sequence[Sequence[int]],
                  labels: Sequence[int], cfg: Config) -> EvaluationReport:
     """Rank every line's label against all items for the model and every baseline."""
-    from nextplay.evaluate.metrics import evaluate_model
-
     ks = sorted(set(cfg.evaluate.ks) | set(CURVE_KS))
 
     def measure(scorer: Any) -> tuple[dict[str, float], list[float]]:
@@ -58,10 +60,6 @@ def summary_line(report: EvaluationReport, k: int = 20) -> str:
 
 def log_evaluation(cfg: Config, run_id: str, report: EvaluationReport) -> None:
     """Metrics, the Recall@K plot and the report as JSON, into an existing run."""
-    import mlflow
-
-    from nextplay import tracking
-
     tracking.configure(cfg.tracking)
     metrics = {k: v for k, v in report.model.items() if k != "lines"}
     metrics["test_lines"] = report.model.get("lines", 0)
@@ -79,10 +77,10 @@ def log_evaluation(cfg: Config, run_id: str, report: EvaluationReport) -> None:
 
 
 def _plot_curves(curves: Mapping[str, Sequence[float]], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # deferred: plotting only; pyplot must be imported after matplotlib.use
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after matplotlib.use("Agg"), so no display is needed
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():

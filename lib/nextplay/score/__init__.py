@@ -1,1 +1,1 @@
-"""Scoring: the logged pyfunc model (`pyfunc`) and the Spark batch job writing `predictions` (`batch`)."""
+"""Scoring: the Spark batch job writing `predictions` (`batch`) with the logged model (`nextplay.model.pyfunc`)."""

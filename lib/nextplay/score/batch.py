@@ -30,11 +30,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nextplay.config import Config, ConfigError
-from nextplay.score import history, pyfunc
+from nextplay.model import pyfunc
+from nextplay.score import history
 from nextplay.spark import get_spark
 from nextplay.tables import PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake
 from nextplay.tracking import ResolvedModel, configure, resolve_model
@@ -57,8 +59,6 @@ def load_cached(shipped_name: str) -> pyfunc.NextTrackModel:
     """
     model = _LOADED.get(shipped_name)
     if model is None:
-        from pyspark import SparkFiles
-
         _LOADED.clear()
         model = pyfunc.load_trusted(SparkFiles.get(shipped_name))  # never runs code shipped in the model
         _LOADED[shipped_name] = model
@@ -168,7 +168,7 @@ def score(cfg: Config) -> dict:
     shipped, local = ship_model(spark, model)
     config = pyfunc.model_config(local)
     if pyfunc.CONF_COLLAPSE not in config:
-        raise ValueError(f"{model.uri} was not logged by nextplay.score.pyfunc.log_model (no '{pyfunc.CONF_COLLAPSE}' "
+        raise ValueError(f"{model.uri} was not logged by nextplay.model.pyfunc.log_model (no '{pyfunc.CONF_COLLAPSE}' "
                          "in its model config): score a model that the train stage logged")
     collapse = bool(config[pyfunc.CONF_COLLAPSE])
     index = item_index_frame(spark, local)

@@ -10,6 +10,7 @@ import os
 from typing import Iterable, Protocol
 
 import torch
+import torch.distributed as dist
 
 
 class Collective(Protocol):
@@ -31,7 +32,7 @@ class HorovodCollective:
     """Horovod: gradients averaged by `hvd.DistributedOptimizer` (sparse ones as allgather)."""
 
     def __init__(self) -> None:
-        import horovod.torch as hvd
+        import horovod.torch as hvd  # deferred: an optional extra, needed by the horovod launchers only
 
         hvd.init()
         self._hvd = hvd
@@ -75,8 +76,6 @@ class _AllreduceGradients(torch.optim.Optimizer):
         self.state = inner.state
 
     def step(self, closure=None):
-        import torch.distributed as dist
-
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -93,8 +92,6 @@ class _AllreduceGradients(torch.optim.Optimizer):
     def _sparse_mean(self, grad: torch.Tensor) -> torch.Tensor:
         """The mean of every rank's sparse `grad`, by all-gathering indices and values (padded to
         the largest count, since Gloo and NCCL gather equal shapes)."""
-        import torch.distributed as dist
-
         grad = grad.coalesce()
         indices, values = grad.indices(), grad.values()
         count = torch.tensor([indices.shape[1]], dtype=torch.int64, device=self._device)
@@ -128,8 +125,6 @@ class TorchCollective:
     """torch.distributed, as set up by Spark's TorchDistributor (env:// rendezvous)."""
 
     def __init__(self) -> None:
-        import torch.distributed as dist
-
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if torch.cuda.is_available():
             # Each rank on a machine takes its own GPU before NCCL starts: the current device is

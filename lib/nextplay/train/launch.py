@@ -24,16 +24,34 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
 import numpy as np
+import torch
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+from nextplay import tables, tracking
 from nextplay.config import Config, ConfigError
+from nextplay.data.lines import recent_sessions, session_lines
+from nextplay.logs import configure_logging
+from nextplay.metrics import evaluate_model
+from nextplay.model.io import load_model, save_model
+from nextplay.model.pyfunc import log_model
+from nextplay.model.rnn import SessionRNN
+from nextplay.spark import get_spark
 from nextplay.storage import Storage, join
-from nextplay.train.loader import SessionSnapshot, copy_surviving_rows, plan_snapshot
-
-if TYPE_CHECKING:  # the tables module imports pyspark, which training processes do not need
-    from nextplay.tables import Pin
+from nextplay.tables import ITEM_INDEX, Lake, Pin
+from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
+                                       remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
+from nextplay.train.distributed import HorovodCollective, TorchCollective
+from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate_batches, lane_batches,
+                                   plan_snapshot)
+from nextplay.train.loop import build_optimizer, fit
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +76,13 @@ class TrainSpec:
 
 def _collective(launcher: str):
     if launcher in ("horovod", "spark"):
-        from nextplay.train.distributed import HorovodCollective
-
         return HorovodCollective()
     if launcher == "torch_distributor":
-        from nextplay.train.distributed import TorchCollective
-
         return TorchCollective()
     return None
 
 
 def _device(cfg: Config, local_rank: int):
-    import torch
-
     if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -96,22 +108,11 @@ def _log_from_worker(rank: int) -> None:
     launchers forward each rank's stderr to the driver's. In-process ranks keep the CLI's setup.
     """
     if not logging.getLogger().handlers:
-        from nextplay.logs import configure_logging
-
         configure_logging(logging.INFO, rank)
 
 
 def train_worker(spec: TrainSpec) -> None:
     """The training function every rank runs (a module-level function, so launchers can pickle it)."""
-    import torch
-
-    from nextplay.evaluate.metrics import evaluate_model
-    from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
-    from nextplay.train.checkpoint import load_latest_checkpoint, model_signature, save_checkpoint
-    from nextplay.train.loader import iterate_batches, lane_batches
-    from nextplay.train.loop import build_optimizer, fit
-
     cfg = spec.cfg
     comm = _collective(cfg.train.launcher)
     rank, size = (comm.rank, comm.size) if comm else (0, 1)
@@ -186,8 +187,6 @@ def train_worker(spec: TrainSpec) -> None:
 def write_output(spec: TrainSpec, model: Any, result: dict[str, Any]) -> None:
     """Rank 0's model and result, in `spec.output_dir` on shared storage; the result goes last, so
     its presence means the model is complete."""
-    from nextplay.model.io import save_model
-
     storage = spec.snapshot.storage
     with tempfile.TemporaryDirectory(prefix="nextplay-rank0-") as tmp:
         save_model(model, tmp)
@@ -201,20 +200,18 @@ def launch(spec: TrainSpec) -> dict[str, Any]:
     if launcher == "local":
         train_worker(spec)
     elif launcher == "horovod":
-        import horovod
+        import horovod  # deferred: an optional extra, needed by the horovod launchers only
 
         horovod.run(train_worker, args=(spec,), np=n, hosts=spec.cfg.train.hosts or f"localhost:{n}", use_gloo=True,
                     network_interface="lo" if _is_local(spec.cfg) else None,
                     start_timeout=120, verbose=0)
     elif launcher == "spark":
-        import horovod.spark
+        import horovod.spark  # deferred: an optional extra, needed by the horovod launchers only
 
         horovod.spark.run(train_worker, args=(spec,), num_proc=n, start_timeout=300,
                           nics={"lo"} if _is_local(spec.cfg) else None, verbose=1)
     elif launcher == "torch_distributor":
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        import torch
+        from pyspark.ml.torch.distributor import TorchDistributor  # deferred: only this launcher loads pyspark.ml
 
         TorchDistributor(num_processes=n, local_mode=_is_local(spec.cfg),
                          use_gpu=torch.cuda.is_available() and spec.cfg.train.device != "cpu").run(train_worker, spec)
@@ -233,11 +230,6 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
     """Gather what the workers need from one pinned generation of `sessions` and `item_index`
     (default: the newest, `Lake.pin_generation`). Files that lost rows to deletion vectors are left
     for `apply_deletions`, which needs the run's folder (loader.py)."""
-    from pyspark.sql import functions as F
-
-    from nextplay import tables
-    from nextplay.tables import Lake
-
     lake = Lake(cfg.lake)
     pin = pin or lake.pin_generation(spark)
     sessions = lake.read_at(spark, tables.SESSIONS, pin.sessions_version)
@@ -257,9 +249,6 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
 def apply_deletions(spark, cfg: Config, snapshot: SessionSnapshot, folder: str) -> SessionSnapshot:
     """`snapshot` with the live rows of its partly deleted files copied to `folder` (under the run's
     checkpoint folder: shared storage every rank reaches), read at the snapshot's own version."""
-    from nextplay import tables
-    from nextplay.tables import Lake
-
     if not snapshot.partly_deleted:
         return snapshot
     sessions = Lake(cfg.lake).read_at(spark, tables.SESSIONS, snapshot.version)
@@ -271,17 +260,12 @@ def apply_deletions(spark, cfg: Config, snapshot: SessionSnapshot, folder: str) 
 
 def deletions_folder(cfg: Config, run_id: str) -> str:
     """Where run `run_id` keeps the live rows of partly deleted `sessions` files (`apply_deletions`)."""
-    from nextplay.train.checkpoint import run_checkpoint_dir
-
     return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "sessions")
 
 
 def validation_lines(spark, cfg: Config, pin: Pin | None = None) -> tuple[list[list[int]], list[int]]:
     """Every next-item step of the most recent valid-split sessions (of the pinned sessions version),
     as prefix/label pairs."""
-    from nextplay.evaluate.evaluate import recent_sessions
-    from nextplay.evaluate.lines import session_lines
-
     version = None if pin is None else pin.sessions_version
     return session_lines(recent_sessions(spark, cfg, "valid", cfg.evaluate.max_valid_sessions, version=version))
 
@@ -294,12 +278,6 @@ def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes:
     run trained on, not something a rank learns. The per-epoch `valid_*` metrics measured the RNN
     alone; `hybrid_valid_*` is the model as it will score.
     """
-    import mlflow
-
-    from nextplay.evaluate.evaluate import recent_sessions
-    from nextplay.evaluate.metrics import evaluate_model
-    from nextplay.model.io import save_model
-
     version = None if pin is None else pin.sessions_version
     model.memory.remember(recent_sessions(spark, cfg, "train", cfg.model.knn_sessions, version=version))
     save_model(model, output_dir)
@@ -314,10 +292,6 @@ def resumable_run(cfg: Config):
 
     Only runs that are not FINISHED qualify: a finished run logged its model and removed its
     checkpoints, so an older run's files can never be mistaken for an interrupted one's."""
-    from mlflow.tracking import MlflowClient
-
-    from nextplay.train.checkpoint import has_checkpoint, run_checkpoint_dir
-
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
@@ -330,8 +304,6 @@ def resumable_run(cfg: Config):
 
 
 def _pin_of(run) -> Pin:
-    from nextplay.tables import Pin
-
     pin = Pin.from_tags(run.data.tags)
     if pin is None:
         raise ConfigError(f"train.resume: run {run.info.run_id} has checkpoints but no pinned table versions; "
@@ -341,13 +313,6 @@ def _pin_of(run) -> Pin:
 
 def _log_run_inputs(cfg: Config, pin: Pin) -> None:
     """Record the pinned Delta versions as the run's dataset inputs (MLflow's lineage view)."""
-    import mlflow
-    from mlflow.data.delta_dataset_source import DeltaDatasetSource
-    from mlflow.data.meta_dataset import MetaDataset
-
-    from nextplay import tables
-    from nextplay.tables import Lake
-
     lake = Lake(cfg.lake)
     for table, version in ((tables.SESSIONS, pin.sessions_version), (tables.ITEM_INDEX, pin.item_index_version)):
         where = {"delta_table_name": lake.name(table)} if lake.is_catalog else {"path": lake.path(table)}
@@ -358,13 +323,25 @@ def _log_run_inputs(cfg: Config, pin: Pin) -> None:
 def _log_resumed_params(params: dict[str, Any], logged: dict[str, str]) -> None:
     """A resumed run keeps the params it started with (MLflow never changes a param): settings the
     resume changed, such as train.epochs, are recorded as `nextplay.resumed.<key>` tags."""
-    import mlflow
-
     values = {k: str(v) for k, v in params.items()}
     new = sorted((k, v) for k, v in values.items() if k not in logged)
     for lo in range(0, len(new), 100):
         mlflow.log_params(dict(new[lo:lo + 100]))
     mlflow.set_tags({f"nextplay.resumed.{k}": v for k, v in values.items() if k in logged and logged[k] != v})
+
+
+def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
+    """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
+    one the run trained with; default the newest); returns the registered version.
+
+    The model is registered under `tracking.model_name` unless `tracking.register` is false.
+    """
+    lake = Lake(cfg.lake)
+    index = lake.read(spark, ITEM_INDEX) if item_index_version is None else lake.read_at(spark, ITEM_INDEX, item_index_version)
+    item_index = index.select("track_id", "item_idx", "play_count").toArrow().to_pandas()
+    info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
+                     top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
+    return None if info.registered_model_version is None else str(info.registered_model_version)
 
 
 @dataclass
@@ -384,13 +361,6 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
 
     With `train.resume` the newest interrupted run continues: same MLflow run, same checkpoint
     folder, same pinned table versions. Without it, or when there is none, a new run starts."""
-    import mlflow
-
-    from nextplay import tracking
-    from nextplay.model.io import load_model
-    from nextplay.tables import Lake
-    from nextplay.train.checkpoint import check_resumable, model_signature, remove_run_checkpoints, run_checkpoint_dir
-
     tracking.configure(cfg.tracking)
     resumed = resumable_run(cfg) if cfg.train.resume else None
     if cfg.train.resume and resumed is None:
@@ -434,7 +404,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             model = load_model(local_dir)
             if model.memory is not None:
                 remember_sessions(spark, cfg, model, local_dir, prefixes, labels, pin)
-            version = tracking.log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version)
+            version = log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version)
             remove_run_checkpoints(checkpoints, snapshot.storage)  # the model is logged: nothing is left to resume
         return TrainedModel(run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
@@ -448,16 +418,12 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
 def output_folder(cfg: Config, run_id: str) -> str:
     """Where rank 0 leaves the model and result of run `run_id`: in the run's checkpoint folder, which
     every rank and the driver reach (on a cluster it must be shared storage, like the checkpoints)."""
-    from nextplay.train.checkpoint import run_checkpoint_dir
-
     return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "output")
 
 
 def log_history(history: list[dict[str, Any]]) -> None:
     """The per-epoch metrics, logged by the driver after training with each epoch as the step: ranks
     never talk to MLflow (on a cluster they have neither its address nor its credentials)."""
-    import mlflow
-
     for stats in history:
         metrics = {k: float(v) for k, v in stats.items()
                    if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -467,8 +433,6 @@ def log_history(history: list[dict[str, Any]]) -> None:
 
 def train(cfg: Config) -> dict[str, Any]:
     """The `train` stage."""
-    from nextplay.spark import get_spark
-
     trained = train_and_log(get_spark(cfg), cfg)
     return {"run_id": trained.run_id, "model_version": trained.model_version, "world_size": trained.world_size,
             "epochs": trained.epochs, "train_seconds": round(trained.seconds, 1),

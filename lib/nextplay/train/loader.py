@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from pyspark.sql import functions as F
 
 from nextplay.storage import Storage, is_local, join, local_path
 from nextplay.train.lanes import LaneBatches
@@ -128,8 +129,6 @@ def plan_snapshot(sessions: DataFrame, split: str, storage: Storage = Storage(),
     One aggregate per (file, split) gives both the counts and, compared with each file's footer, which
     files lose rows to deletion vectors (module docstring): those are marked `partly_deleted` when any
     of their live rows is of `split`, and left out when none is."""
-    from pyspark.sql import functions as F
-
     files = sessions.inputFiles()
     per_file = (sessions.groupBy(F.col("_metadata.file_path").alias("file"), F.col(SPLIT_COLUMN).alias("split"))
                 .agg(F.count("*").alias("n"), F.sum("length").alias("events")).toLocalIterator())
@@ -167,8 +166,6 @@ def copy_surviving_rows(sessions: DataFrame, snapshot: SessionSnapshot, folder: 
     a folder named after the source's place in `snapshot.files`, and takes that place: the reading
     order (`time_ordered`) stays the table's. One Petastorm reader reads one file system: when `folder`
     is on another one than the table, every file of the split is copied, not only the partly deleted."""
-    from pyspark.sql import functions as F
-
     if not snapshot.partly_deleted:
         return snapshot
     spark = sessions.sparkSession
@@ -232,8 +229,8 @@ def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_or
 def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, time_order: bool = False):
     """Row groups in random order, or with `time_order` in the snapshot's file order (`time_ordered`)
     with each row group's sessions sorted by start time."""
-    from petastorm import make_batch_reader
-    from petastorm.transform import TransformSpec
+    from petastorm import make_batch_reader  # deferred: heavy, and only the ranks that read batches need it
+    from petastorm.transform import TransformSpec  # deferred: with make_batch_reader above
 
     if snapshot.partly_deleted:
         raise ValueError(f"{len(snapshot.partly_deleted)} file(s) of sessions version {snapshot.version} hold deleted "

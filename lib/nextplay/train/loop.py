@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from nextplay.config import TrainConfig
 
@@ -250,8 +251,6 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
     Pass `optimizer` (from `build_optimizer`) to resume its state from a checkpoint; otherwise a fresh
     one is built. `events` counts trained next-item targets.
     """
-    from tqdm.auto import tqdm
-
     dev = _resolve_device(device, cfg)
     model.to(dev)
     rank = distributed.rank if distributed is not None else 0

@@ -1,17 +1,17 @@
-"""Tune and measure the session RNN on the session-benchmark text files (docs/benchmarks.md, "The data").
-
-How the figures in the report are reproduced:
+"""Tune and measure the session RNN in memory on session-benchmark text files (a folder holding
+`train_sessions.txt` and `test_prefix_label.tsv`), without Spark: the quick loop for trying a setting
+before `nextplay benchmark` measures it through the production path.
 
     # validation (the last 10% of train_sessions.txt, every prefix -> next item), default config
-    .venv/bin/python experiments/tune_benchmark.py --data $DATA/yoochoose1_64
+    .venv/bin/python tools/tune_benchmark.py --data <folder>
     # one change against the defaults
-    .venv/bin/python experiments/tune_benchmark.py --data $DATA/diginetica --set model.hidden_size=200
+    .venv/bin/python tools/tune_benchmark.py --data <folder> --set model.hidden_size=200
     # the test figures of a chosen config: trains on all of train_sessions.txt, scores test_prefix_label.tsv
-    .venv/bin/python experiments/tune_benchmark.py --data $DATA/yoochoose1_64 --test --baselines
+    .venv/bin/python tools/tune_benchmark.py --data <folder> --test --baselines
 
 On a CPU shared with other work, one intra-op thread with passive OpenMP waiting was 3-4x faster
-than two spinning threads (`OMP_WAIT_POLICY=PASSIVE ... --set train.threads=1`); the figures in the
-report were taken that way, `--set train.progress=true` shows the per-step bar.
+than two spinning threads (`OMP_WAIT_POLICY=PASSIVE ... --set train.threads=1`); the validation
+figures in docs/benchmarks.md were taken that way, `--set train.progress=true` shows the per-step bar.
 
 Only the config (dataclass defaults + `--set` overrides; conf/local.yml is NOT read) changes what is
 trained. Item ids are re-indexed 1..V over the items seen in training; prefix items the model never
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +32,7 @@ import torch
 
 from nextplay.config import Config, load_config
 from nextplay.evaluate.baselines import MarkovChain, MostPopular, SessionKNN
-from nextplay.evaluate.metrics import evaluate_model
-from nextplay.model.neighbors import SessionMemory
+from nextplay.metrics import evaluate_model
 from nextplay.model.rnn import SessionRNN
 from nextplay.train.lanes import LaneBatches
 from nextplay.train.loader import cut_points
@@ -132,18 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (the last always)")
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--tag", default="")
-    ap.add_argument("--blend", default="", metavar="W[/V],...",
-                    help="after training, also score the hybrid at each model.knn_weight W "
-                         "(and model.knn_explore_weight V, else the configured one)")
     ap.add_argument("--random-batches", action="store_true",
                     help="batches of random sessions instead of sessions of similar length")
     ap.add_argument("--save", type=Path, default=None, help="write the trained RNN's state_dict here")
     ap.add_argument("--load", type=Path, default=None,
-                    help="skip training: load this state_dict (from --save, same data and --set) and go to --blend")
+                    help="skip training: load this state_dict (from --save, same data and --set) and evaluate it")
     args = ap.parse_args(argv)
 
-    # An empty YAML: the dataclass defaults plus --set, never conf/local.yml.
-    cfg: Config = load_config(os.devnull, ["train.progress=false", *args.set])
+    # An empty YAML file: the dataclass defaults plus --set, never conf/local.yml.
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as empty:
+        cfg: Config = load_config(empty.name, ["train.progress=false", *args.set])
     torch.set_num_threads(cfg.train.threads or 2)
     sessions = read_sessions(args.data / "train_sessions.txt")
     if args.test:
@@ -194,19 +191,6 @@ def main(argv: list[str] | None = None) -> None:
         fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
     if args.save is not None:
         torch.save(model.state_dict(), args.save)
-    if args.blend:
-        # The model's own hybrid, filled with the training sessions and scored at each weight.
-        m = cfg.model
-        model.memory = SessionMemory(index.n_items, k=m.knn_neighbors, sample=m.knn_sample, position_decay=m.knn_position_decay)
-        model.memory.remember(train_ids)
-        configured_v = m.knn_explore_weight  # model.cfg is cfg.model: read it before the loop changes it
-        for pair in args.blend.split(","):
-            w, _, v = pair.partition("/")
-            model.cfg.knn_weight = float(w)
-            model.cfg.knn_explore_weight = float(v) if v else configured_v
-            res = evaluate_model(model, eval_prefixes, eval_labels, ks=ks, batch_size=512)
-            emit({**base, "model": f"hybrid:{cfg.model.cell}/{cfg.model.head}", "knn_weight": model.cfg.knn_weight,
-                  "knn_explore_weight": model.cfg.knn_explore_weight, **res}, args.log)
 
 
 if __name__ == "__main__":

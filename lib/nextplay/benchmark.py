@@ -16,7 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
+from nextplay import tables
 from nextplay.config import Config
+from nextplay.data.lines import encode_lines, read_benchmark_lines, read_benchmark_sessions
+from nextplay.evaluate.baselines import MostPopular, SessionKNN
+from nextplay.evaluate.report import evaluate_all, log_evaluation
+from nextplay.spark import get_spark
+from nextplay.tables import Lake
+from nextplay.train.launch import train_and_log
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +35,6 @@ BASE_TS = 1_600_000_000  # sessions get synthetic, increasing start times one se
 
 def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
     """Turn `train_sessions.txt` into `item_index` and `sessions` tables with Spark."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    from nextplay import tables
-    from nextplay.tables import Lake
-
     if not Path(train_path).exists():
         raise FileNotFoundError(f"--train {train_path}: file not found")
     lake = Lake(cfg.lake)
@@ -75,14 +79,6 @@ def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
 
 
 def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) -> dict[str, Any]:
-    from nextplay import tables
-    from nextplay.evaluate.baselines import MostPopular, SessionKNN
-    from nextplay.evaluate.lines import encode_lines, read_benchmark_lines, read_benchmark_sessions
-    from nextplay.evaluate.report import evaluate_all, log_evaluation
-    from nextplay.spark import get_spark
-    from nextplay.tables import Lake
-    from nextplay.train.launch import train_and_log
-
     if not Path(test_path).exists():
         raise FileNotFoundError(f"--test {test_path}: file not found")
     cfg = copy.deepcopy(cfg)

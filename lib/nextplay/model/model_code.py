@@ -3,10 +3,10 @@
 Logging a file instead of a pickled object means nothing is unpickled when MLflow loads the model
 (a notebook, `mlflow models predict`, a serving endpoint), and this file only imports the installed
 nextplay package. nextplay's own loading does not run even this file: see
-`nextplay.score.pyfunc.load_trusted`.
+`nextplay.model.pyfunc.load_trusted`.
 """
 from mlflow.models import set_model
 
-from nextplay.score.pyfunc import NextTrackModel
+from nextplay.model.pyfunc import NextTrackModel
 
 set_model(NextTrackModel())

@@ -1,8 +1,16 @@
-"""Test lines: a session's prefixes and the item that followed each, the unit every metric counts."""
+"""Test lines: a session's prefixes and the item that followed each, the unit every metric counts, and
+the recent sessions of the lake they are cut from (training validates on them, evaluate tests on them)."""
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from pyspark.sql import functions as F
+
+from nextplay import tables
+from nextplay.config import Config
+from nextplay.tables import Lake
 
 
 def session_lines(sessions: Iterable[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -14,6 +22,29 @@ def session_lines(sessions: Iterable[list[int]]) -> tuple[list[list[int]], list[
             prefixes.append(items[:i])
             labels.append(items[i])
     return prefixes, labels
+
+
+def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
+    """Item lists of the `limit` most recent sessions of one split, oldest first, from the sessions
+    table as of `version` (default: the newest).
+
+    `orderBy(...).limit(n).collect()` would plan as a top-n in which every partition sends up to n
+    whole rows to the driver at once (beyond spark.driver.maxResultSize on a big lake). Instead the
+    executors find the start time of the n-th most recent session, and only the sessions from then
+    on are streamed to the driver a partition at a time, keeping the newest n (ties at the cut-off
+    broken by session id, so the choice is the same on every run).
+    """
+    lake = Lake(cfg.lake)
+    sessions = lake.read(spark, tables.SESSIONS) if version is None else lake.read_at(spark, tables.SESSIONS, version)
+    sessions = sessions.where(F.col("split") == split)
+    cutoff = (sessions.select("start_ts").orderBy(F.col("start_ts").desc()).limit(limit)
+              .agg(F.min("start_ts").alias("cutoff")).first()["cutoff"])
+    if cutoff is None:
+        return []
+    recent = sessions.where(F.col("start_ts") >= F.lit(cutoff)).select("start_ts", "session_id", "items")
+    rows = heapq.nlargest(limit, ((r["start_ts"], r["session_id"], r["items"]) for r in recent.toLocalIterator()),
+                          key=lambda r: (r[0], r[1]))
+    return [list(items) for _, _, items in reversed(rows)]
 
 
 def read_benchmark_sessions(path: str | Path) -> list[list[str]]:

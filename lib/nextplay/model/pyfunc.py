@@ -22,12 +22,14 @@ from typing import Any, Sequence
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import ModelSignature
+import torch
+from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from nextplay.config import ScoreConfig
+from nextplay.model.io import load_model
 
 ARTIFACT_RNN = "rnn"
 ARTIFACT_INDEX = "item_index"
@@ -79,8 +81,6 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
 
     def load_files(self, rnn_dir: str | Path, index_path: str | Path, config: dict[str, Any]) -> None:
         """Load the weights and the scoring settings; the item index is read on first use."""
-        from nextplay.model.io import load_model
-
         self.rnn = load_model(rnn_dir, map_location="cpu")
         self.top_k = int(config[CONF_TOP_K])
         self.collapse = bool(config[CONF_COLLAPSE])
@@ -104,8 +104,6 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         `batch_size` histories and the model streams the catalog in `chunk_size` slices, which is
         what bounds memory (docs/scoring.md).
         """
-        import torch
-
         k = min(k, self.rnn.n_items)
         scores = np.empty((len(histories), k), dtype=np.float32)
         items = np.empty((len(histories), k), dtype=np.int64)
@@ -146,8 +144,6 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
 
 
 def _flavor(model_dir: Path) -> dict[str, Any]:
-    from mlflow.models import Model
-
     return Model.load(str(model_dir)).flavors["python_function"]
 
 
@@ -161,7 +157,7 @@ def _artifact(model_dir: Path, name: str) -> Path:
     try:
         relative = _flavor(model_dir)["artifacts"][name]["path"]
     except (KeyError, TypeError):
-        raise ValueError(f"{model_dir}: no '{name}' artifact: load a model logged by nextplay.score.pyfunc.log_model") from None
+        raise ValueError(f"{model_dir}: no '{name}' artifact: load a model logged by nextplay.model.pyfunc.log_model") from None
     path = (model_dir / relative).resolve()
     if not path.is_relative_to(model_dir.resolve()):
         raise ValueError(f"{model_dir}: artifact '{name}' points outside the model folder ({relative})")
@@ -186,7 +182,7 @@ def load_trusted(model_dir: str | Path) -> NextTrackModel:
     missing = [k for k in (CONF_TOP_K, CONF_COLLAPSE) if k not in config]
     if missing:
         raise ValueError(f"{model_dir}: no {', '.join(missing)} in its model config: load a model logged by "
-                         "nextplay.score.pyfunc.log_model")
+                         "nextplay.model.pyfunc.log_model")
     model = NextTrackModel()
     model.load_files(_artifact(model_dir, ARTIFACT_RNN), index_file(model_dir), config)
     return model
