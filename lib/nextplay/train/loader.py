@@ -41,20 +41,18 @@ import posixpath
 import re
 import warnings
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from nextplay.storage import Storage, is_local, join, local_path
 from nextplay.train.lanes import LaneBatches
-
-if TYPE_CHECKING:  # pyspark is needed on the driver only, never in a training process
-    from pyspark.sql import DataFrame
 
 SPLIT_COLUMN = "split"
 TIME_COLUMN = "start_ts"
