@@ -50,7 +50,7 @@ def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
     from nextplay.data.sessionize import sessionize
     from nextplay.spark import get_spark
 
-    return sessionize(get_spark(cfg), cfg)
+    return sessionize(get_spark(cfg), cfg, full=args.full)
 
 
 def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
@@ -99,7 +99,7 @@ def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
 STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = {
     "generate": ("write synthetic play events (Spark) to generate.output", _stage_generate),
     "ingest": ("parse raw plays into plays_bronze / plays_silver / plays_quarantine", _stage_ingest),
-    "sessionize": ("build item_index and sessions from plays_silver", _stage_sessionize),
+    "sessionize": ("update item_index and the sessions of the days new plays touched", _stage_sessionize),
     "train": ("train the RNN on the sessions table and log it to MLflow", _stage_train),
     "evaluate": ("rank the test split against all items, beside the baselines", _stage_evaluate),
     "score": ("write the top-K next tracks per active user to predictions", _stage_score),
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", help="file, folder or glob of raw play events (sets ingest.input)")
             p.add_argument("--format", help="input format (sets ingest.format)")
             p.add_argument("--batch-id", help="batch id (sets ingest.batch_id)")
+        if name == "sessionize":
+            p.add_argument("--full", action="store_true",
+                           help="re-cut every day, not only those new batches touched (the dictionary stays append-only)")
         if name in ("train", "pipeline"):
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
         if name == "evaluate":
