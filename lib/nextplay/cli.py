@@ -74,7 +74,7 @@ def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
 def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
     from nextplay.pipeline import run_pipeline
 
-    return run_pipeline(cfg)
+    return run_pipeline(cfg, next_day=getattr(args, "next_day", False))
 
 
 def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="re-cut every day, not only those new batches touched (the dictionary stays append-only)")
         if name in ("train", "pipeline"):
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        if name == "pipeline":
+            p.add_argument("--next-day", action="store_true",
+                           help="then ingest and sessionize one more generated day incrementally and score it")
         if name == "evaluate":
             p.add_argument("--run-id", help="MLflow run to evaluate (default: the latest training run)")
         if name == "score":

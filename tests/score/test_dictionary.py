@@ -57,3 +57,29 @@ def test_a_lake_that_numbers_the_tracks_otherwise_is_refused(spark: SparkSession
     with pytest.raises(ValueError, match=r"2 of the model's 30 item ids name another track .* rebuilt or is another lake"):
         batch.score(cfg)
     assert not lake.exists(spark, PREDICTIONS)
+
+
+def test_evaluate_refuses_a_lake_that_numbers_the_model_s_tracks_otherwise(spark: SparkSession, tiny: TinyModel,
+                                                                         tmp_path: Path) -> None:
+    """The tiny model's run pinned sessions version 3: a lake whose generation at that version names
+    two of the model's ids otherwise is refused before anything is measured."""
+    from datetime import datetime
+
+    import mlflow
+
+    from nextplay.evaluate.evaluate import evaluate
+    from nextplay.tables import SESSIONS, SESSIONS_SCHEMA, generation_options, new_generation
+
+    swapped = {"t05": 6, "t06": 5}
+    cfg, lake = _lake_of(spark, tiny, tmp_path / "lake", [])
+    stamp = generation_options(new_generation())
+    rows = [(t, swapped.get(t, i), n) for t, i, n in _model_dictionary(tiny)]
+    lake.write(spark.createDataFrame(rows, ITEM_INDEX_SCHEMA), ITEM_INDEX, mode="overwrite", **stamp)
+    start = datetime(2024, 3, 30, 12, 0)
+    session = [("u1", "s1", start, start, start.date(), [1, 2, 3], 3, "test")]
+    lake.create_if_missing(spark, SESSIONS, SESSIONS_SCHEMA)
+    for _ in range(3):  # versions 1..3
+        lake.write(spark.createDataFrame(session, SESSIONS_SCHEMA), SESSIONS, mode="overwrite", **stamp)
+    run_id = mlflow.MlflowClient(cfg.tracking.uri).get_model_version(cfg.tracking.model_name, tiny.version).run_id
+    with pytest.raises(ValueError, match=r"2 of the model's 30 item ids name another track"):
+        evaluate(cfg, run_id=run_id)
