@@ -31,7 +31,7 @@ DEMO_SQL := SELECT user_id, rank, track_id, round(score, 3) AS score, model_vers
 
 # The whole pipeline on ~1M synthetic plays, then a look at what it wrote.
 demo: venv
-	.venv/bin/nextplay pipeline --conf conf/local.yml
+	.venv/bin/nextplay pipeline --conf conf/local.yml --next-day
 	@echo; echo '$$ .venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"'
 	@.venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"
 	@echo; echo "Open the MLflow UI on these runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db"

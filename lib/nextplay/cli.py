@@ -52,7 +52,7 @@ def _stage_ingest(cfg: Config, args: argparse.Namespace) -> object:
 
 
 def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
-    return sessionize(get_spark(cfg), cfg)
+    return sessionize(get_spark(cfg), cfg, full=args.full)
 
 
 def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
@@ -68,7 +68,7 @@ def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
 
 
 def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
-    return run_pipeline(cfg)
+    return run_pipeline(cfg, next_day=getattr(args, "next_day", False))
 
 
 def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
@@ -87,7 +87,7 @@ def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
 STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = {
     "generate": ("write synthetic play events (Spark) to generate.output", _stage_generate),
     "ingest": ("parse raw plays into plays_bronze / plays_silver / plays_quarantine", _stage_ingest),
-    "sessionize": ("build item_index and sessions from plays_silver", _stage_sessionize),
+    "sessionize": ("update item_index and the sessions of the days new plays touched", _stage_sessionize),
     "train": ("train the RNN on the sessions table and log it to MLflow", _stage_train),
     "evaluate": ("rank the test split against all items, beside the baselines", _stage_evaluate),
     "score": ("write the top-K next tracks per active user to predictions", _stage_score),
@@ -108,8 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", help="file, folder or glob of raw play events (sets ingest.input)")
             p.add_argument("--format", help="input format (sets ingest.format)")
             p.add_argument("--batch-id", help="batch id (sets ingest.batch_id)")
+        if name == "sessionize":
+            p.add_argument("--full", action="store_true",
+                           help="re-cut every day, not only those new batches touched (the dictionary stays append-only)")
         if name in ("train", "pipeline"):
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        if name == "pipeline":
+            p.add_argument("--next-day", action="store_true",
+                           help="then ingest and sessionize one more generated day incrementally and score it")
         if name == "evaluate":
             p.add_argument("--run-id", help="MLflow run to evaluate (default: the latest training run)")
         if name == "score":

@@ -14,7 +14,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, get_args, get_origin
 
@@ -93,11 +93,19 @@ class IngestConfig:
 @dataclass
 class SessionizeConfig:
     session_gap_minutes: int = 30
+    # A track enters the item dictionary (and gets the next item_idx, for good) once it has this many
+    # plays before the validation window.
     min_item_count: int = 5
     min_session_length: int = 2
     # Longer sessions are split into chunks of at most this many items (bounded rows, no skew).
     max_session_length: int = 200
     collapse_repeats: bool = True
+    # The split by session start: fixed UTC dates (YYYY-MM-DD, 00:00 UTC; set both or neither): train
+    # before valid_start, valid until test_start, test from then on. Unset: rolling from the newest
+    # play, the last `test_days` are test and the `valid_days` before them valid (boundaries that move
+    # with every day ingested, so each run also re-cuts the days they moved across).
+    valid_start: str | None = None
+    test_start: str | None = None
     valid_days: float = 1.0
     test_days: float = 1.0
     method: Literal["window", "session_window"] = "window"
@@ -501,6 +509,7 @@ def _check_ranges(cfg: Config) -> None:
                           f"got {cfg.sessionize.test_days} and {cfg.sessionize.valid_days}")
     if cfg.sessionize.min_session_length < 2:
         raise ConfigError("sessionize.min_session_length: must be at least 2 (a single play has no next item)")
+    _check_split_dates(cfg.sessionize)
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) <= 0:
         raise ConfigError(f"evaluate.ks: must be a non-empty list of positive integers, got {cfg.evaluate.ks}")
     _check_promote(cfg)
@@ -522,6 +531,24 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.lake.catalog is None and not cfg.lake.root.strip():
         # An empty root would silently resolve to the working directory and scatter tables there.
         raise ConfigError("lake.root: must not be empty; name the lake's folder or URI, e.g. lake or s3a://bucket/lake")
+
+
+def _check_split_dates(s: SessionizeConfig) -> None:
+    """sessionize.valid_start / test_start: both or neither, dates, in order."""
+    if (s.valid_start is None) != (s.test_start is None):
+        raise ConfigError("sessionize.valid_start and sessionize.test_start: set both (fixed split dates) or neither "
+                          "(the rolling sessionize.valid_days / test_days)")
+    if s.valid_start is None:
+        return
+    parsed = {}
+    for key, text in {"sessionize.valid_start": s.valid_start, "sessionize.test_start": s.test_start}.items():
+        try:
+            parsed[key] = date.fromisoformat(str(text))
+        except ValueError:
+            raise ConfigError(f"{key}: expected a date such as 2026-01-01, got {text!r}") from None
+    if parsed["sessionize.valid_start"] > parsed["sessionize.test_start"]:
+        raise ConfigError(f"sessionize.valid_start: must not be after sessionize.test_start, got {s.valid_start} "
+                          f"and {s.test_start}")
 
 
 def _check_hosts(hosts: str, num_proc: int) -> None:

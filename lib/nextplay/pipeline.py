@@ -5,11 +5,18 @@ so the pipeline is a demo of the stages rather than a second implementation of t
 it goes through the promotion gate as the nightly jobs do: evaluate decides whether the model just
 trained becomes the champion, and score serves the champion (or `score.model_uri`), not simply the
 newest model.
+
+With `next_day` (`nextplay pipeline --next-day`, what `make demo` runs) it then plays the nightly
+routine once more: a day of plays after the history is generated, ingested and sessionized
+incrementally (only the days it touched are re-cut; tracks that reached their count get new ids, every
+old id keeps its track), and the champion scores again: it ranks only the tracks it was trained on.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from datetime import date, timedelta
 from typing import Any, Callable
 
 from nextplay.config import Config
@@ -33,7 +40,30 @@ def _timed(name: str, timings: dict[str, float], fn: Callable[[], Any]) -> Any:
     return result
 
 
-def run_pipeline(cfg: Config) -> dict[str, Any]:
+def next_day_config(cfg: Config) -> Config:
+    """The generator set for one more day of the same listeners and tracks, right after the history, into
+    a folder of its own: `generate.events / generate.days` plays, another seed."""
+    day = copy.deepcopy(cfg)
+    g = day.generate
+    g.end_date = (date.fromisoformat(g.end_date[:10]) + timedelta(days=1)).isoformat()
+    g.events, g.days, g.seed = max(1, g.events // g.days), 1, g.seed + 1
+    g.files = 1
+    g.output = g.output.rstrip("/") + "-next-day"
+    day.ingest.input, day.ingest.batch_id = g.output, None
+    return day
+
+
+def run_next_day(spark, cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
+    """generate one more day -> ingest -> sessionize (incremental) -> score with the champion."""
+    day = next_day_config(cfg)
+    out: dict[str, Any] = {"generate": _timed("next-day generate", timings, lambda: generate(spark, day))}
+    out["ingest"] = _timed("next-day ingest", timings, lambda: ingest(spark, day))
+    out["sessionize"] = _timed("next-day sessionize", timings, lambda: sessionize(spark, day))
+    out["score"] = _timed("next-day score", timings, lambda: score(day))
+    return out
+
+
+def run_pipeline(cfg: Config, next_day: bool = False) -> dict[str, Any]:
     spark = get_spark(cfg)
     timings: dict[str, float] = {}
     result: dict[str, Any] = {}
@@ -46,6 +76,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     result["train"] = trained
     result["evaluate"] = _timed("evaluate", timings, lambda: evaluate(cfg, run_id=trained["run_id"]))
     result["score"] = _timed("score", timings, lambda: score(cfg))
+    if next_day:
+        result["next_day"] = run_next_day(spark, cfg, timings)
     timings["total"] = round(sum(timings.values()), 1)
     result["seconds"] = timings
     return result
@@ -66,4 +98,23 @@ def summary(result: dict[str, Any]) -> str:
     sc = result["score"]
     lines.append(f"scored with {sc['model_name']} version {sc['model_version']}: {sc['rows']} predictions "
                  f"for {sc['scored_users']} users")
+    if "next_day" in result:
+        lines += next_day_summary(result["sessionize"], result["next_day"])
     return "\n".join(lines)
+
+
+def next_day_summary(first: dict[str, Any], day: dict[str, Any]) -> list[str]:
+    """What the second day changed: plays, new tracks, the days re-cut, and who scored."""
+    ing, ses, sc = day["ingest"], day["sessionize"], day["score"]
+    recut = ("every day (full)" if ses["days_recut"] is None else
+             f"{ses['days_recut']} days re-cut ({ses['first_recut_day']} .. {ses['last_recut_day']})"
+             if ses["days_recut"] else "nothing re-cut")
+    return [
+        f"next day ({date.fromisoformat(day['generate']['history_end'][:10]) - timedelta(days=1)}): ingested {ing['rows_silver']} plays; sessionize "
+        f"{ses['mode']}: {recut}",
+        f"  item dictionary {first['items']} -> {ses['items']} tracks ({ses['new_items']} new ids; every old id kept its "
+        f"track); sessions train/valid/test {first['sessions_train']}/{first['sessions_valid']}/{first['sessions_test']}"
+        f" -> {ses['sessions_train']}/{ses['sessions_valid']}/{ses['sessions_test']}",
+        f"  scored with {sc['model_uri']} ({sc['model_name']} version {sc['model_version']}; it ranks only the tracks "
+        f"it was trained on): {sc['rows']} predictions for {sc['scored_users']} users",
+    ]

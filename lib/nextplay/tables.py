@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from delta.tables import DeltaTable
@@ -101,11 +101,15 @@ INGEST_LOG_SCHEMA = T.StructType([
     # The files this batch read, committed with its counts: a file (same path, size and modification
     # time) recorded here is never read again, whatever path spelling or folder listing brings it back.
     T.StructField("files", T.ArrayType(INGEST_FILE), False),
+    # The UTC event dates of the batch's valid plays: the days sessionize re-cuts for it. Null for a batch
+    # logged before batches recorded them (sessionize then rebuilds every day once). Last, where
+    # ALTER TABLE ADD COLUMNS puts it.
+    T.StructField("event_dates", T.ArrayType(T.DateType())),
 ])
 
 ITEM_INDEX_SCHEMA = T.StructType([
     T.StructField("track_id", T.StringType(), False),
-    T.StructField("item_idx", T.IntegerType(), False),  # 1..V, 0 is padding
+    T.StructField("item_idx", T.IntegerType(), False),  # 1..V, 0 is padding; never changes meaning
     T.StructField("play_count", T.LongType(), False),
 ])
 
@@ -153,8 +157,9 @@ CLUSTERING = {PREDICTIONS: ["score_date", "user_id"]}
 # Z-orders its recent days by these columns instead.
 ZORDER = {PREDICTIONS: ["user_id"]}
 # Tables that `nextplay maintain` compacts (OPTIMIZE): those that grow by appends, merges and day
-# replacements. sessionize rewrites item_index and sessions whole, laid out as training reads them
-# (sessions' files in start-time order for `train.batching=lanes`), so compaction would only add a copy.
+# replacements. sessionize merges item_index (a row per track) and replaces whole event_date days of
+# sessions, each day's files in start-time order as training reads them (`train.batching=lanes`), an
+# order compaction would not keep.
 COMPACTED = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, INGEST_LOG, PREDICTIONS)
 
 # -- what each table says about itself ---------------------------------------------------------------
@@ -169,10 +174,12 @@ TABLE_COMMENTS = {
     PLAYS_QUARANTINE: "One row per raw record that failed validation, with the record as received and why.",
     INGEST_LOG: "One row per ingested batch: its counts (rows_in = rows_silver + rows_quarantined + "
                 "duplicates_removed) and the files it read.",
-    ITEM_INDEX: "One row per track in the model's vocabulary (tracks played at least sessionize.min_item_count "
-                "times before the validation window); rewritten whole by sessionize.",
+    ITEM_INDEX: "Append-only dictionary of the tracks the models know: a track gets the next item_idx when it "
+                "first has sessionize.min_item_count plays before the validation window, and keeps it for good; "
+                "sessionize merges it (new tracks, play counts).",
     SESSIONS: "One row per listening session (plays separated by at most sessionize.session_gap_minutes) as "
-              "item ids, labelled train/valid/test by start time; rewritten whole by sessionize.",
+              "item ids, labelled train/valid/test by start time; sessionize replaces the event_date days "
+              "new plays touched.",
     PREDICTIONS: "One row per (listener, rank) of a day's top-K next-track predictions; score replaces one "
                  "score_date at a time.",
 }
@@ -228,11 +235,14 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "ingested_at": "When the batch ran (UTC).",
         "seconds": "Wall-clock seconds the batch took.",
         "files": "The files the batch read (path, size in bytes, modification time in epoch ms); never read again.",
+        "event_dates": "UTC dates of the batch's valid plays (the days sessionize re-cuts); null for batches "
+                       "logged before this column.",
     },
     ITEM_INDEX: {
         "track_id": "Track id, as in plays_silver.",
-        "item_idx": "The model's id for the track: 1..V by descending play_count (0 is padding, never stored).",
-        "play_count": "Plays of the track before the validation window.",
+        "item_idx": "The models' id for the track: 1..V in order of entry (0 is padding, never stored); never "
+                    "reused or changed.",
+        "play_count": "Plays of the track before the validation window of the latest sessionize (may be 0).",
     },
     SESSIONS: {
         "user_id": "Listener id.",
@@ -461,7 +471,8 @@ class Lake:
         if not self.exists(spark, table):
             raise FileNotFoundError(f"table '{table}' not found in lake {self.describe()}: run the stage that writes it first")
         rows = self.delta_table(spark, table).history().select("version", "timestamp", "operation", "userMetadata").collect()
-        commits = (Commit(int(r["version"]), r["timestamp"], r["operation"], _generation_of(r["userMetadata"])) for r in rows)
+        commits = (Commit(int(r["version"]), r["timestamp"], r["operation"], _generation_of(r["userMetadata"]),
+                          _state_of(r["userMetadata"])) for r in rows)
         return sorted(commits, key=lambda c: c.version, reverse=True)
 
     def pin_generation(self, spark: SparkSession, sessions_version: int | None = None) -> Pin:
@@ -473,7 +484,7 @@ class Lake:
         sessions = self.commits(spark, SESSIONS)
         if sessions_version is None:
             sessions_version = sessions[0].version
-        data = next((c for c in sessions if c.version <= sessions_version and c.operation not in _LAYOUT_ONLY), None)
+        data = next((c for c in sessions if c.version <= sessions_version and c.operation not in LAYOUT_ONLY), None)
         if data is None:
             raise ValueError(f"the sessions table has no version {sessions_version} (its history starts at "
                              f"{sessions[-1].version}): run `nextplay sessionize`")
@@ -491,6 +502,12 @@ class Lake:
                              "(overwritten outside sessionize, or its history expired): run `nextplay sessionize`")
         return Pin(sessions_version, same[0].version, data.generation)
 
+    def version(self, spark: SparkSession, table: str) -> int:
+        """The table's newest Delta version: read it with `read_at` to see one snapshot in every query."""
+        if not self.exists(spark, table):
+            raise FileNotFoundError(f"table '{table}' not found in lake {self.describe()}: run the stage that writes it first")
+        return int(self.delta_table(spark, table).history(1).select("version").first()["version"])
+
     def describe(self) -> str:
         return f"{self.cfg.catalog}.{self.cfg.schema}" if self.is_catalog else self.cfg.root
 
@@ -506,10 +523,12 @@ class Lake:
 
 # -- one generation of the tables sessionize writes ------------------------------------------------
 #
-# sessionize replaces item_index and then sessions, in two Delta commits some seconds apart. Both
-# commits carry the same generation marker in their commit metadata (Delta's `userMetadata`), so a
-# reader that pins a sessions version can find the item_index version written with it, even when a
-# later sessionize has already replaced item_index and not yet sessions.
+# sessionize merges item_index and then replaces days of sessions, in two Delta commits some seconds
+# apart. Both commits carry the same generation marker in their commit metadata (Delta's
+# `userMetadata`), so a reader that pins a sessions version can find the item_index version written
+# with it, even when a later sessionize has already merged item_index and not yet written sessions.
+# The sessions commit also carries what the next incremental run starts from (`state`: space-separated
+# key=value words after the marker).
 
 GENERATION_MARKER = "nextplay.generation="
 
@@ -519,21 +538,30 @@ def new_generation() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
-def generation_options(generation: str) -> dict[str, str]:
-    """Writer options that stamp a Delta commit with `generation` (pass them to `Lake.write`)."""
-    return {"userMetadata": f"{GENERATION_MARKER}{generation}"}
+def generation_options(generation: str, state: dict[str, str] | None = None) -> dict[str, str]:
+    """Writer options that stamp a Delta commit with `generation` and optional `state` words (keys and
+    values without spaces or '='); pass them to `Lake.write`."""
+    words = [f"{GENERATION_MARKER}{generation}"] + [f"{k}={v}" for k, v in (state or {}).items()]
+    return {"userMetadata": " ".join(words)}
 
 
 # Operations that rewrite files without changing rows: a sessions version after one of them still
 # belongs to the generation of the write before it.
-_LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
+LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
                 "CHANGE COLUMN", "CHANGE COLUMNS", "ADD CONSTRAINT", "DROP CONSTRAINT", "ADD COLUMNS", "CLUSTER BY"}
 
 
 def _generation_of(user_metadata: str | None) -> str | None:
     if user_metadata and user_metadata.startswith(GENERATION_MARKER):
-        return user_metadata[len(GENERATION_MARKER):]
+        return user_metadata[len(GENERATION_MARKER):].split(" ", 1)[0]
     return None
+
+
+def _state_of(user_metadata: str | None) -> dict[str, str]:
+    """The key=value words a stamped commit carries after its generation marker."""
+    if _generation_of(user_metadata) is None:
+        return {}
+    return dict(w.split("=", 1) for w in user_metadata.split(" ")[1:] if "=" in w)
 
 
 @dataclass(frozen=True)
@@ -544,6 +572,7 @@ class Commit:
     timestamp: datetime
     operation: str
     generation: str | None  # the sessionize run that wrote it, when stamped
+    state: dict[str, str] = field(default_factory=dict)  # what that run recorded for the next one
 
 
 @dataclass(frozen=True)
@@ -567,3 +596,25 @@ class Pin:
             return None
         sessions, index, generation = (tags.get(t, "") for t in cls.TAGS)
         return cls(int(sessions), int(index), generation or None)
+
+
+# -- a model and the lake's dictionary -------------------------------------------------------------
+
+
+def dictionary_disagreement(model_index: DataFrame, model_items: int, lake_index: DataFrame) -> int:
+    """How many of a model's ids (its item index: track_id, item_idx 1..model_items) the lake's
+    item_index names another track for, or lacks. A join count on the executors: neither table is
+    collected. 0 for every model trained on this lake, since the dictionary only ever appends."""
+    same = model_index.select("track_id", "item_idx").join(
+        lake_index.select("track_id", "item_idx"), ["track_id", "item_idx"], "left_semi").count()
+    return model_items - same
+
+
+def check_dictionary(model_index: DataFrame, model_items: int, lake_index: DataFrame, model: str, lake: str) -> None:
+    """Refuse, in one line, a model whose item ids the lake's dictionary numbers otherwise (the lake
+    was rebuilt, or is another lake): its scores or figures would name the wrong tracks."""
+    wrong = dictionary_disagreement(model_index, model_items, lake_index)
+    if wrong:
+        raise ValueError(f"{model}: {wrong} of the model's {model_items} item ids name another track (or none) in the "
+                         f"item_index of lake {lake}: the lake was rebuilt or is another lake; train a model on this "
+                         "lake (or point lake.root at the one the model was trained on)")

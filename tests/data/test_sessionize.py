@@ -132,8 +132,8 @@ def test_rerun_replaces_the_tables_with_the_same_content(spark, split_lake):
 
 @pytest.mark.slow
 def test_readers_pair_the_two_tables_of_one_sessionize_run(spark, split_lake, tmp_path):
-    """Runs interleave: sessionize twice, then a third run that commits its item index and fails
-    before its sessions. Training still reads the second run's index with its sessions."""
+    """Runs interleave: sessionize twice, then a third run that merges its dictionary and fails before
+    its sessions. Training still reads the second run's dictionary with its sessions."""
     from nextplay.train.launch import snapshot_training_data
 
     base, _ = split_lake
@@ -144,13 +144,18 @@ def test_readers_pair_the_two_tables_of_one_sessionize_run(spark, split_lake, tm
     cfg.sessionize.min_item_count = 3  # the second run also counts C (3 plays): 4 items
     sessionize(spark, cfg)
     second = lake.pin_generation(spark)
-    cfg.sessionize.min_item_count = 100
-    with pytest.raises(ValueError, match="no track has 100 plays"):
-        sessionize(spark, cfg)  # its item index is committed (empty), its sessions never are
-    assert lake.read(spark, ITEM_INDEX).count() == 0
+    # The third run cuts u2's sessions of 4 into chunks of 3, which a constraint the table's rows meet
+    # refuses: its dictionary commits are made, its sessions never are.
+    cfg.sessionize.max_session_length = 3
+    spark.sql(f"ALTER TABLE {lake.name(SESSIONS)} ADD CONSTRAINT refuse_three CHECK (length <> 3)")
+    with pytest.raises(Exception, match="refuse_three"):
+        sessionize(spark, cfg)
+    assert lake.commits(spark, ITEM_INDEX)[0].generation not in (None, second.generation)
+    assert lake.read(spark, ITEM_INDEX).count() == 4
 
     pin = lake.pin_generation(spark)
-    assert pin == second and pin.generation is not None
+    assert (pin.generation, pin.item_index_version) == (second.generation, second.item_index_version)
+    assert pin.generation is not None
     assert lake.read_at(spark, ITEM_INDEX, pin.item_index_version).count() == 4
     _, n_items, _, _ = snapshot_training_data(spark, cfg)
     assert n_items == 4

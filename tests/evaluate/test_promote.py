@@ -109,6 +109,9 @@ def story(spark: SparkSession, base: Config) -> dict:
     out["aliases_after_crippled"] = aliases(base)
     out["crippled_run"] = run_of(base, out["crippled_train"]["run_id"])  # evaluated again below
 
+    # Back to generation A's numbering: score refuses a lake whose dictionary names the champion's ids
+    # otherwise (sessionize itself never renumbers; this story rewrites the tables by hand).
+    write_reversed_generation(spark, base)
     out["score"] = score(base)
     lake = Lake(base.lake)
     out["predictions"] = lake.read(spark, tables.PREDICTIONS).where(F.col("score_date") == SCORE_DATE).toPandas()

@@ -230,12 +230,13 @@ def ingest(spark: SparkSession, cfg: Config) -> dict:
         "duplicates_in_silver": unique - inserted, "ingested_at": now,
         "seconds": round(time.time() - started, 2),
         "files": [(f.path, f.size, f.modified) for f in new],
+        "event_dates": sorted(totals["dates"]),
     }
     row = spark.createDataFrame([tuple(counts[f.name] for f in INGEST_LOG_SCHEMA.fields)], INGEST_LOG_SCHEMA)
     _append(lake, row, INGEST_LOG, txn, icfg.commit_attempts)
     log.info("ingest %s (%s, %d new files, %d known): rows in %d = silver %d + quarantined %d + duplicates %d "
              "(%d in batch, %d already in silver)", batch_id, fmt, len(new), len(known), rows_in,
              inserted, quarantined, good - inserted, good - unique, unique - inserted)
-    del counts["files"]
+    del counts["files"], counts["event_dates"]
     return {**counts, "files_new": len(new), "files_known": len(known), "skipped": False,
             "message": f"ingested {len(new)} new files ({len(known)} already ingested)"}

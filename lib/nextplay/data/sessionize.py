@@ -1,14 +1,35 @@
-"""plays_silver -> item_index + sessions (columns and constraints: tables.py, docs/tables.md).
+"""plays_silver -> item_index (the item dictionary) + sessions, incrementally.
 
 A session ends after more than `session_gap_minutes` of silence (exactly the gap still continues
-it, which is also what Spark's `session_window` does). The split is by time, from the newest play:
-the last `test_days` are test, the `valid_days` before valid, the rest train; a session belongs to
-the split its start falls in. The vocabulary counts plays before the validation window only, so
-nothing about valid/test leaks into the item ids.
+it, which is also what Spark's `session_window` does). The split is by the session's start: before
+`valid_start` train, before `test_start` valid, then test; the two boundaries are fixed dates
+(`sessionize.valid_start` / `test_start`) or, by default, roll with the newest play (`test_days`,
+`valid_days`).
+
+The dictionary (`item_index`) is append-only: a track enters when it first has `min_item_count`
+plays before `valid_start` and gets the next item_idx (max + 1; tracks entering in one run are
+numbered by the time of that min_item_count-th play, then track_id), and an id never changes
+meaning or leaves. So a model trained on any generation knows exactly ids 1..its V, and every later
+generation numbers those tracks alike. `play_count` (plays before `valid_start`, possibly 0) is
+updated every run by a Delta MERGE, which also inserts the new tracks. Numbering by entry time makes
+the dictionary independent of how the plays were batched as long as they arrive in time order: a
+track that enters in a later run reached its count after every earlier run's window closed.
+
+Incremental runs: each sessions commit records the `ingest_log` version it consumed. The next run
+re-cuts only the event_date days that changed: the days of the batches logged since (ingest_log
+records each batch's event dates), the days where tracks that entered the dictionary since were
+played (their plays now carry an id), and the days the rolling split boundaries moved across; then
+the neighbour days a session crosses midnight into, until no session crosses the edge of the set.
+Those days of `sessions` are replaced in one Delta commit (`replaceWhere` on the partition column),
+so the result equals a full recompute of the same plays. A run with nothing new commits nothing.
+Everything is rebuilt (`--full`, or by itself) on the first run, for a lake without ingest_log,
+when the session settings changed, when a batch logged no event dates, or when the consumed
+ingest_log version is no longer readable. Plays reach silver through ingest only; a play written
+there by other means is picked up by the next full run.
 
 Built to run unchanged on billions of plays:
 
-- No collect to the driver (one row of min/max/count aside), no Python UDF: window functions,
+- No collect to the driver beyond a few rows of dates and bounds, no Python UDF: window functions,
   aggregates and SQL higher-order functions (filter/transform/slice) only.
 - Skew: a listener with millions of plays must not end up in one task. Sessions are first cut
   inside (user, UTC day) buckets, so the shuffle key is (user, day) and the largest task holds one
@@ -17,41 +38,113 @@ Built to run unchanged on billions of plays:
   broadcast while item_index is small; beyond the broadcast limit Spark's adaptive skew-join
   handling splits the partitions of very popular tracks.
 - Bounded rows: a session longer than `max_session_length` is cut into chunks of at most that
-  many items, so no row (and no training sequence) grows without bound. The vocabulary is numbered
-  by one window over item_index, i.e. in one task: fine for vocabularies of tens of millions.
+  many items, so no row (and no training sequence) grows without bound. New dictionary entries are
+  numbered by one window (one task): they are the day's new tracks, or the whole vocabulary once.
+- What a run reads: the dictionary's counts aggregate the training window's track ids (no sort by
+  listener); the k-th play time of a new track is a row_number limited to k per track, which Spark
+  applies before the shuffle. Sessions read only the re-cut days (partition pruning on event_date).
 """
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from nextplay.config import Config, SessionizeConfig
-from nextplay.tables import (ITEM_INDEX, ITEM_INDEX_SCHEMA, PLAYS_SILVER, SESSIONS, SESSIONS_SCHEMA, Lake,
-                             generation_options, new_generation)
+from nextplay.tables import (INGEST_LOG, ITEM_INDEX, ITEM_INDEX_SCHEMA, LAYOUT_ONLY, PLAYS_SILVER, SESSIONS,
+                             SESSIONS_SCHEMA, Lake, generation_options, new_generation)
 
 log = logging.getLogger(__name__)
 
 _DAY_US = 86_400_000_000
+_EPOCH = date(1970, 1, 1)
+# Where Delta takes a MERGE's commit metadata from (a MERGE has no writer options).
+_COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 def _iso(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).isoformat()
 
 
-def build_item_index(plays: DataFrame, train_end: Column, min_count: int) -> DataFrame:
-    """track_id -> item_idx 1..V by descending play count before `train_end` (ties: track_id).
+def _midnight_us(day: date) -> int:
+    return (day - _EPOCH).days * _DAY_US
 
-    The dense numbering is one global sort, so it runs in a single partition (Spark warns about it):
-    it sorts distinct tracks, not plays, and tens of millions of rows sort in seconds there."""
-    counts = (plays.where(F.col("ts") < train_end).groupBy("track_id")
-              .agg(F.count("*").alias("play_count")).where(F.col("play_count") >= min_count))
-    rank = F.row_number().over(Window.orderBy(F.desc("play_count"), "track_id"))
-    return counts.select("track_id", rank.cast("int").alias("item_idx"), "play_count")
+
+def _day_of(micros: int) -> date:
+    return _EPOCH + timedelta(days=micros // _DAY_US)
+
+
+def _days_between(first_us: int, last_us: int) -> set[date]:
+    """Every UTC day from the one holding `first_us` to the one holding `last_us`."""
+    first, last = _day_of(first_us), _day_of(last_us)
+    return {first + timedelta(days=i) for i in range((last - first).days + 1)}
+
+
+# -- the split ------------------------------------------------------------------------------------
+
+
+def split_bounds(cfg: SessionizeConfig, last_us: int) -> tuple[int, int]:
+    """(valid_start, test_start) in epoch microseconds: the configured dates, or rolling from the newest play."""
+    if cfg.valid_start is not None and cfg.test_start is not None:
+        return (_midnight_us(date.fromisoformat(str(cfg.valid_start))),
+                _midnight_us(date.fromisoformat(str(cfg.test_start))))
+    test_us = last_us - round(cfg.test_days * _DAY_US)
+    return test_us - round(cfg.valid_days * _DAY_US), test_us
+
+
+# -- the dictionary -------------------------------------------------------------------------------
+
+
+def training_counts(plays: DataFrame, valid_us: int) -> DataFrame:
+    """track_id, play_count: plays before the validation window, per track (event_date prunes the rest)."""
+    train = plays.where((F.col("event_date") <= F.lit(_day_of(valid_us)))
+                        & (F.col("ts") < F.timestamp_micros(F.lit(valid_us))))
+    return train.groupBy("track_id").agg(F.count("*").alias("play_count"))
+
+
+def number_entrants(plays: DataFrame, entrants: DataFrame, valid_us: int, min_count: int, after: int) -> DataFrame:
+    """track_id, item_idx for tracks entering the dictionary: after+1, after+2, ... by the time each
+    reached `min_count` training plays (its min_count-th play), then track_id.
+
+    The min_count-th smallest time does not depend on how ties are ordered. `row_number() <= k` is
+    planned as a per-partition limit before the shuffle, so a hit with millions of plays sends k rows."""
+    train = plays.where((F.col("event_date") <= F.lit(_day_of(valid_us)))
+                        & (F.col("ts") < F.timestamp_micros(F.lit(valid_us))))
+    mine = train.join(entrants.select("track_id"), "track_id", "left_semi")
+    first_k = mine.withColumn("n", F.row_number().over(Window.partitionBy("track_id").orderBy("ts")))
+    entered = first_k.where(F.col("n") <= min_count).groupBy("track_id").agg(F.max("ts").alias("entered_at"))
+    order = Window.orderBy("entered_at", "track_id")
+    return entered.select("track_id", (F.lit(after) + F.row_number().over(order)).cast("int").alias("item_idx"))
+
+
+def _generation_in(metadata: str) -> str:
+    return metadata.split(" ", 1)[0].split("=", 1)[1]
+
+
+def merge_dictionary(spark: SparkSession, lake: Lake, counts: DataFrame, numbered: DataFrame, metadata: str) -> None:
+    """One MERGE into item_index: every known track's play_count set to its count now (0 when it has
+    none in the window), the numbered entrants inserted; ids of known tracks are never touched."""
+    source = counts.join(numbered, "track_id", "left")
+    target = lake.delta_table(spark, ITEM_INDEX).alias("t")
+    spark.conf.set(_COMMIT_METADATA, metadata)
+    try:
+        (target.merge(source.alias("s"), "t.track_id = s.track_id")
+         .whenMatchedUpdate(condition="t.play_count <> s.play_count", set={"play_count": "s.play_count"})
+         .whenNotMatchedInsert(condition="s.item_idx IS NOT NULL",
+                               values={"track_id": "s.track_id", "item_idx": "s.item_idx", "play_count": "s.play_count"})
+         .whenNotMatchedBySourceUpdate(condition="t.play_count <> 0", set={"play_count": "0"})
+         .execute())
+        # A MERGE that changes no row commits nothing; this property commit (no row changes) gives
+        # the generation its item_index version either way, for `Lake.pin_generation`.
+        spark.sql(f"ALTER TABLE {lake.name(ITEM_INDEX)} SET TBLPROPERTIES ('nextplay.generation' = "
+                  f"'{_generation_in(metadata)}')")
+    finally:
+        spark.conf.unset(_COMMIT_METADATA)
 
 
 def _in_vocab(ts: Column, idx: Column) -> Column:
@@ -142,34 +235,205 @@ def build_sessions(plays: DataFrame, index: DataFrame, cfg: SessionizeConfig,
     return sessions_from_fragments(cut_fragments(plays, index, cfg), cfg, valid_start, test_start)
 
 
-def sessionize(spark: SparkSession, cfg: Config) -> dict:
-    """Rebuild item_index and sessions from plays_silver; each table is replaced in one Delta commit.
+# -- which days to re-cut -------------------------------------------------------------------------
+
+
+def _crossed_midnights(plays: DataFrame, midnights: set[int], gap_us: int) -> set[int]:
+    """The midnights (epoch us) some listener's session runs across: consecutive plays a < m <= b with
+    b - a <= gap. Both lie within the gap of m, so only those plays are read (by event_date)."""
+    spark = plays.sparkSession
+    days = set().union(*(_days_between(m - gap_us, m + gap_us - 1) for m in midnights))
+    edge = plays.where(F.col("event_date").isin(sorted(days))).select("user_id", F.unix_micros("ts").alias("t"))
+    marks = F.broadcast(spark.createDataFrame([(m,) for m in sorted(midnights)], "m long"))
+    near = edge.join(marks, (F.col("t") >= F.col("m") - gap_us) & (F.col("t") < F.col("m") + gap_us))
+    sides = near.groupBy("m", "user_id").agg(F.max(F.when(F.col("t") < F.col("m"), F.col("t"))).alias("before"),
+                                             F.min(F.when(F.col("t") >= F.col("m"), F.col("t"))).alias("after"))
+    crossed = sides.where(F.col("after") - F.col("before") <= gap_us).select("m").distinct()
+    return {int(r["m"]) for r in crossed.collect()}
+
+
+def stitched_days(plays: DataFrame, seeds: set[date], gap_us: int) -> set[date]:
+    """`seeds` plus every day a session of theirs crosses midnight into, and so on: a set no session
+    crosses the edge of, so its plays cut alone give complete sessions. Adding plays only ever joins
+    sessions, so the old sessions of these days lie inside it too."""
+    days, checked = set(seeds), set()
+    while True:
+        edges = {_midnight_us(d + timedelta(days=k)) for d in days for k in (0, 1)}
+        frontier = {m for m in edges - checked
+                    if not (_day_of(m - 1) in days and _day_of(m) in days)}
+        if not frontier:
+            return days
+        checked |= frontier
+        for m in _crossed_midnights(plays, frontier, gap_us):
+            days |= _days_between(m - 1, m)
+
+
+def _batch_days(spark: SparkSession, lake: Lake, since: int, now: int) -> set[date] | None:
+    """Event dates of the batches ingest_log gained between two of its versions; None when they are not
+    known (a batch logged without them, or the older version no longer readable)."""
+    try:
+        before = lake.read_at(spark, INGEST_LOG, since).select("batch_id")
+    except Exception as e:  # noqa: BLE001 - Delta answers an expired version with several error types
+        log.warning("sessionize: ingest_log version %d is no longer readable (%s): rebuilding every day", since,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    after = lake.read_at(spark, INGEST_LOG, now)
+    if "event_dates" not in after.columns:
+        return None
+    rows = after.join(before, "batch_id", "left_anti").select("event_dates").collect()
+    if any(r["event_dates"] is None for r in rows):
+        return None
+    return {d for r in rows for d in r["event_dates"]}
+
+
+def _played_days(plays: DataFrame, tracks: DataFrame) -> set[date]:
+    """The event dates on which any of `tracks` was played."""
+    rows = plays.join(tracks.select("track_id"), "track_id", "left_semi").select("event_date").distinct().collect()
+    return {r["event_date"] for r in rows}
+
+
+def _moved_days(old: tuple[int, int], new: tuple[int, int]) -> set[date]:
+    """The days holding a session start whose split label may differ between two pairs of boundaries."""
+    days: set[date] = set()
+    for a, b in zip(old, new):
+        if a != b:
+            days |= _days_between(min(a, b), max(a, b))
+    return days
+
+
+def _settings(cfg: SessionizeConfig) -> str:
+    """The settings that shape sessions (not the split, not the dictionary): a change means a full rebuild."""
+    return (f"gap{cfg.session_gap_minutes}-min{cfg.min_session_length}-max{cfg.max_session_length}-"
+            f"collapse{int(cfg.collapse_repeats)}")
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the last completed run left: its state words and the dictionary version of its generation."""
+
+    state: dict[str, str]
+    item_index_version: int | None
+
+
+def _previous(spark: SparkSession, lake: Lake) -> Previous | None:
+    """The last sessionize run that wrote sessions, or None when there is none to continue from."""
+    if not lake.exists(spark, SESSIONS) or not lake.exists(spark, ITEM_INDEX):
+        return None
+    # The newest commit that wrote rows: a hand-made overwrite (unstamped) is not a state to continue from.
+    stamped = next((c for c in lake.commits(spark, SESSIONS) if c.operation not in LAYOUT_ONLY), None)
+    if stamped is None or stamped.generation is None:
+        return None
+    try:
+        pin = lake.pin_generation(spark, stamped.version)
+    except ValueError:
+        return Previous(stamped.state, None)
+    return Previous(stamped.state, pin.item_index_version)
+
+
+def _full_reason(spark: SparkSession, lake: Lake, cfg: SessionizeConfig, previous: Previous | None,
+                 full: bool) -> str | None:
+    """Why this run rebuilds every day, or None when it can continue from the previous one."""
+    if full:
+        return "asked for (--full)"
+    if previous is None or previous.item_index_version is None:
+        return "no earlier sessionize run to continue from"
+    if not lake.exists(spark, INGEST_LOG):
+        return "no ingest_log: which days changed is unknown"
+    if "ingest_log_version" not in previous.state:
+        return "the last run recorded no ingest_log version"
+    if previous.state.get("settings") != _settings(cfg):
+        return f"session settings changed ({previous.state.get('settings')} -> {_settings(cfg)})"
+    return None
+
+
+def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
+    """Bring item_index and sessions up to date with plays_silver (see module docstring): the
+    dictionary in one MERGE, the changed days of sessions in one replaceWhere commit (every day when
+    `full` or nothing to continue from).
 
     Both commits carry one generation marker: a reader pins a sessions version and reads the
-    item_index version of the same run (`Lake.pin_generation`), never an index that a later run
-    committed before its sessions."""
+    item_index version of the same run (`Lake.pin_generation`), never a dictionary that a later run
+    merged before its sessions."""
     started = time.time()
     scfg, lake = cfg.sessionize, Lake(cfg.lake)
-    plays = lake.read(spark, PLAYS_SILVER).select("user_id", "track_id", "ts")
+    # One snapshot of each input for the whole run: ingest_log first, so every batch it lists has its
+    # plays in the silver version read after it.
+    log_version = lake.version(spark, INGEST_LOG) if lake.exists(spark, INGEST_LOG) else None
+    plays = lake.read_at(spark, PLAYS_SILVER, lake.version(spark, PLAYS_SILVER)).select(
+        "user_id", "track_id", "ts", "event_date")
     # Epoch microseconds, not Python datetimes: those would pick up the driver's local time zone.
-    bounds = plays.agg(F.unix_micros(F.min("ts")).alias("first"), F.unix_micros(F.max("ts")).alias("last"),
-                       F.count("*").alias("n")).first()
+    bounds = plays.agg(F.min("ts").alias("first"), F.max("ts").alias("last"), F.count("*").alias("n")).select(
+        F.unix_micros("first").alias("first"), F.unix_micros("last").alias("last"), "n").first()
     if bounds["n"] == 0:
         raise ValueError("plays_silver is empty: run `nextplay ingest` first")
-    test_us = bounds["last"] - round(scfg.test_days * _DAY_US)
-    valid_us = test_us - round(scfg.valid_days * _DAY_US)
-    test_start, valid_start = F.timestamp_micros(F.lit(test_us)), F.timestamp_micros(F.lit(valid_us))
+    valid_us, test_us = split_bounds(scfg, bounds["last"])
 
     for table, schema in ((ITEM_INDEX, ITEM_INDEX_SCHEMA), (SESSIONS, SESSIONS_SCHEMA)):
         lake.create_if_missing(spark, table, schema)
-    generation = new_generation()
-    stamp = generation_options(generation)
-    lake.write(build_item_index(plays, valid_start, scfg.min_item_count), ITEM_INDEX, mode="overwrite", **stamp)
+    previous = _previous(spark, lake)
+    reason = _full_reason(spark, lake, scfg, previous, full)
+
+    known = lake.read_at(spark, ITEM_INDEX, lake.version(spark, ITEM_INDEX))
+    top = known.agg(F.max("item_idx")).first()[0] or 0
+    counts = training_counts(plays, valid_us).persist(StorageLevel.MEMORY_AND_DISK)
+    entrants = counts.where(F.col("play_count") >= scfg.min_item_count).join(known, "track_id", "left_anti")
+    numbered = number_entrants(plays, entrants, valid_us, scfg.min_item_count, top).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        new_items = numbered.count()
+        if top + new_items == 0:
+            raise ValueError(f"no track has {scfg.min_item_count} plays before {_iso(valid_us)} "
+                             "(the training window): lower sessionize.min_item_count or ingest more history")
+        days: set[date] | None = None
+        if reason is None:
+            assert previous is not None and log_version is not None  # _full_reason checked both
+            days = _changed_days(spark, lake, plays, known, numbered, previous, log_version, (valid_us, test_us), scfg)
+            if days is None:
+                reason = "a batch logged no event dates, or the last run's ingest_log version is gone"
+        if reason is None and not days:
+            log.info("sessionize: nothing changed since the last run (no new batch, track or split boundary)")
+            return _result(spark, lake, scfg, "unchanged", None, bounds, valid_us, test_us, 0, set(), started)
+        generation = new_generation()
+        merge_dictionary(spark, lake, counts, numbered, generation_options(generation)["userMetadata"])
+    finally:
+        counts.unpersist()
+        numbered.unpersist()
+    if reason is not None:
+        log.info("sessionize: rebuilding every day: %s", reason)
+        days = None
+    state = {"ingest_log_version": str(log_version if log_version is not None else -1),
+             "valid_start_us": str(valid_us), "test_start_us": str(test_us), "settings": _settings(scfg)}
+    _write_sessions(spark, lake, plays, scfg, days, valid_us, test_us, generation_options(generation, state))
+    return _result(spark, lake, scfg, "incremental" if days is not None else "full", generation, bounds, valid_us,
+                   test_us, new_items, days, started, reason)
+
+
+def _changed_days(spark: SparkSession, lake: Lake, plays: DataFrame, known: DataFrame, numbered: DataFrame,
+                  previous: Previous, log_version: int, split: tuple[int, int], scfg: SessionizeConfig) -> set[date] | None:
+    """The days to re-cut (see module docstring), or None when they cannot be known."""
+    batches = _batch_days(spark, lake, int(previous.state["ingest_log_version"]), log_version)
+    if batches is None:
+        return None
+    old_split = (int(previous.state.get("valid_start_us", split[0])), int(previous.state.get("test_start_us", split[1])))
+    # Tracks with an id now that the previous generation's sessions had as unknown plays: this run's
+    # entrants and any a failed run merged after that generation.
+    pinned = lake.read_at(spark, ITEM_INDEX, previous.item_index_version).select("track_id")
+    added = known.select("track_id").join(pinned, "track_id", "left_anti").unionByName(numbered.select("track_id"))
+    seeds = batches | _moved_days(old_split, split) | _played_days(plays, added)
+    if not seeds:
+        return set()
+    return stitched_days(plays, seeds, scfg.session_gap_minutes * 60_000_000)
+
+
+def _write_sessions(spark: SparkSession, lake: Lake, plays: DataFrame, scfg: SessionizeConfig, days: set[date] | None,
+                    valid_us: int, test_us: int, stamp: dict[str, str]) -> None:
+    """Cut the plays of `days` (every day when None) and replace those days of sessions in one commit."""
     index = lake.read(spark, ITEM_INDEX)
-    vocabulary = index.count()
-    if vocabulary == 0:
-        raise ValueError(f"no track has {scfg.min_item_count} plays before {_iso(valid_us)} "
-                         "(the training window): lower sessionize.min_item_count or ingest more history")
+    options = dict(stamp)
+    if days is not None:
+        listed = sorted(days)
+        plays = plays.where(F.col("event_date").isin(listed))
+        options["replaceWhere"] = "event_date IN ({})".format(", ".join(f"DATE'{d.isoformat()}'" for d in listed))
+    test_start, valid_start = F.timestamp_micros(F.lit(test_us)), F.timestamp_micros(F.lit(valid_us))
     # Two branches read the fragments (whole sessions, and those stitched across midnight): keep
     # them rather than cut them twice. MEMORY_AND_DISK spills like a shuffle would at any scale.
     fragments = cut_fragments(plays, index, scfg).persist(StorageLevel.MEMORY_AND_DISK)
@@ -179,14 +443,23 @@ def sessionize(spark: SparkSession, cfg: Config) -> dict:
         # sessions oldest first in that order, and each task writes one or two date partitions
         # instead of a small file in every one.
         ordered = sessions.repartitionByRange("start_ts").sortWithinPartitions("start_ts")
-        lake.write(ordered.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite", **stamp)
+        lake.write(ordered.select(*[f.name for f in SESSIONS_SCHEMA.fields]), SESSIONS, mode="overwrite", **options)
     finally:
         fragments.unpersist()
 
+
+def _result(spark: SparkSession, lake: Lake, scfg: SessionizeConfig, mode: str, generation: str | None, bounds,
+            valid_us: int, test_us: int, new_items: int, days: set[date] | None, started: float,
+            reason: str | None = None) -> dict:
+    """What the run did, for the log and the CLI."""
     written = lake.read(spark, SESSIONS).groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("items"))
     per_split = {r["split"]: (r["n"], r["items"]) for r in written.collect()}
     result = {
-        "method": scfg.method, "generation": generation, "plays": bounds["n"], "items": vocabulary,
+        "method": scfg.method, "mode": mode, "full_reason": reason, "generation": generation, "plays": bounds["n"],
+        "items": lake.read(spark, ITEM_INDEX).count(), "new_items": new_items,
+        # Incremental runs: the event_date days replaced (None: every day, a full run).
+        "days_recut": None if days is None else len(days), "first_recut_day": str(min(days)) if days else None,
+        "last_recut_day": str(max(days)) if days else None,
         "first_play": _iso(bounds["first"]), "last_play": _iso(bounds["last"]),
         "valid_start": _iso(valid_us), "test_start": _iso(test_us),
         **{f"sessions_{s}": per_split.get(s, (0, 0))[0] for s in ("train", "valid", "test")},

@@ -6,7 +6,9 @@ comes from the training run's logged MLflow model; most-popular and session-kNN 
 train split of the same snapshot: the sessions version the run pinned, so evaluating an old run
 after the lake changed gives the figures it gave then. Lines and training sessions are capped by
 `evaluate.max_*` (the most recent sessions are kept): the baselines hold their sessions in the
-driver's memory. The run's registered version then goes through the gate (evaluate/promote.py),
+driver's memory. The model's ids must name the same tracks in that generation's item_index (a
+rebuilt or other lake is refused); ids above its vocabulary (tracks that entered the append-only
+dictionary after it was trained) are dropped from the sessions it reads. The run's registered version then goes through the gate (evaluate/promote.py),
 which measures the current champion on the same lines and decides whether `score` serves it.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from nextplay import tracking
@@ -25,7 +28,7 @@ from nextplay.evaluate.promote import gate
 from nextplay.evaluate.report import evaluate_all, log_evaluation
 from nextplay.model.pyfunc import load_logged
 from nextplay.spark import get_spark
-from nextplay.tables import Lake, Pin
+from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,30 @@ def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
     return pin.sessions_version
 
 
+def check_lake_dictionary(spark, cfg: Config, model, version: int, run_id: str) -> None:
+    """Refuse a model whose ids the dictionary of the sessions it is measured on (the item_index of the
+    same generation) numbers otherwise: a rebuilt lake or another one. One join count on the executors."""
+    lake = Lake(cfg.lake)
+    pin = lake.pin_generation(spark, version)
+    ids = model.track_ids
+    mine = spark.createDataFrame(pd.DataFrame({"track_id": ids.astype(str), "item_idx": range(1, len(ids) + 1)}),
+                                 "track_id string, item_idx int")
+    check_dictionary(mine, len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
+                            f"run {run_id}", lake.describe())
+
+
+def known_items(sessions: list[list[int]], n_items: int, collapse: bool) -> list[list[int]]:
+    """Sessions without the ids a model of `n_items` does not know (tracks the dictionary gained after
+    it was trained), repeats collapsed again when training collapsed them, as scoring maps histories."""
+    out = []
+    for items in sessions:
+        kept = [i for i in items if i <= n_items]
+        if collapse:
+            kept = [i for j, i in enumerate(kept) if j == 0 or i != kept[j - 1]]
+        out.append(kept)
+    return out
+
+
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Measure the run (default: the latest finished training run), log it, and pass its registered
     version through the promotion gate. Returns the model's metrics, the baselines' and the
@@ -61,11 +88,14 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     model = logged.rnn
     spark = get_spark(cfg)
     version = sessions_version_of(cfg, spark, run_id)
-    test = recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version)
+    check_lake_dictionary(spark, cfg, logged, version, run_id)
+    test = known_items(recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version),
+                       model.n_items, logged.collapse)
     prefixes, labels = session_lines(test)
     if not labels:
         raise ValueError("the sessions table has no 'test' sessions with a next item: check sessionize.test_days")
-    train = recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version)
+    train = known_items(recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version),
+                        model.n_items, logged.collapse)
     baselines = {"most_popular": MostPopular(),
                  "session_knn": SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
     for b in baselines.values():

@@ -8,6 +8,10 @@ once per executor Python process (Python workers are reused across tasks). Execu
 the tracking server, which on a cluster
 they often cannot reach or authenticate to.
 
+The model's item ids must mean the same tracks in the lake's append-only `item_index` (checked with
+one join count; a rebuilt or other lake is refused). Listening histories are mapped through the
+model's own index, so tracks added to the lake after training are dropped from them, never ranked.
+
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
 anywhere before the commit leaves the previous partition exactly as it was, and readers see the
 old partition or the new one, never a mix. A run with no user to score (no recent play of a track
@@ -38,7 +42,7 @@ from nextplay.config import Config, ConfigError
 from nextplay.model import pyfunc
 from nextplay.score import history
 from nextplay.spark import get_spark
-from nextplay.tables import PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake
+from nextplay.tables import ITEM_INDEX, PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake, check_dictionary
 from nextplay.tracking import ResolvedModel, configure, resolve_model
 
 log = logging.getLogger(__name__)
@@ -119,11 +123,22 @@ def ship_model(spark: SparkSession, model: ResolvedModel) -> tuple[str, Path]:
 def item_index_frame(spark: SparkSession, model_dir: Path) -> DataFrame:
     """The model's own item index as a DataFrame.
 
-    Not the lake's `item_index` table: sessionize may have rebuilt it since this model was
-    trained, and a history must be mapped with the indices the model learned.
+    Not the lake's `item_index` table: sessionize may have added tracks since this model was
+    trained, and a history must be mapped to the ids the model learned (1..its V).
     """
     table = pq.read_table(pyfunc.index_file(model_dir), columns=["track_id", "item_idx"])
     return spark.createDataFrame(table)
+
+
+def check_lake_dictionary(spark: SparkSession, lake: Lake, index: DataFrame, model_dir: Path, model_uri: str) -> None:
+    """Refuse a model whose ids the lake's item_index numbers otherwise (a rebuilt lake, another lake):
+    predictions name tracks by the model's ids, and `item_idx` in predictions means item_index's. A lake
+    without item_index (plays only) has no dictionary to disagree with."""
+    if not lake.exists(spark, ITEM_INDEX):
+        log.warning("%s has no item_index table: the model's own dictionary names the tracks", lake.describe())
+        return
+    n_items = pq.read_metadata(pyfunc.index_file(model_dir)).num_rows
+    check_dictionary(index, n_items, lake.read(spark, ITEM_INDEX), model_uri, lake.describe())
 
 
 def predictions_frame(scored: DataFrame, index: DataFrame, model: ResolvedModel, scored_at: datetime,
@@ -172,6 +187,9 @@ def score(cfg: Config) -> dict:
                          "in its model config): score a model that the train stage logged")
     collapse = bool(config[pyfunc.CONF_COLLAPSE])
     index = item_index_frame(spark, local)
+    # Tracks the lake added after training have ids above the model's: histories map track ids
+    # through the model's own index, so they are dropped there and never ranked.
+    check_lake_dictionary(spark, lake, index, local, model.uri)
     hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
     scorer = make_scorer(shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
                          batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
