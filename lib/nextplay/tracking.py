@@ -289,7 +289,7 @@ def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_ind
 
 # -- reading runs back (notebooks) ---------------------------------------------------------------
 
-_RUN_PARAMS = ("model.cell", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
+_RUN_PARAMS = ("model.encoder", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
 
 
 def compare_runs(cfg: Config, k: int = 20) -> pd.DataFrame:

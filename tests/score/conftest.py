@@ -1,4 +1,4 @@
-"""A tiny real setup for the scoring tests, built once per test session: a SessionRNN trained for a
+"""A tiny real setup for the scoring tests, built once per test session: a SessionModel trained for a
 few steps on made-up plays, logged and registered in a temp sqlite MLflow store (the champion), and
 those plays in a temp lake. The plays hold what scoring must handle: unknown tracks, repeats (also repeats broken
 only by an unknown track), equal timestamps, users outside the lookback and a user whose recent
@@ -83,13 +83,13 @@ def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40):
     import torch
 
     from nextplay.config import TrainConfig
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.score.pyfunc import pad
     from nextplay.train.loop import build_optimizer
 
     torch.manual_seed(3)
     cfg = load_config(None, ["model.hidden_size=16", "model.dropout=0.0"]).model
-    model = SessionRNN(n_items, cfg)
+    model = SessionModel(n_items, cfg)
     seqs = [h for h in histories if len(h) >= 2]
     items, lengths = (torch.from_numpy(a) for a in pad(seqs))
     opt = build_optimizer(model, TrainConfig(lr=0.05))  # row-wise Adam where item gradients are sparse

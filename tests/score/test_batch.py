@@ -171,7 +171,7 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
     the tiny model must load this one, or its item indices overrun the old embedding."""
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.score.pyfunc import log_model
 
     cfg = copy.deepcopy(tiny.cfg)
@@ -180,7 +180,7 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
     n_items = len(tiny.item_index) + 7
     index = pd.DataFrame({"track_id": [f"x{i}" for i in range(1, n_items + 1)],
                           "item_idx": np.arange(1, n_items + 1, dtype=np.int32)})
-    save_model(SessionRNN(n_items, cfg.model), tmp_path / "rnn")
+    save_model(SessionModel(n_items, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="other"):
         info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
                          collapse_repeats=True)
@@ -205,7 +205,7 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     partition with nothing would silently delete it, so scoring refuses unless told otherwise."""
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.score.pyfunc import log_model
 
     day = "2024-04-02"
@@ -217,7 +217,7 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     cfg.tracking.uri = f"sqlite:///{tmp_path / 'foreign.db'}"
     cfg.tracking.artifact_location = str(tmp_path / "foreign-artifacts")
     index = pd.DataFrame({"track_id": [f"elsewhere-{i}" for i in range(1, 11)], "item_idx": np.arange(1, 11, dtype=np.int32)})
-    save_model(SessionRNN(10, cfg.model), tmp_path / "rnn")
+    save_model(SessionModel(10, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="foreign"):
         info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
                          collapse_repeats=True)
