@@ -88,6 +88,20 @@ def test_spark_scores_equal_the_model_in_process(spark: SparkSession, lake: Lake
     assert set(got["sessions_version"]) == {SESSIONS_VERSION} and first_run["sessions_version"] == SESSIONS_VERSION
 
 
+def test_every_encoder_scores_in_spark_as_in_process(spark: SparkSession, lake: Lake, tiny: TinyModel,
+                                                     tiny_each: TinyModel) -> None:
+    """The scoring UDF loads and runs whichever encoder the registered model holds."""
+    cfg = with_score(tiny, score_date="2024-04-11" if tiny_each is tiny else "2024-04-12")  # a partition each
+    cfg.tracking = copy.deepcopy(tiny_each.cfg.tracking)
+    batch.score(cfg)
+    got = partition(spark, lake, cfg.score.score_date)
+    want = in_process(tiny_each, exclude_seen=False)
+    pd.testing.assert_frame_equal(got[["user_id", "rank", "track_id", "item_idx"]],
+                                  want[["user_id", "rank", "track_id", "item_idx"]], check_dtype=False)
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4, atol=1e-4)
+    assert set(got["model_name"]) == {tiny_each.cfg.tracking.model_name}
+
+
 @pytest.mark.slow
 def test_exclude_played(spark: SparkSession, lake: Lake, tiny: TinyModel) -> None:
     batch.score(with_score(tiny, exclude_played=True, score_date="2024-04-02"))
