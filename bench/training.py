@@ -87,7 +87,7 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
     loaded: dict[str, Any] = {"rate": []}
 
     def load() -> None:
-        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, unit="items", seed=cfg.train.seed), epoch)
+        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed), epoch)
         loaded["rate"].append(epoch / took)
         loaded["batches"] = batches[:n]
 

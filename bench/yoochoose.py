@@ -63,7 +63,7 @@ def yoochoose_figure(b: Bench) -> dict[str, Any]:
     snapshot = SessionSnapshot((str(file),), "train", n_sessions, int(counts.sum()), count_row_groups([str(file)]))
     cfg = b.cfg
     steps = b.mode.yoochoose_steps
-    batches, _ = timed_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size, unit="items",
+    batches, _ = timed_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size,
                                                        seed=cfg.train.seed), steps)
     rates = {}
     for threads in sorted({1, os.cpu_count() or 1}):

@@ -185,7 +185,7 @@ def training_strategy(spec: TrainSpec, rank: int, size: int):
         return Lanes.of(lanes, cfg.train, steps_per_epoch=len(lanes) if size > 1 else None)
     make_batches = lambda epoch: iterate_batches(  # noqa: E731
         spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
-        seed=cfg.train.seed, unit="items")
+        seed=cfg.train.seed)
     return Buckets.of(make_batches, cfg.train, steps_per_epoch=spec.snapshot.steps_per_epoch(cfg.train.batch_size, size))
 
 

@@ -78,7 +78,7 @@ class IndexedAdagrad(torch.optim.Optimizer):
 
 
 class RowAdam(torch.optim.Optimizer):
-    """Adam for models whose item matrices get row-sparse gradients (`SessionRNN.sparse_items`).
+    """Adam for models whose item matrices get row-sparse gradients (`SessionModel.sparse_items`).
 
     A sparse gradient updates only its rows' moments and values ("lazy" Adam): rows a step did not
     touch keep their moments instead of decaying them, which is what makes a step cost the batch
