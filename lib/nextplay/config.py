@@ -142,8 +142,8 @@ class HybridConfig:
     knn_weight: float = 0.1  # in [0, 1): the memory's whole vote
     knn_explore_weight: float = 0.3  # in [0, 1): the memory's share of the new-item mass (needs model.repeat)
     knn_position_decay: float = 1.0  # >= 0
-    knn_neighbors: int = 100
-    knn_sample: int = 2000
+    knn_neighbors: int = 100  # neighbours whose items vote, of the sampled candidates
+    knn_sample: int = 2000  # most recent stored sessions sharing an item with the prefix: the candidates
     knn_sessions: int = 500_000  # sessions stored in the memory after training
 
 
