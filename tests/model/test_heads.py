@@ -94,3 +94,18 @@ def test_score_temperature_keeps_a_distribution(head: str) -> None:
     torch.testing.assert_close(scores[0.5], torch.log_softmax(2 * scores[1.0], 1))
     assert torch.equal(scores[1.0].argsort(dim=1, stable=True), scores[0.5].argsort(dim=1, stable=True))
     assert (scores[0.5].max(1).values > scores[1.0].max(1).values).all()
+
+
+def test_attention_encoder_scores_a_long_history_by_its_most_recent_items() -> None:
+    """A history longer than model.sasrec.max_positions scores as its last max_positions items alone."""
+    from nextplay.config import SASRecConfig
+
+    torch.manual_seed(6)
+    cfg = ModelConfig(encoder="sasrec", hidden_size=8, n_negatives=4, init_std=0.5, sasrec=SASRecConfig(max_positions=3))
+    model = SessionModel(11, cfg, np.arange(12)).eval()
+    long = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]])
+    recent = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    lengths = torch.tensor([5, 2])
+    torch.testing.assert_close(model.score_all(long, lengths), model.score_all(recent, lengths.clamp_max(3)))
+    with pytest.raises(ValueError, match="model.sasrec.max_positions"):
+        model.loss(torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([5]))  # training windows must fit
