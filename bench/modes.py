@@ -33,7 +33,7 @@ class Mode:
     yoochoose_steps: int = 200
     # Scoring: users scored per catalog size.
     score_users: dict[int, int] = field(default_factory=lambda: {10_000: 20_000, 1_000_000: 2_000})
-    memory_sessions: int = 500_000  # sessions in the hybrid's memory (model.knn_sessions' default)
+    memory_sessions: int = 500_000  # sessions in the hybrid's memory (model.hybrid.knn_sessions' default)
 
     def __post_init__(self) -> None:
         if self.ratio_events not in self.event_sizes:

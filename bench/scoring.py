@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 
 from bench.context import Bench, log
 from bench.measure import interleaved, median
@@ -29,9 +29,9 @@ VOCABS = (10_000, 1_000_000)
 
 
 def _ship(b: Bench, p: np.ndarray):
-    """Log an (untrained: speed does not depend on the weights) SessionRNN as the project's pyfunc
+    """Log an (untrained: speed does not depend on the weights) SessionModel as the project's pyfunc
     model in the bench's own MLflow store and ship it to Spark as `nextplay score` does. With the
-    default `model.knn_weight` the model is the hybrid, so its memory is filled with sessions drawn
+    default `model.hybrid.knn_weight` the model is the hybrid, so its memory is filled with sessions drawn
     by the same popularity (their count: the mode's `memory_sessions`)."""
     from nextplay import tracking
     from nextplay.model.io import save_model
@@ -42,9 +42,9 @@ def _ship(b: Bench, p: np.ndarray):
     n_items, counts = len(p) - 1, np.round(p * 1e9)
     label = vocab_label(n_items)
     rnn_dir = b.workdir / f"rnn_{label}"
-    model = SessionRNN(n_items, b.cfg.model, item_counts=counts).eval()
-    if model.memory is not None:
-        model.memory.remember(zipf_items(p, (b.mode.memory_sessions, 8), np.random.default_rng(n_items)))
+    model = SessionModel(n_items, b.cfg.model, item_counts=counts).eval()
+    if model.hybrid.memory is not None:
+        model.hybrid.remember(zipf_items(p, (b.mode.memory_sessions, 8), np.random.default_rng(n_items)))
     save_model(model, rnn_dir)
     index = pd.DataFrame({"track_id": [f"t{i}" for i in range(1, n_items + 1)],
                           "item_idx": np.arange(1, n_items + 1, dtype=np.int32),

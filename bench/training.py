@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from nextplay.config import Config, ModelConfig, TrainConfig
-from nextplay.model.rnn import SessionRNN
-from nextplay.train.loop import Batch, build_optimizer, fit
+from nextplay.model.session import SessionModel
+from nextplay.train.loop import Batch, Buckets, build_optimizer, fit
 
 from bench.context import Bench, log
 from bench.measure import interleaved, median
@@ -42,12 +42,12 @@ class Trainer:
 
     def __init__(self, n_items: int, model_cfg: ModelConfig, train_cfg: TrainConfig, counts: np.ndarray) -> None:
         self.cfg = train_cfg
-        self.model = SessionRNN(n_items, model_cfg, item_counts=counts)
+        self.model = SessionModel(n_items, model_cfg, item_counts=counts)
         self.optimizer = build_optimizer(self.model, train_cfg)
 
     def run(self, batches: list[Batch], steps: int) -> dict[str, float]:
         """Train `steps` steps cycling over `batches`; returns fit's stats (events, seconds)."""
-        return fit(self.model, lambda epoch: batches, self.cfg, steps_per_epoch=steps, device="cpu",
+        return fit(self.model, Buckets.of(lambda epoch: batches, self.cfg, steps), self.cfg, device="cpu",
                    optimizer=self.optimizer)[0]
 
 
@@ -87,7 +87,7 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
     loaded: dict[str, Any] = {"rate": []}
 
     def load() -> None:
-        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, unit=cfg.train.batch_unit, seed=cfg.train.seed), epoch)
+        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed), epoch)
         loaded["rate"].append(epoch / took)
         loaded["batches"] = batches[:n]
 
@@ -108,7 +108,7 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
 
 
 def _model_summary(m: ModelConfig) -> dict[str, Any]:
-    return {"cell": m.cell, "head": m.head, "hidden_size": m.hidden_size, "readout": m.readout, "repeat": m.repeat,
+    return {"encoder": m.encoder, "head": m.head, "hidden_size": m.hidden_size, "readout": m.readout, "repeat": m.repeat,
             "n_negatives": m.n_negatives}
 
 

@@ -64,7 +64,7 @@ def yoochoose_figure(b: Bench) -> dict[str, Any]:
     snapshot = SessionSnapshot((str(file),), "train", n_sessions, int(counts.sum()), count_row_groups([str(file)]))
     cfg = b.cfg
     steps = b.mode.yoochoose_steps
-    batches, _ = timed_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size, unit=cfg.train.batch_unit,
+    batches, _ = timed_batches(lambda: iterate_batches(snapshot, batch_size=cfg.train.batch_size,
                                                        seed=cfg.train.seed), steps)
     rates = {}
     for threads in sorted({1, os.cpu_count() or 1}):
@@ -84,7 +84,7 @@ def yoochoose_figure(b: Bench) -> dict[str, Any]:
     b.details["yoochoose1_64"] = {
         "sessions": n_sessions, "items": n_items, "steps": steps, "batch_size": cfg.train.batch_size,
         "events_per_second_by_threads": {str(k): v for k, v in rates.items()},
-        "model": {"cell": cfg.model.cell, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
+        "model": {"encoder": cfg.model.encoder, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
                   "readout": cfg.model.readout, "repeat": cfg.model.repeat, "optimizer": cfg.train.optimizer},
     }
     return {"train_events_per_second_yoochoose1_64": rates[1], "bptt1_over_full_yoochoose1_64": bptt_ratio}

@@ -11,10 +11,10 @@ from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
 
 def test_layers_defaults_then_yaml_then_overrides(tmp_path):
     conf = tmp_path / "c.yml"
-    conf.write_text("train:\n  epochs: 7\n  lr: 0.01\nmodel:\n  cell: lstm\n")
+    conf.write_text("train:\n  epochs: 7\n  lr: 0.01\nmodel:\n  encoder: lstm\n  hybrid:\n    knn_weight: 0.2\n")
     cfg = load_config(conf, ["train.epochs=3", "evaluate.ks=[5, 10]", "promote.metric=mrr_at_10", "spark.master=null",
                             "sessionize.collapse_repeats=no"])
-    assert (cfg.train.epochs, cfg.train.lr, cfg.model.cell) == (3, 0.01, "lstm")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.model.encoder, cfg.model.hybrid.knn_weight) == (3, 0.01, "lstm", 0.2)
     assert cfg.evaluate.ks == [5, 10] and cfg.spark.master is None and cfg.sessionize.collapse_repeats is False
     assert cfg.model.hidden_size == ModelConfig().hidden_size  # not in the file: the dataclass default
 
@@ -22,12 +22,21 @@ def test_layers_defaults_then_yaml_then_overrides(tmp_path):
 @pytest.mark.parametrize("override, fragment", [
     ("train.epoch=3", "unknown config key 'train.epoch'"),
     ("trian.epochs=3", "unknown config key 'trian'"),
-    ("model.cell=transformer", "model.cell: 'transformer' is not allowed; choose one of rnn, gru, lstm"),
+    ("model.encoder=transformer", "model.encoder: 'transformer' is not allowed; choose one of rnn, gru, lstm, sasrec"),
+    ("model.cell=gru", "unknown config key 'model.cell'"),
+    ("model.knn_weight=0.1", "unknown config key 'model.knn_weight'"),
+    ("model.hybrid.knn_weight=1", "model.hybrid.knn_weight: must be in [0, 1)"),
+    ("model.hybrid.score_temperature=0", "model.hybrid.score_temperature: must be > 0"),
+    ("model.sasrec.heads=3", "model.sasrec.heads: must divide model.hidden_size"),
+    ("model.sasrec.blocks=0", "model.sasrec.blocks: must be a positive number"),
+    ("model.recurrent.num_layers=0", "model.recurrent.num_layers: must be a positive number"),
+    ("train.optimizer=adagrad_sgd", "train.optimizer: 'adagrad_sgd' is not allowed"),
+    ("train.batch_unit=sessions", "unknown config key 'train.batch_unit'"),
     ("train.epochs=three", "train.epochs: expected an integer"),
     ("train.epochs=0", "train.epochs: must be a positive number"),
     ("model.dropout=1.5", "model.dropout: must be in [0, 1)"),
     ("train.resume=maybe", "train.resume: expected true or false"),
-    ("train.bptt_steps=-1", "train.bptt_steps: must be >= 0"),
+    ("train.bptt_steps=2", "train.bptt_steps: must be 0 (through the whole window) or 1 (one step)"),
     ("sessionize.min_session_length=1", "sessionize.min_session_length: must be at least 2"),
     ("lake.catalog=main", "lake.catalog and lake.schema"),
     ("train.hosts=node1", "train.hosts: expected host:slots entries"),
@@ -69,12 +78,23 @@ def test_cli_prints_one_line_and_exits_2(argv, capsys):
 def test_flat_keys_cover_every_section():
     flat = load_config(None, []).flat()
     assert {"train.epochs", "model.head", "lake.root", "score.top_k", "tracking.uri"} <= set(flat)
+    assert {"model.hybrid.knn_weight", "model.sasrec.blocks", "model.recurrent.num_layers"} <= set(flat)
+    assert flat["spark.conf"] == {}  # a mapping value stays one value
+
+
+def test_attention_encoder_refuses_lanes_and_windows_longer_than_its_positions():
+    """Lanes carry a recurrent state across a session's steps; an attention encoder has none."""
+    with pytest.raises(ConfigError, match="train.batching: lanes carry a recurrent state"):
+        load_config(None, ["model.encoder=sasrec", "train.batching=lanes"])
+    with pytest.raises(ConfigError, match=r"train.max_len: 60 is longer than model.sasrec.max_positions \(50\)"):
+        load_config(None, ["model.encoder=sasrec", "train.max_len=60"])
+    assert load_config(None, ["model.encoder=gru", "train.batching=lanes"]).train.batching == "lanes"
 
 
 @pytest.mark.parametrize("name", ["local.yml", "benchmark.yml", "benchmark-diginetica.yml"])
 def test_every_shipped_conf_file_is_valid(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "conf" / name, [])
-    assert cfg.model.cell in ("rnn", "gru", "lstm")
+    assert cfg.model.encoder in ("rnn", "gru", "lstm", "sasrec")
 
 
 def test_diginetica_conf_is_the_benchmark_conf_with_the_documented_overrides():
@@ -83,8 +103,8 @@ def test_diginetica_conf_is_the_benchmark_conf_with_the_documented_overrides():
     conf = Path(__file__).resolve().parents[1] / "conf"
     digi = load_config(conf / "benchmark-diginetica.yml", []).flat()
     flags = ["train.bptt_steps=1", "train.optimizer=adagrad", "train.lr=0.05", "train.momentum=0.15",
-             "train.lr_schedule=constant", "model.loss=bpr_max", "model.knn_position_decay=0",
-             "model.score_temperature=0.5", "model.knn_weight=0.02", "model.knn_explore_weight=0",
+             "train.lr_schedule=constant", "model.loss=bpr_max", "model.hybrid.knn_position_decay=0",
+             "model.hybrid.score_temperature=0.5", "model.hybrid.knn_weight=0.02", "model.hybrid.knn_explore_weight=0",
              "train.batching=lanes", "model.repeat_detached=true"]
     bench = load_config(conf / "benchmark.yml", flags).flat()
     assert {k for k in digi if digi[k] != bench[k]} == {"tracking.model_name"}

@@ -33,10 +33,10 @@ import torch
 from nextplay.config import Config, load_config
 from nextplay.evaluate.baselines import MarkovChain, MostPopular, SessionKNN
 from nextplay.metrics import evaluate_model
-from nextplay.model.rnn import SessionRNN
-from nextplay.train.lanes import LaneBatches
+from nextplay.model.session import SessionModel
+from nextplay.train.lanes import LaneBatches, Lanes
 from nextplay.train.loader import cut_points
-from nextplay.train.loop import fit
+from nextplay.train.loop import Buckets, fit
 
 
 def read_sessions(path: Path) -> list[list[int]]:
@@ -88,8 +88,8 @@ class ItemIndex:
         return out, [self.index.get(x, 0) for x in labels], empty
 
 
-def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, unit: str, by_length: bool = True):
-    """In-memory batches cut as the Petastorm loader cuts them (`cut_points`, `train.batch_unit`):
+def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, by_length: bool = True):
+    """In-memory batches cut as the Petastorm loader cuts them (`cut_points`, equal item counts):
     sessions grouped by length (little padding), batch order shuffled per epoch; without
     `by_length`, batch_size random sessions (all lengths together, more padding)."""
     lengths = np.array([len(s) for s in sessions])
@@ -101,7 +101,8 @@ def batch_maker(sessions: list[list[int]], batch_size: int, seed: int, unit: str
         rng = np.random.default_rng([seed, epoch])
         perm = rng.permutation(len(sessions))
         order = perm[np.argsort(lengths[perm], kind="stable")] if by_length else perm
-        spans = cut_points(lengths[order], batch_size, unit if by_length else "sessions")
+        n = len(order)
+        spans = cut_points(lengths[order], batch_size) if by_length else [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
         out = []
         for i in rng.permutation(len(spans)):
             idx = order[spans[i][0]: spans[i][1]]
@@ -166,18 +167,17 @@ def main(argv: list[str] | None = None) -> None:
             emit({**base, "model": name, **res, "seconds": round(time.perf_counter() - t0, 1)}, args.log)
     if args.no_model:
         return
-    model = SessionRNN(index.n_items, cfg.model, index.counts)
+    model = SessionModel(index.n_items, cfg.model, index.counts)
     if cfg.train.batching == "lanes":  # the file's order is the sessions' time order
         arrays = [np.asarray(s, dtype=np.int64) for s in train_ids]
-        lanes = LaneBatches(lambda: arrays, cfg.train.batch_size, cfg.train.max_len,
-                            sum(len(s) - 1 for s in train_ids))
-        make = lambda epoch: lanes  # noqa: E731
+        strategy = Lanes.of(LaneBatches(lambda: arrays, cfg.train.batch_size, cfg.train.max_len,
+                                        sum(len(s) - 1 for s in train_ids)), cfg.train)
     else:
-        make = batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, cfg.train.batch_unit, not args.random_batches)
+        strategy = Buckets.of(batch_maker(train_ids, cfg.train.batch_size, cfg.train.seed, not args.random_batches), cfg.train)
     started = time.perf_counter()
 
     def on_epoch_end(epoch: int, stats: dict) -> None:
-        record = {**base, "model": f"rnn:{cfg.model.cell}/{cfg.model.head}", **stats,
+        record = {**base, "model": f"model:{cfg.model.encoder}/{cfg.model.head}", **stats,
                   "wall_seconds": round(time.perf_counter() - started, 1)}
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.load is not None:
         model.load_state_dict(torch.load(args.load, weights_only=True))
     else:
-        fit(model, make, cfg.train, steps_per_epoch=None, on_epoch_end=on_epoch_end, device="cpu")
+        fit(model, strategy, cfg.train, on_epoch_end=on_epoch_end, device="cpu")
     if args.save is not None:
         torch.save(model.state_dict(), args.save)
 

@@ -111,7 +111,7 @@ def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) ->
         "world_size": trained.world_size,
         "run_id": trained.run_id,
         "baselines": report.baselines,
-        "config": {"cell": cfg.model.cell, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
+        "config": {"encoder": cfg.model.encoder, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
                    "batch_size": cfg.train.batch_size, "launcher": cfg.train.launcher},
     })
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)

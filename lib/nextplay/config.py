@@ -112,63 +112,88 @@ class SessionizeConfig:
 
 
 @dataclass
+class RecurrentConfig:
+    """`model.recurrent.*`: settings of the recurrent encoders (model.encoder rnn, gru or lstm)."""
+
+    num_layers: int = 1  # stacked recurrent layers
+
+
+@dataclass
+class SASRecConfig:
+    """`model.sasrec.*`: settings of the causal self-attention encoder (model.encoder=sasrec, model/encoders.py)."""
+
+    blocks: int = 2  # attention + feed-forward blocks
+    heads: int = 1  # attention heads per block; must divide model.hidden_size
+    # Learned position vectors, counted from a window's first item: the longest window the encoder
+    # reads. Training windows (train.max_len) must fit; scoring reads each history's last this many items.
+    max_positions: int = 50
+
+
+@dataclass
+class HybridConfig:
+    """`model.hybrid.*`: how the trained network's distribution is mixed at scoring time (model/hybrid.py).
+
+    Session-kNN over the `knn_sessions` most recent training sessions, stored in the model after
+    training: the memory's items outside the prefix take `knn_explore_weight` of what the repeat gate
+    sends to new items, then its whole distribution takes `knn_weight` of the answer. The search: the
+    `knn_sample` most recent stored sessions sharing an item with the prefix, the `knn_neighbors` most
+    similar of them; neighbour items count exp(-d / knn_position_decay) at d steps from where the
+    sessions meet (0: all alike, plain V-SKNN). The network trains alone either way; both weights 0
+    score the network alone. Chosen on the validation splits: docs/benchmarks.md, "The hybrid"; the
+    explore weight is 0.3 since equal-item batches made the RNN's own new-item ranking stronger.
+    """
+
+    # The head's logits are divided by this before its softmax (training never sees it). Below 1
+    # sharpens the head against the memory: BPR-max trains scores to rank, not to be a likelihood,
+    # and on diginetica's validation split they mixed best at 0.5.
+    score_temperature: float = 1.0
+    knn_weight: float = 0.1  # in [0, 1): the memory's whole vote
+    knn_explore_weight: float = 0.3  # in [0, 1): the memory's share of the new-item mass (needs model.repeat)
+    knn_position_decay: float = 1.0  # >= 0
+    knn_neighbors: int = 100  # neighbours whose items vote, of the sampled candidates
+    knn_sample: int = 2000  # most recent stored sessions sharing an item with the prefix: the candidates
+    knn_sessions: int = 500_000  # sessions stored in the memory after training
+
+
+@dataclass
 class ModelConfig:
-    cell: Literal["rnn", "gru", "lstm"] = "gru"
+    # The network that turns a session's item vectors into a state per position (model/encoders.py):
+    # a recurrent stack (`rnn`, `gru`, `lstm`; settings under model.recurrent) or causal
+    # self-attention (`sasrec`, SASRec-style; settings under model.sasrec, trains with
+    # train.batching=buckets only).
+    encoder: Literal["rnn", "gru", "lstm", "sasrec"] = "gru"
+    recurrent: RecurrentConfig = field(default_factory=RecurrentConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     head: Literal["full", "sampled", "bit_tree"] = "sampled"
     # Defaults tuned on validation splits cut from the benchmark sets' training sessions
     # (docs/benchmarks.md, "Accuracy"): a wider state, and heavy dropout on the item vectors.
     hidden_size: int = 256
     embedding_size: int = 0  # 0: same as hidden_size
-    num_layers: int = 1
-    dropout: float = 0.3
-    embedding_dropout: float = 0.5
-    tie_embeddings: bool = True
-    n_negatives: int = 2048
+    dropout: float = 0.3  # on the encoder's states (and inside the attention blocks)
+    embedding_dropout: float = 0.5  # on the item vectors the encoder reads
+    tie_embeddings: bool = True  # the output item matrix is the input one (full and sampled heads)
+    n_negatives: int = 2048  # sampled head: negatives drawn per batch
     sample_alpha: float = 0.3  # popularity ** alpha for the sampled head's negatives
-    logq: bool = True
-    # Sampled head: a session's own items are never negatives for its targets (the batch's other
-    # targets include them, and they are related to the target rather than competing with it).
-    # Off: it lifted diginetica's BPR-max RNN alone (+1.2 Recall@20) but not its hybrid, and cost
-    # yoochoose1_64's hybrid 1.7 (validation splits).
-    exclude_session_items: bool = False
-    # What trains the sampled head: `cross_entropy` (sampled softmax with the log-q correction) or
-    # `bpr_max` (GRU4Rec's ranking loss: the target against a softmax-weighted mix of the negatives,
-    # plus `bpr_reg` times their weighted squared scores). Cross-entropy won on yoochoose1_64's
-    # validation split, BPR-max (+2.4 MRR@20) on diginetica's: docs/benchmarks.md, "Accuracy".
+    logq: bool = True  # sampled head: correct every logit by the log of its item's expected draws
+    # What trains the head (model/losses.py): `cross_entropy` (the head's log-likelihood; for the
+    # sampled head a sampled softmax with the log-q correction) or `bpr_max` (GRU4Rec's ranking loss:
+    # the target against a softmax-weighted mix of the negatives, plus `bpr_reg` times their weighted
+    # squared scores; sampled head only). Cross-entropy won on yoochoose1_64's validation split,
+    # BPR-max (+2.4 MRR@20) on diginetica's: docs/benchmarks.md, "Accuracy".
     loss: Literal["cross_entropy", "bpr_max"] = "cross_entropy"
     bpr_reg: float = 0.9  # GRU4Rec's setting for diginetica, the one validated here
-    init_std: float = 0.05
-    # What the output reads: the last hidden state (GRU4Rec's readout) or that state plus attention
+    init_std: float = 0.05  # standard deviation of the initial item vectors
+    # What the output reads: the encoder's last state (GRU4Rec's readout) or that state plus attention
     # over the session's earlier states (NARM-style; bilinear scores, see model/readout.py). On both
     # benchmark sets' validation splits `last` was as accurate or better and 1.6x faster to train.
     readout: Literal["last", "attention"] = "last"
     # Mix the head's distribution with a learned pointer over items already in the session
     # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
     repeat: bool = True
-    # The repeat mixture's likelihood trains the gate and the pointer only, not the network's states
+    # The repeat mixture's likelihood trains the gate and the pointer only, not the encoder's states
     # (they then learn from the head's loss alone). Measured with lanes in docs/benchmarks.md.
     repeat_detached: bool = False
-    # > 0: L2-normalise session and item vectors and scale their dot product by this (full/sampled).
-    cosine_scale: float = 0.0
-    # Hybrid scoring with session-kNN over the `knn_sessions` most recent training sessions, stored
-    # in the model after training (model/rnn.py and model/neighbors.py): the memory's items outside
-    # the prefix take `knn_explore_weight` of what the repeat gate sends to new items, then its whole
-    # distribution takes `knn_weight` of the answer. The search: the `knn_sample` most recent stored
-    # sessions sharing an item with the prefix, the `knn_neighbors` most similar of them; neighbour
-    # items count exp(-d / knn_position_decay) at d steps from where the sessions meet (0: all alike,
-    # plain V-SKNN). The RNN trains alone either way; both weights 0 score the RNN alone. Chosen on
-    # the validation splits: docs/benchmarks.md, "The two configurations"; the explore weight is 0.3 since
-    # equal-item batches made the RNN's own new-item ranking stronger.
-    # Scoring only: the head's logits are divided by this before its softmax (training never sees
-    # it). Below 1 sharpens the head against the memory in the hybrid: BPR-max trains scores to rank,
-    # not to be a likelihood, and on diginetica's validation split they mixed best at 0.5.
-    score_temperature: float = 1.0
-    knn_weight: float = 0.1
-    knn_explore_weight: float = 0.3
-    knn_position_decay: float = 1.0
-    knn_neighbors: int = 100
-    knn_sample: int = 2000
-    knn_sessions: int = 500_000
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
 
 
 @dataclass
@@ -180,24 +205,23 @@ class TrainConfig:
     hosts: str | None = None
     epochs: int = 5
     batch_size: int = 128
-    # `items`: a batch holds about batch_size x the mean session length items (many short sessions
-    # or few long ones), so every target weighs about the same; `sessions`: batch_size sessions.
-    # train/loader.py `cut_points` says why; docs/benchmarks.md has the validation figures.
-    batch_unit: Literal["items", "sessions"] = "items"
-    # `buckets`: shuffled sessions in length-sorted batches (batch_unit applies). `lanes`: batch_size
-    # sessions in flight, one target each per step, oldest sessions first (GRU4Rec's official
-    # session-parallel batches; train/lanes.py says why, docs/benchmarks.md measures it).
+    # `buckets`: shuffled sessions in length-sorted batches of about batch_size x the mean session
+    # length items each (train/loader.py `cut_points` says why). `lanes`: batch_size sessions in
+    # flight, one target each per step, oldest sessions first (GRU4Rec's official session-parallel
+    # batches; train/lanes.py says why, docs/benchmarks.md measures it); recurrent encoders only.
     # Lanes run about 4x faster with bptt_steps=1, which they are meant for (model/cells.py `last_step`).
     batching: Literal["buckets", "lanes"] = "buckets"
     max_len: int = 50
-    # Backpropagation through time: 0 over each whole session window; k > 0 through at most k steps
-    # (the official GRU4Rec code: 1). Values are unchanged, only gradients are cut; model/cells.py.
+    # Backpropagation through time, recurrent encoders: 0 through each whole session window; 1 cuts
+    # the gradient between steps, every step fed the previous state as a constant (the official
+    # GRU4Rec code). Values are unchanged, only gradients are cut; model/cells.py.
     bptt_steps: int = 0
-    optimizer: Literal["adam", "adagrad_sgd", "adagrad"] = "adam"
+    # `adam`: Adam on everything (row-wise where item gradients are sparse). `adagrad`: indexed
+    # Adagrad with `momentum` on every parameter, as the official GRU4Rec code trains.
+    optimizer: Literal["adam", "adagrad"] = "adam"
     lr: float = 0.005
     # Learning-rate multiplier over the run (per step when the epoch's step count is known).
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
-    item_lr: float = 0.05  # Adagrad step on item vectors when optimizer=adagrad_sgd
     momentum: float = 0.0  # optimizer=adagrad only (GRU4Rec's official code: 0 to 0.4)
     weight_decay: float = 0.0
     clip_norm: float = 5.0
@@ -323,17 +347,20 @@ class Config:
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """Dotted keys to values, e.g. for MLflow params."""
+        """Dotted keys to values, e.g. for MLflow params: nested sections are walked
+        (`model.hybrid.knn_weight`); mapping values such as `spark.conf` stay one value."""
         out: dict[str, Any] = {}
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict) and prefix.count(".") < 1:
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                out[prefix] = value
+        def walk(prefix: str, obj: Any) -> None:
+            for f in dataclasses.fields(obj):
+                key = f"{prefix}.{f.name}" if prefix else f.name
+                value = getattr(obj, f.name)
+                if dataclasses.is_dataclass(value):
+                    walk(key, value)
+                else:
+                    out[key] = value
 
-        walk("", self.to_dict())
+        walk("", self)
         return out
 
 
@@ -445,8 +472,11 @@ def _check_ranges(cfg: Config) -> None:
         "generate.files": cfg.generate.files, "sessionize.session_gap_minutes": cfg.sessionize.session_gap_minutes,
         "sessionize.min_item_count": cfg.sessionize.min_item_count,
         "sessionize.max_session_length": cfg.sessionize.max_session_length,
-        "model.hidden_size": cfg.model.hidden_size, "model.num_layers": cfg.model.num_layers,
-        "model.n_negatives": cfg.model.n_negatives, "model.knn_sessions": cfg.model.knn_sessions, "train.num_proc": cfg.train.num_proc,
+        "model.hidden_size": cfg.model.hidden_size, "model.recurrent.num_layers": cfg.model.recurrent.num_layers,
+        "model.sasrec.blocks": cfg.model.sasrec.blocks, "model.sasrec.heads": cfg.model.sasrec.heads,
+        "model.sasrec.max_positions": cfg.model.sasrec.max_positions,
+        "model.n_negatives": cfg.model.n_negatives, "model.hybrid.knn_sessions": cfg.model.hybrid.knn_sessions,
+        "train.num_proc": cfg.train.num_proc,
         "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
         "train.max_len": cfg.train.max_len, "score.top_k": cfg.score.top_k,
         "score.history_length": cfg.score.history_length, "score.batch_size": cfg.score.batch_size,
@@ -455,7 +485,7 @@ def _check_ranges(cfg: Config) -> None:
         "generate.artists": cfg.generate.artists, "ingest.max_id_length": cfg.ingest.max_id_length,
         "ingest.commit_attempts": cfg.ingest.commit_attempts,
         **({"lake.webhdfs_port": cfg.lake.webhdfs_port} if cfg.lake.webhdfs_port is not None else {}),
-        "model.knn_neighbors": cfg.model.knn_neighbors, "model.knn_sample": cfg.model.knn_sample,
+        "model.hybrid.knn_neighbors": cfg.model.hybrid.knn_neighbors, "model.hybrid.knn_sample": cfg.model.hybrid.knn_sample,
     }
     for key, v in positive.items():
         if v <= 0:
@@ -465,32 +495,19 @@ def _check_ranges(cfg: Config) -> None:
                    "train.valid_fraction": cfg.train.valid_fraction, "train.momentum": cfg.train.momentum}.items():
         if not 0.0 <= v < 1.0:
             raise ConfigError(f"{key}: must be in [0, 1), got {v}")
-    for key, v in {"train.lr": cfg.train.lr, "train.item_lr": cfg.train.item_lr,
-                   "train.clip_norm": cfg.train.clip_norm}.items():
+    for key, v in {"train.lr": cfg.train.lr, "train.clip_norm": cfg.train.clip_norm}.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
-    if cfg.model.cosine_scale < 0:
-        raise ConfigError(f"model.cosine_scale: must be >= 0 (0 = off), got {cfg.model.cosine_scale}")
-    if cfg.model.loss == "bpr_max" and cfg.model.head != "sampled":
-        raise ConfigError(f"model.loss: bpr_max needs model.head=sampled (it ranks against negatives), got {cfg.model.head}")
-    if cfg.model.bpr_reg < 0:
-        raise ConfigError(f"model.bpr_reg: must be >= 0, got {cfg.model.bpr_reg}")
-    if cfg.model.score_temperature <= 0:
-        raise ConfigError(f"model.score_temperature: must be > 0, got {cfg.model.score_temperature}")
-    if cfg.model.init_std <= 0:
-        raise ConfigError(f"model.init_std: must be > 0, got {cfg.model.init_std}")
-    for key, v in {"model.knn_weight": cfg.model.knn_weight,
-                   "model.knn_explore_weight": cfg.model.knn_explore_weight}.items():
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"{key}: must be in [0, 1) (0 = without the memory there), got {v}")
-    if cfg.model.knn_position_decay < 0:
-        raise ConfigError(f"model.knn_position_decay: must be >= 0 (0 = plain V-SKNN), got {cfg.model.knn_position_decay}")
-    if not 0.0 <= cfg.model.sample_alpha <= 1.0:
-        raise ConfigError(f"model.sample_alpha: must be in [0, 1], got {cfg.model.sample_alpha}")
-    if cfg.model.embedding_size < 0:
-        raise ConfigError(f"model.embedding_size: must be >= 0 (0 = hidden_size), got {cfg.model.embedding_size}")
-    if cfg.train.bptt_steps < 0:
-        raise ConfigError(f"train.bptt_steps: must be >= 0 (0 = through the whole window), got {cfg.train.bptt_steps}")
+    _check_model(cfg.model)
+    if cfg.train.bptt_steps not in (0, 1):
+        raise ConfigError(f"train.bptt_steps: must be 0 (through the whole window) or 1 (one step), got {cfg.train.bptt_steps}")
+    if cfg.model.encoder == "sasrec":
+        if cfg.train.batching == "lanes":
+            raise ConfigError("train.batching: lanes carry a recurrent state across a session's steps, which "
+                              "model.encoder=sasrec has not; use train.batching=buckets or a recurrent encoder")
+        if cfg.train.max_len > cfg.model.sasrec.max_positions:
+            raise ConfigError(f"train.max_len: {cfg.train.max_len} is longer than model.sasrec.max_positions "
+                              f"({cfg.model.sasrec.max_positions}), the longest window the encoder has positions for")
     if cfg.train.max_len < 2:
         raise ConfigError(f"train.max_len: must be at least 2 (one input and one target), got {cfg.train.max_len}")
     if cfg.generate.artists > cfg.generate.tracks:
@@ -549,6 +566,30 @@ def _check_split_dates(s: SessionizeConfig) -> None:
     if parsed["sessionize.valid_start"] > parsed["sessionize.test_start"]:
         raise ConfigError(f"sessionize.valid_start: must not be after sessionize.test_start, got {s.valid_start} "
                           f"and {s.test_start}")
+
+
+def _check_model(m: ModelConfig) -> None:
+    """model.*: ranges, and the combinations of parts that cannot work together."""
+    if m.loss == "bpr_max" and m.head != "sampled":
+        raise ConfigError(f"model.loss: bpr_max needs model.head=sampled (it ranks against negatives), got {m.head}")
+    if m.bpr_reg < 0:
+        raise ConfigError(f"model.bpr_reg: must be >= 0, got {m.bpr_reg}")
+    if m.init_std <= 0:
+        raise ConfigError(f"model.init_std: must be > 0, got {m.init_std}")
+    if not 0.0 <= m.sample_alpha <= 1.0:
+        raise ConfigError(f"model.sample_alpha: must be in [0, 1], got {m.sample_alpha}")
+    if m.embedding_size < 0:
+        raise ConfigError(f"model.embedding_size: must be >= 0 (0 = hidden_size), got {m.embedding_size}")
+    if m.hidden_size % m.sasrec.heads:
+        raise ConfigError(f"model.sasrec.heads: must divide model.hidden_size ({m.hidden_size}), got {m.sasrec.heads}")
+    h = m.hybrid
+    if h.score_temperature <= 0:
+        raise ConfigError(f"model.hybrid.score_temperature: must be > 0, got {h.score_temperature}")
+    for key, v in {"model.hybrid.knn_weight": h.knn_weight, "model.hybrid.knn_explore_weight": h.knn_explore_weight}.items():
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{key}: must be in [0, 1) (0 = without the memory there), got {v}")
+    if h.knn_position_decay < 0:
+        raise ConfigError(f"model.hybrid.knn_position_decay: must be >= 0 (0 = plain V-SKNN), got {h.knn_position_decay}")
 
 
 def _check_hosts(hosts: str, num_proc: int) -> None:
@@ -636,3 +677,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     _apply(cfg, parse_overrides(overrides))
     _check_ranges(cfg)
     return cfg
+
+
+def model_config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
+    """The ModelConfig a saved model was built with (`dataclasses.asdict` of it), validated like a conf's
+    `model` section: a key this version does not know is a ConfigError naming it."""
+    cfg = Config()
+    _apply(cfg, {"model": values})
+    _check_model(cfg.model)
+    return cfg.model

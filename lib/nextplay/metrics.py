@@ -57,7 +57,7 @@ def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequen
                    device: str | torch.device | None = None) -> dict[str, float]:
     """Recall@K and MRR@K of `model` on (prefix, label) lines.
 
-    `model` is a SessionRNN (ranked in torch, streaming over item chunks) or any scorer with
+    `model` is a SessionModel (ranked in torch, streaming over item chunks) or any scorer with
     `score(prefixes) -> ndarray [B, n_items + 1]` (the baselines), so both are measured the same way.
     Prefixes are grouped by length before batching, which only saves padding: ranks do not depend on it.
     A dense scorer's batch is capped by `DENSE_SCORES_BUDGET` for its catalog size (`n_items`).

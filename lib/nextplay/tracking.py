@@ -265,7 +265,7 @@ def log_loss_curve(history: Sequence[Mapping[str, Any]], artifact_file: str = "l
 
 # -- reading runs back (notebooks) ---------------------------------------------------------------
 
-_RUN_PARAMS = ("model.cell", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
+_RUN_PARAMS = ("model.encoder", "model.head", "model.hidden_size", "train.epochs", "train.num_proc")
 
 
 def compare_runs(cfg: Config, k: int = 20) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def _conf(cluster, launcher: str) -> dict[str, Any]:
     conf["train"] = {"launcher": launcher, "num_proc": 2, "epochs": 1, "progress": False, "threads": 1,
                      "checkpoint_dir": f"{cluster.hdfs}/checkpoints"}
     if EVENTS < 1_000_000:  # small runs keep CI short; at scale the driver-side caps keep their defaults
-        conf["model"]["knn_sessions"] = 20_000
+        conf["model"]["hybrid"] = {"knn_sessions": 20_000}
         conf["evaluate"] = {"max_test_sessions": 5_000, "max_train_sessions": 20_000, "max_valid_sessions": 2_000}
     conf["tracking"] = {"uri": f"sqlite:///{cluster.work / 'mlruns.db'}", "experiment": "cluster",
                         "artifact_location": str(cluster.work / "mlartifacts"), "model_name": "nextplay-cluster"}

@@ -7,7 +7,7 @@ import torch
 
 from nextplay.config import ModelConfig
 from nextplay.metrics import evaluate_model, metrics_from_ranks, ranks_from_scores
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 
 
 def test_ranks_count_ties_against_the_label() -> None:
@@ -52,7 +52,7 @@ def test_evaluate_model_with_a_scorer() -> None:
 
 def test_evaluate_model_with_the_rnn_matches_its_scores() -> None:
     torch.manual_seed(0)
-    model = SessionRNN(12, ModelConfig(head="full", hidden_size=8, init_std=0.5))
+    model = SessionModel(12, ModelConfig(head="full", hidden_size=8, init_std=0.5))
     prefixes = [[1, 2, 3], [4], [5, 5, 6, 7], [8, 9]]
     labels = [4, 12, 5, 0]
     got = evaluate_model(model, prefixes, labels, ks=(1, 5, 12), batch_size=3)

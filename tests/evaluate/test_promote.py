@@ -31,7 +31,7 @@ GOOD = ["train.epochs=4", "train.batch_size=32", "model.hidden_size=32", "train.
 # One unit of state, a learning rate that moves nothing in one epoch, and no session-kNN memory to
 # lean on: a model trained through the normal path that has learnt nothing.
 CRIPPLED = ["train.epochs=1", "train.batch_size=32", "model.hidden_size=1", "train.lr=1e-9",
-            "model.knn_weight=0", "model.knn_explore_weight=0"]
+            "model.hybrid.knn_weight=0", "model.hybrid.knn_explore_weight=0"]
 SCORE_DATE = "2024-05-02"
 
 

@@ -68,11 +68,11 @@ def test_promote_metric_follows_evaluate_ks() -> None:
 def _model(tmp: Path, tracks: list[str], collapse: bool):
     """A real logged-model folder's parts (weights, item index, config) loaded as evaluate loads them."""
     from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.model.pyfunc import CONF_COLLAPSE, CONF_TOP_K, NextTrackModel, write_item_index
 
     tmp.mkdir()
-    save_model(SessionRNN(len(tracks), load_config(None, ["model.hidden_size=4"]).model), tmp / "rnn")
+    save_model(SessionModel(len(tracks), load_config(None, ["model.hidden_size=4"]).model), tmp / "rnn")
     index = pd.DataFrame({"track_id": tracks, "item_idx": np.arange(1, len(tracks) + 1, dtype=np.int32)})
     model = NextTrackModel()
     model.load_files(tmp / "rnn", write_item_index(index, tmp / "index.parquet"), {CONF_TOP_K: 5, CONF_COLLAPSE: collapse})

@@ -1,4 +1,4 @@
-"""Truncated backpropagation through time: the same states, gradients cut between chunks of k steps."""
+"""Truncated backpropagation through time: the same states, gradients cut between steps."""
 from __future__ import annotations
 
 import pytest
@@ -13,23 +13,21 @@ def _stack(cell: str) -> RecurrentStack:
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_states_do_not_depend_on_the_truncation(cell: str, k: int) -> None:
+def test_states_do_not_depend_on_the_truncation(cell: str) -> None:
     stack = _stack(cell)
     x = torch.randn(3, 7, 4)
-    assert torch.allclose(stack(x, bptt_steps=k), stack(x), atol=1e-6)
+    assert torch.allclose(stack(x, truncate=True), stack(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_gradient_reaches_back_exactly_to_the_chunk_start(cell: str) -> None:
-    """Step 5's state with chunks of 2 (steps 4-5 share one): inputs 4 and 5 get gradient, 0-3 none;
-    without truncation every earlier input does."""
+def test_gradient_reaches_back_exactly_to_the_step(cell: str) -> None:
+    """Step 5's state, truncated: input 5 alone gets gradient; without truncation every earlier input does."""
     stack = _stack(cell)
-    for k, reached in ((2, [4, 5]), (1, [5]), (0, [0, 1, 2, 3, 4, 5])):
+    for truncate, reached in ((True, [5]), (False, [0, 1, 2, 3, 4, 5])):
         x = torch.randn(2, 7, 4, requires_grad=True)
-        stack(x, bptt_steps=k)[:, 5].sum().backward()
+        stack(x, truncate=truncate)[:, 5].sum().backward()
         touched = [t for t in range(7) if x.grad[:, t].abs().sum() > 0]
-        assert touched == reached, (k, touched)
+        assert touched == reached, (truncate, touched)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
@@ -45,7 +43,7 @@ def test_last_step_states_and_gradients_match_one_step_truncation(cell: str) -> 
     for fast in (True, False):
         stack.zero_grad()
         xi = x.clone().requires_grad_()
-        h = stack.last_step(xi, lengths, xi[rows, lengths - 1]) if fast else stack(xi, bptt_steps=1)
+        h = stack.last_step(xi, lengths, xi[rows, lengths - 1]) if fast else stack(xi, truncate=True)
         if fast:
             assert torch.allclose(h[real], stack(x)[real], atol=1e-6)
         h[rows, lengths - 1].pow(2).sum().backward()

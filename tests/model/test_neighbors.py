@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from nextplay.config import ModelConfig
+from nextplay.config import HybridConfig, ModelConfig
 from nextplay.metrics import ranks_from_scores
-from nextplay.model.io import MODEL_FILE, load_model, save_model
+from nextplay.model.io import load_model, save_model
 from nextplay.model.neighbors import SessionMemory, SessionNeighbors
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 
 N_ITEMS = 12
 SESSIONS = [[1, 2, 3], [2, 3, 4], [5, 6], [1, 2], [7, 8, 9, 7], [10, 11], [3, 4, 12]]
@@ -20,11 +20,11 @@ ITEMS = torch.tensor([[1, 2, 0], [5, 0, 0], [2, 3, 4], [12, 0, 0], [11, 10, 11]]
 LENGTHS = torch.tensor([2, 1, 3, 1, 3])
 
 
-def hybrid(weight: float = 0.3, head: str = "sampled", seed: int = 0) -> SessionRNN:
+def hybrid(weight: float = 0.3, head: str = "sampled", seed: int = 0, encoder: str = "gru") -> SessionModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(head=head, hidden_size=8, n_negatives=4, knn_weight=weight)
-    model = SessionRNN(N_ITEMS, cfg, np.arange(N_ITEMS + 1)).eval()
-    model.memory.remember(SESSIONS)
+    cfg = ModelConfig(encoder=encoder, head=head, hidden_size=8, n_negatives=4, hybrid=HybridConfig(knn_weight=weight))
+    model = SessionModel(N_ITEMS, cfg, np.arange(N_ITEMS + 1)).eval()
+    model.hybrid.memory.remember(SESSIONS)
     return model
 
 
@@ -69,9 +69,9 @@ def test_prefix_without_neighbours_scores_as_the_rnn_alone() -> None:
     model = hybrid()
     memory = SessionMemory(N_ITEMS)
     memory.remember([[1, 2]])
-    model.memory = memory
+    model.hybrid.memory = memory
     alone = hybrid(weight=0.3)
-    alone.memory = None
+    alone.hybrid.memory = None
     items, lengths = torch.tensor([[9, 0], [1, 2]]), torch.tensor([1, 2])
     got, want = model.score_all(items, lengths), alone.score_all(items, lengths)
     torch.testing.assert_close(got[0], want[0])  # no neighbour: the network alone, still a distribution
@@ -79,13 +79,13 @@ def test_prefix_without_neighbours_scores_as_the_rnn_alone() -> None:
     assert not torch.allclose(got[1], want[1])
 
 
-@pytest.mark.parametrize("head", ["sampled", "full", "bit_tree"])
-def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str) -> None:
-    """p = (1 - w) [g p_repeat + (1 - g) ((1 - v) p_head + v p_new)] + w p_knn (model/rnn.py); v is 0
-    in a row whose neighbours hold nothing new (the last one), so every row stays a distribution."""
+@pytest.mark.parametrize("head,encoder", [("sampled", "gru"), ("full", "gru"), ("bit_tree", "gru"), ("sampled", "sasrec")])
+def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str, encoder: str) -> None:
+    """p = (1 - w) [g p_repeat + (1 - g) ((1 - v) p_head + v p_new)] + w p_knn (model/hybrid.py); v is
+    0 in a row whose neighbours hold nothing new (the last one), so every row stays a distribution."""
     w, v = 0.3, 0.5
-    model = hybrid(w, head)
-    model.cfg.knn_explore_weight = v
+    model = hybrid(w, head, encoder=encoder)
+    model.cfg.hybrid.knn_explore_weight = v
     got = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
     with torch.no_grad():
         ctx = model._context(ITEMS, LENGTHS, N_ITEMS + 1)
@@ -93,7 +93,7 @@ def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str) -> None:
     gate = ctx.log_gate.exp().double()[:, None]
     p_repeat = torch.zeros_like(p_head).scatter_add_(
         1, (ITEMS - 1).clamp_min(0), torch.where(ITEMS > 0, ctx.pointer, 0.0).double())
-    views = model.memory.distributions(prefixes())
+    views = model.hybrid.memory.distributions(prefixes())
     p_new, p_knn = (torch.from_numpy(m.toarray()[:, 1:]) for m in (views.novel, views.everything))
     v = torch.tensor([v, v, v, v, 0.0], dtype=torch.float64)[:, None]
     want = (1 - w) * (gate * p_repeat + (1 - gate) * ((1 - v) * p_head + v * p_new)) + w * p_knn
@@ -103,11 +103,11 @@ def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str) -> None:
 
 def test_without_the_repeat_mixture_the_hybrid_is_one_mixture() -> None:
     torch.manual_seed(0)
-    model = SessionRNN(N_ITEMS, ModelConfig(hidden_size=8, n_negatives=4, repeat=False, knn_weight=0.3),
+    model = SessionModel(N_ITEMS, ModelConfig(hidden_size=8, n_negatives=4, repeat=False, hybrid=HybridConfig(knn_weight=0.3)),
                        np.arange(N_ITEMS + 1)).eval()
-    model.memory.remember(SESSIONS)
+    model.hybrid.memory.remember(SESSIONS)
     got = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
-    memory, model.memory = model.memory, None
+    memory, model.hybrid.memory = model.hybrid.memory, None
     p_rnn = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
     p_knn = torch.from_numpy(memory.distributions(prefixes()).everything.toarray()[:, 1:])
     torch.testing.assert_close(got, 0.7 * p_rnn + 0.3 * p_knn, rtol=1e-5, atol=1e-7)
@@ -136,34 +136,8 @@ def test_memory_travels_in_the_model_file(tmp_path: Path) -> None:
     model = hybrid()
     save_model(model, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
-    assert loaded.memory.n_sessions == len(SESSIONS)
+    assert loaded.hybrid.memory.n_sessions == len(SESSIONS)
     assert torch.equal(loaded.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
-
-
-def test_a_model_saved_before_the_hybrid_loads_as_the_rnn_alone(tmp_path: Path) -> None:
-    model = hybrid()
-    model.memory = None
-    save_model(model, tmp_path / "m")
-    payload = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
-    del payload["config"]["knn_weight"], payload["config"]["knn_sessions"]
-    torch.save(payload, tmp_path / "m" / MODEL_FILE)
-    loaded = load_model(tmp_path / "m")  # the default weight, with an empty memory: the RNN alone
-    assert loaded.memory.n_sessions == 0
-    assert torch.equal(loaded.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
-
-
-def test_a_model_saved_before_the_ordered_memory_scores_as_it_did(tmp_path: Path) -> None:
-    """Its memory holds sorted item sets, so positions mean nothing there; nor had it the explore step."""
-    model = hybrid()
-    save_model(model, tmp_path / "m")
-    payload = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
-    for key in ("knn_explore_weight", "knn_position_decay", "knn_neighbors", "knn_sample"):
-        del payload["config"][key]
-    torch.save(payload, tmp_path / "m" / MODEL_FILE)
-    loaded = load_model(tmp_path / "m")
-    assert loaded.cfg.knn_explore_weight == 0.0 and loaded.cfg.knn_position_decay == 0.0
-    memory = loaded.memory
-    assert (memory.k, memory.sample, memory.position_decay) == (500, 1000, 0.0)
 
 
 def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
@@ -173,19 +147,6 @@ def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
     keep = SessionNeighbors._keep_per_row(sim, sim.data, 3)
     # row 0: 3 and the first two 2s (one 2 is cut); row 1 holds two entries, both stay
     assert keep.tolist() == [True, False, True, True, False, True, True]
-
-
-def test_a_state_dict_without_memory_loads_as_an_empty_memory() -> None:
-    """Checkpoints written before the hybrid existed must still resume."""
-    model = hybrid()
-    older = {k: v for k, v in model.state_dict().items() if not k.startswith("memory.")}
-    fresh = hybrid(seed=1)
-    assert fresh.memory.n_sessions == len(SESSIONS)
-    fresh.load_state_dict(older)
-    assert fresh.memory.n_sessions == 0
-    fresh.memory = None
-    model.memory = None
-    assert torch.equal(fresh.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
 
 
 def test_position_decay_weighs_neighbour_items_by_distance_from_the_shared_item() -> None:

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 
 
-def _model(head: str, n_items: int = 37) -> SessionRNN:
+def _model(head: str, n_items: int = 37) -> SessionModel:
     torch.manual_seed(3)
     cfg = ModelConfig(head=head, hidden_size=12, n_negatives=8, init_std=0.5)
-    return SessionRNN(n_items, cfg, np.arange(n_items + 1)).eval()
+    return SessionModel(n_items, cfg, np.arange(n_items + 1)).eval()
 
 
 ITEMS = torch.tensor([[5, 9, 5, 30, 0, 0], [1, 2, 3, 4, 5, 6], [37, 0, 0, 0, 0, 0]])

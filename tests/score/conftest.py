@@ -1,4 +1,4 @@
-"""A tiny real setup for the scoring tests, built once per test session: a SessionRNN trained for a
+"""A tiny real setup for the scoring tests, built once per test session: a SessionModel trained for a
 few steps on made-up plays, logged and registered in a temp sqlite MLflow store (the champion), and
 those plays in a temp lake. The plays hold what scoring must handle: unknown tracks, repeats (also repeats broken
 only by an unknown track), equal timestamps, users outside the lookback and a user whose recent
@@ -78,18 +78,18 @@ def expected_histories(plays: pd.DataFrame, item_index: pd.DataFrame, *, history
     return out
 
 
-def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40):
+def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40, encoder: str = "gru"):
     """A few Adam steps on the users' histories: enough for distinct, non-uniform scores."""
     import torch
 
     from nextplay.config import TrainConfig
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.model.pyfunc import pad
     from nextplay.train.loop import build_optimizer
 
     torch.manual_seed(3)
-    cfg = load_config(None, ["model.hidden_size=16", "model.dropout=0.0"]).model
-    model = SessionRNN(n_items, cfg)
+    cfg = load_config(None, ["model.hidden_size=16", "model.dropout=0.0", f"model.encoder={encoder}"]).model
+    model = SessionModel(n_items, cfg)
     seqs = [h for h in histories if len(h) >= 2]
     items, lengths = (torch.from_numpy(a) for a in pad(seqs))
     opt = build_optimizer(model, TrainConfig(lr=0.05))  # row-wise Adam where item gradients are sparse
@@ -102,8 +102,9 @@ def train_tiny_rnn(histories: list[np.ndarray], n_items: int, steps: int = 40):
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+def build_tiny(root: Path, encoder: str, model_name: str | None = None) -> TinyModel:
+    """The setup of the module docstring, its model built with `encoder`, registered under `model_name`
+    (default: tracking.model_name) as that name's champion."""
     import mlflow
 
     from nextplay import tracking
@@ -111,12 +112,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     from nextplay.model.pyfunc import log_model
     from nextplay.tables import Pin
 
-    root = tmp_path_factory.mktemp("score")
     cfg = load_config(None, [
         f"lake.root={root / 'lake'}", "spark.master=local[2]", "spark.shuffle_partitions=4",
         f"tracking.uri=sqlite:///{root / 'mlruns.db'}", f"tracking.artifact_location={root / 'mlartifacts'}",
         f"score.lookback_days={LOOKBACK_DAYS}", f"score.history_length={HISTORY_LENGTH}",
         f"score.top_k={TOP_K}", "score.batch_size=3", "score.chunk_size=7", "score.score_date=2024-04-01",
+        *([f"tracking.model_name={model_name}"] if model_name else []),
     ])
     rng = np.random.default_rng(11)
     plays = make_plays(rng)
@@ -125,9 +126,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     index["item_idx"] = np.arange(1, N_TRACKS + 1, dtype=np.int32)
     index["play_count"] = index["track_id"].map(counts).fillna(0).astype(np.int64)
     hist = expected_histories(plays, index, history_length=50, collapse=True)
-    rnn_dir = root / "rnn"
-    save_model(train_tiny_rnn(list(hist.values()), N_TRACKS), rnn_dir)
-    with tracking.start_run(cfg, run_name="tiny"):
+    rnn_dir = root / f"model-{encoder}"
+    save_model(train_tiny_rnn(list(hist.values()), N_TRACKS, encoder=encoder), rnn_dir)
+    with tracking.start_run(cfg, run_name=f"tiny-{encoder}"):
         mlflow.set_tags(Pin(SESSIONS_VERSION, 1, None).as_tags())  # the table versions, as training tags them
         info = log_model(str(rnn_dir), index, registered_model_name=cfg.tracking.model_name,
                          top_k=TOP_K, collapse_repeats=True)
@@ -135,3 +136,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     # What `nextplay score` loads by default; the promotion gate sets it after evaluation.
     tracking.set_alias(cfg.tracking.model_name, tracking.CHAMPION, str(info.registered_model_version))
     return TinyModel(cfg, rnn_dir, index, plays, str(info.registered_model_version))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny(tmp_path_factory.mktemp("score"), "gru")
+
+
+@pytest.fixture(scope="session", params=["gru", "sasrec"])
+def tiny_each(request: pytest.FixtureRequest, tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """The tiny setup once per encoder: the scoring paths must not care which one the model holds."""
+    if request.param == "gru":
+        return tiny
+    return build_tiny(tmp_path_factory.mktemp(f"score-{request.param}"), request.param,
+                      model_name=f"nextplay-tiny-{request.param}")

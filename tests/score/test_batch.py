@@ -88,6 +88,20 @@ def test_spark_scores_equal_the_model_in_process(spark: SparkSession, lake: Lake
     assert set(got["sessions_version"]) == {SESSIONS_VERSION} and first_run["sessions_version"] == SESSIONS_VERSION
 
 
+def test_every_encoder_scores_in_spark_as_in_process(spark: SparkSession, lake: Lake, tiny: TinyModel,
+                                                     tiny_each: TinyModel) -> None:
+    """The scoring UDF loads and runs whichever encoder the registered model holds."""
+    cfg = with_score(tiny, score_date="2024-04-11" if tiny_each is tiny else "2024-04-12")  # a partition each
+    cfg.tracking = copy.deepcopy(tiny_each.cfg.tracking)
+    batch.score(cfg)
+    got = partition(spark, lake, cfg.score.score_date)
+    want = in_process(tiny_each, exclude_seen=False)
+    pd.testing.assert_frame_equal(got[["user_id", "rank", "track_id", "item_idx"]],
+                                  want[["user_id", "rank", "track_id", "item_idx"]], check_dtype=False)
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4, atol=1e-4)
+    assert set(got["model_name"]) == {tiny_each.cfg.tracking.model_name}
+
+
 @pytest.mark.slow
 def test_exclude_played(spark: SparkSession, lake: Lake, tiny: TinyModel) -> None:
     batch.score(with_score(tiny, exclude_played=True, score_date="2024-04-02"))
@@ -171,7 +185,7 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
     the tiny model must load this one, or its item indices overrun the old embedding."""
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.model.pyfunc import log_model
 
     cfg = copy.deepcopy(tiny.cfg)
@@ -180,7 +194,7 @@ def test_workers_never_reuse_a_model_of_another_store(spark: SparkSession, tiny:
     n_items = len(tiny.item_index) + 7
     index = pd.DataFrame({"track_id": [f"x{i}" for i in range(1, n_items + 1)],
                           "item_idx": np.arange(1, n_items + 1, dtype=np.int32)})
-    save_model(SessionRNN(n_items, cfg.model), tmp_path / "rnn")
+    save_model(SessionModel(n_items, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="other"):
         info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
                          collapse_repeats=True)
@@ -205,7 +219,7 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     partition with nothing would silently delete it, so scoring refuses unless told otherwise."""
     from nextplay import tracking
     from nextplay.model.io import save_model
-    from nextplay.model.rnn import SessionRNN
+    from nextplay.model.session import SessionModel
     from nextplay.model.pyfunc import log_model
 
     day = "2024-04-02"
@@ -217,7 +231,7 @@ def test_a_model_that_knows_no_recent_track_never_empties_a_partition(spark: Spa
     cfg.tracking.uri = f"sqlite:///{tmp_path / 'foreign.db'}"
     cfg.tracking.artifact_location = str(tmp_path / "foreign-artifacts")
     index = pd.DataFrame({"track_id": [f"elsewhere-{i}" for i in range(1, 11)], "item_idx": np.arange(1, 11, dtype=np.int32)})
-    save_model(SessionRNN(10, cfg.model), tmp_path / "rnn")
+    save_model(SessionModel(10, cfg.model), tmp_path / "rnn")
     with tracking.start_run(cfg, run_name="foreign"):
         info = log_model(str(tmp_path / "rnn"), index, registered_model_name=cfg.tracking.model_name, top_k=TOP_K,
                          collapse_repeats=True)

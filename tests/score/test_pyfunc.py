@@ -36,7 +36,11 @@ def reference_topk(tiny: TinyModel, items: list[int], k: int, exclude_seen: bool
     return [by_idx[j] for j in i[0].tolist()], s[0].numpy()
 
 
-def test_predict_on_track_ids_matches_the_network(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncModel) -> None:
+def test_predict_on_track_ids_matches_the_network(tiny_each: TinyModel) -> None:
+    """For every encoder: the registered pyfunc answers what the saved network answers."""
+    tiny = tiny_each
+    tracking.configure(tiny.cfg.tracking)
+    loaded = mlflow.pyfunc.load_model(f"models:/{tiny.cfg.tracking.model_name}/{tiny.version}")
     out = loaded.predict(pd.DataFrame({"history": [["t03", "nope", "t07", "t07", "t02"], ["t05"]], "k": [3, 6]}))
     assert list(out.columns) == ["track_ids", "scores"]
     # "nope" is skipped, t07 t07 collapses (the model was logged with collapse_repeats=True).

@@ -105,7 +105,7 @@ def test_log_params_never_stores_credentials(tmp_path: Path) -> None:
         "ingest:\n  input: https://acct.blob.core.windows.net/plays/raw?sv=2022-11-02&sig=sas-sig-000&sp=r\n"
         "score:\n  model_uri: models:/nextplay-rnn/3\n"
         f"tracking:\n  uri: sqlite:///{tmp_path / 'm.db'}\n  artifact_location: {tmp_path / 'a'}\n")
-    cfg = load_config(conf, ["model.knn_weight=0.25"])
+    cfg = load_config(conf, ["model.hybrid.knn_weight=0.25"])
     with tracking.start_run(cfg, run_name="secrets") as run:
         logged_cfg = copy.deepcopy(cfg)
         # A tracking server behind basic auth: the URI the run was configured with carries a password.
@@ -123,13 +123,13 @@ def test_log_params_never_stores_credentials(tmp_path: Path) -> None:
     assert "spark.hadoop.fs.s3a.endpoint': 'https://s3.example.com'" in params["spark.conf"]
     assert "spark.hadoop.fs.s3a.secret.key': '***'" in params["spark.conf"]
     assert "spark.sql.adaptive.enabled': 'true'" in params["spark.conf"]
-    assert params["model.knn_weight"] == "0.25" and params["score.model_uri"] == "models:/nextplay-rnn/3"
+    assert params["model.hybrid.knn_weight"] == "0.25" and params["score.model_uri"] == "models:/nextplay-rnn/3"
     assert params["n_items"] == "7" and params["api_token"] == "***"
 
 
 def test_redact_keeps_what_is_not_a_secret() -> None:
-    assert tracking.redact("model.knn_sample", 500) == 500
-    assert tracking.redact("model.knn_position_decay", 0.5) == 0.5
+    assert tracking.redact("model.hybrid.knn_sample", 500) == 500
+    assert tracking.redact("model.hybrid.knn_position_decay", 0.5) == 0.5
     assert tracking.redact("tracking.uri", "databricks") == "databricks"
     assert tracking.redact("x", "jdbc:postgresql://db/x?user=bob&password=pw1") == "jdbc:postgresql://db/x?user=bob&password=***"
     assert tracking.redact("spark.conf", {"spark.hadoop.fs.s3a.aws.credentials.provider": "p.Provider",
@@ -142,7 +142,7 @@ def test_compare_runs_puts_baselines_beside_the_model(tmp_path: Path) -> None:
     cfg = load_config(None, [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"tracking.artifact_location={tmp_path / 'a'}"])
     assert tracking.compare_runs(cfg).empty
     with tracking.start_run(cfg, run_name="evaluated") as run:
-        mlflow.log_params({"model.cell": "gru"})
+        mlflow.log_params({"model.encoder": "gru"})
         mlflow.log_metrics({"recall_at_20": 0.3, "mrr_at_20": 0.1, "most_popular_recall_at_20": 0.05,
                             "session_knn_recall_at_20": 0.25, "valid_recall_at_20": 0.31, "recall_at_10": 0.2})
     with tracking.start_run(cfg, run_name="not evaluated"):
@@ -150,4 +150,4 @@ def test_compare_runs_puts_baselines_beside_the_model(tmp_path: Path) -> None:
     table = tracking.compare_runs(cfg, k=20)
     assert table["run_id"].tolist() == [run.info.run_id]
     assert set(table.columns) == {"run_id", "start_time", "recall_at_20", "mrr_at_20", "most_popular_recall_at_20",
-                                  "session_knn_recall_at_20", "model.cell"}
+                                  "session_knn_recall_at_20", "model.encoder"}

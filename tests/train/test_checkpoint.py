@@ -8,7 +8,7 @@ import torch
 
 from nextplay.config import ConfigError, load_config
 from nextplay.model.io import MODEL_FILE, load_model, save_model
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.loop import build_optimizer
@@ -16,9 +16,9 @@ from nextplay.train.loop import build_optimizer
 N_ITEMS = 20
 
 
-def _model_and_optimizer() -> tuple[SessionRNN, torch.optim.Optimizer]:
+def _model_and_optimizer() -> tuple[SessionModel, torch.optim.Optimizer]:
     cfg = load_config(None, ["model.hidden_size=8", "model.head=full"])
-    model = SessionRNN(N_ITEMS, cfg.model)
+    model = SessionModel(N_ITEMS, cfg.model)
     return model, build_optimizer(model, cfg.train)
 
 

@@ -1,4 +1,4 @@
-"""`nextplay train` end to end on a real lake: Petastorm -> the RNN -> MLflow, under each launcher."""
+"""`nextplay train` end to end on a real lake: Petastorm -> the model -> MLflow, under each launcher and encoder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,11 +35,12 @@ def _last_run(cfg):
 
 
 @pytest.mark.slow
-def test_local_training_learns_logs_and_registers(spark, cfg):
+@pytest.mark.parametrize("encoder", ["gru", "sasrec"])
+def test_local_training_learns_logs_and_registers(spark, cfg, encoder):
     write_planted_lake(spark, cfg)
-    assert main(["train", *_args(cfg)]) == 0
+    assert main(["train", *_args(cfg, f"model.encoder={encoder}")]) == 0
     run = _last_run(cfg)
-    assert run.data.params["world_size"] == "1"
+    assert run.data.params["world_size"] == "1" and run.data.params["model.encoder"] == encoder
     assert run.data.metrics["valid_recall_at_10"] > 0.9  # the successor of every item is fixed
     # The hybrid's memory holds every train-split session (8 in 10 of 600), and still ranks right.
     assert run.data.metrics["knn_memory_sessions"] == 480
@@ -68,10 +69,11 @@ def test_local_training_learns_logs_and_registers(spark, cfg):
 
 @pytest.mark.slow
 @pytest.mark.horovod
-@pytest.mark.parametrize("batching", ["buckets", "lanes"])
-def test_horovod_two_processes_learn(spark, cfg, capfd, batching):
+@pytest.mark.parametrize("batching,encoder", [("buckets", "gru"), ("lanes", "gru"), ("buckets", "sasrec")])
+def test_horovod_two_processes_learn(spark, cfg, capfd, batching, encoder):
     write_planted_lake(spark, cfg, time_ordered=batching == "lanes")
-    assert main(["train", *_args(cfg, "train.launcher=horovod", "train.num_proc=2", f"train.batching={batching}")]) == 0
+    assert main(["train", *_args(cfg, "train.launcher=horovod", "train.num_proc=2", f"train.batching={batching}",
+                                 f"model.encoder={encoder}")]) == 0
     run = _last_run(cfg)
     assert run.data.params["world_size"] == "2"
     assert run.data.metrics["valid_recall_at_10"] > 0.9

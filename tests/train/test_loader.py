@@ -20,7 +20,7 @@ from .planted import write_planted_index, write_planted_lake
 
 def _collect(snapshot, batch_size, rank, size, steps):
     """Sessions delivered in `steps` batches, named by their first item (see write_planted_lake)."""
-    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, unit="items", rank=rank, size=size, epoch=0, seed=1)
+    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, rank=rank, size=size, epoch=0, seed=1)
     for _, batch in zip(range(steps), it):
         items, lengths = batch["items"].numpy(), batch["length"].numpy()
         assert items.shape[1] == lengths.max(), "a batch is trimmed to its own longest session"
@@ -113,14 +113,14 @@ def test_empty_shard_is_a_clear_error(spark, cfg):
     snapshot, *_ = snapshot_training_data(spark, cfg)
     empty = snapshot.__class__(snapshot.files, "no-such-split", 0, 0, snapshot.row_groups)
     with pytest.raises(ValueError, match="found no 'no-such-split' sessions"):
-        next(iterate_batches(empty, batch_size=8, unit="items"))
+        next(iterate_batches(empty, batch_size=8))
     assert np.isfinite(snapshot.n_events)
 
 
 def test_item_batches_hold_about_equal_targets_and_cover_every_session_once():
     rng = np.random.default_rng(0)
     lengths = np.sort(rng.choice([2, 3, 5, 20, 50], size=1000, p=[0.5, 0.2, 0.15, 0.1, 0.05]))
-    spans = cut_points(lengths, 32, "items")
+    spans = cut_points(lengths, 32)
     assert spans[0][0] == 0 and spans[-1][1] == len(lengths)
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, nothing lost or repeated
     assert len(spans) <= -(-len(lengths) // 32)  # never more steps than snapshot.steps_per_epoch counts
@@ -129,8 +129,7 @@ def test_item_batches_hold_about_equal_targets_and_cover_every_session_once():
     assert (np.abs(items[:-1] - budget) <= lengths.max()).all()
     rows = [hi - lo for lo, hi in spans]
     assert max(rows) > 5 * min(rows)  # many short sessions to a batch, few long ones
-    assert cut_points(lengths, 32, "sessions") == [(lo, min(1000, lo + 32)) for lo in range(0, 1000, 32)]
-    equal = cut_points(np.full(64, 3), 32, "items")
+    equal = cut_points(np.full(64, 3), 32)
     assert equal == [(0, 32), (32, 64)]
 
 

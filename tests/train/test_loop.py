@@ -1,4 +1,4 @@
-"""The epoch loop: windows, step counts, optimisers, reproducibility, checkpoints and resume."""
+"""The epoch loop: windows, step counts, optimisers, reproducibility, checkpoints and resume, with every encoder."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from nextplay.config import ConfigError, ModelConfig, TrainConfig, load_config
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 from nextplay.train.checkpoint import check_resumable, load_latest_checkpoint, model_signature, save_checkpoint
-from nextplay.train.lanes import LaneBatches
-from nextplay.train.loop import AdagradSGD, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
+from nextplay.train.lanes import LaneBatches, Lanes
+from nextplay.train.loop import Buckets, IndexedAdagrad, RowAdam, build_optimizer, clip_grad_norm, cut_windows, fit
 
 N_ITEMS = 20
+ENCODERS = ["gru", "sasrec"]
 
 
 def _sessions(n: int, seed: int) -> list[torch.Tensor]:
@@ -46,11 +47,11 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _model(**kw) -> SessionRNN:
+def _model(**kw) -> SessionModel:
     torch.manual_seed(0)
     base = dict(hidden_size=16, n_negatives=6, dropout=0.1)
     base.update(kw)
-    return SessionRNN(N_ITEMS, ModelConfig(**base), torch.arange(N_ITEMS + 1).numpy())
+    return SessionModel(N_ITEMS, ModelConfig(**base), torch.arange(N_ITEMS + 1).numpy())
 
 
 def test_windows_train_every_target_exactly_once_with_real_context() -> None:
@@ -68,7 +69,8 @@ def test_windows_train_every_target_exactly_once_with_real_context() -> None:
 
 
 @pytest.mark.parametrize("steps", [3, 11])
-def test_steps_per_epoch_is_exact(steps: int) -> None:
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_steps_per_epoch_is_exact(steps: int, encoder: str) -> None:
     sessions = _sessions(80, 0)  # 5 batches of 16
     drawn = []
 
@@ -77,7 +79,8 @@ def test_steps_per_epoch_is_exact(steps: int) -> None:
             drawn.append(epoch)
             yield batch
 
-    history = fit(_model(), make, _cfg(epochs=2), steps_per_epoch=steps)
+    cfg = _cfg(epochs=2)
+    history = fit(_model(encoder=encoder), Buckets.of(make, cfg, steps), cfg)
     assert drawn.count(0) == steps and drawn.count(1) == steps
     assert [h["epoch"] for h in history] == [0, 1]
     assert all(h["events"] > 0 and h["events_per_second"] > 0 for h in history)
@@ -87,22 +90,25 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adagrad_sgd", "adagrad"])
-def test_same_seed_same_run(optimizer: str) -> None:
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_same_seed_same_run(optimizer: str, encoder: str) -> None:
     make = _batches(_sessions(48, 1), 16)
     runs = []
     for _ in range(2):
-        model = _model(head="sampled")
-        fit(model, make, _cfg(optimizer=optimizer), steps_per_epoch=None)
+        model = _model(head="sampled", encoder=encoder)
+        cfg = _cfg(optimizer=optimizer)
+        fit(model, Buckets.of(make, cfg), cfg)
         runs.append(_weights(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
-def test_resume_from_checkpoint_continues_the_same_trajectory(tmp_path: Path) -> None:
-    make = _batches(_sessions(48, 2), 16)
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_resume_from_checkpoint_continues_the_same_trajectory(tmp_path: Path, encoder: str) -> None:
     cfg = _cfg(epochs=4)
-    straight = _model(head="sampled")
-    fit(straight, make, cfg, steps_per_epoch=None)
+    make = Buckets.of(_batches(_sessions(48, 2), 16), cfg)
+    straight = _model(head="sampled", encoder=encoder)
+    fit(straight, make, cfg)
 
     class Killed(Exception):
         pass
@@ -112,21 +118,21 @@ def test_resume_from_checkpoint_continues_the_same_trajectory(tmp_path: Path) ->
         if epoch == 1:
             raise Killed
 
-    first = _model(head="sampled")
+    first = _model(head="sampled", encoder=encoder)
     opt = build_optimizer(first, cfg)
     with pytest.raises(Killed):
-        fit(first, make, cfg, steps_per_epoch=None, optimizer=opt, on_epoch_end=checkpoint_then_die)
+        fit(first, make, cfg, optimizer=opt, on_epoch_end=checkpoint_then_die)
 
-    resumed = _model(head="sampled")
+    resumed = _model(head="sampled", encoder=encoder)
     opt2 = build_optimizer(resumed, cfg)
     ckpt = load_latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt["epoch"] == 1
     resumed.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["optimizer"])
-    fit(resumed, make, cfg, steps_per_epoch=None, start_epoch=ckpt["epoch"] + 1, optimizer=opt2)
+    fit(resumed, make, cfg, start_epoch=ckpt["epoch"] + 1, optimizer=opt2)
     want, got = _weights(straight), _weights(resumed)
     assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
-    assert not torch.equal(want["embedding.weight"], _weights(_model(head="sampled"))["embedding.weight"])
+    assert not torch.equal(want["embedding.weight"], _weights(_model(head="sampled", encoder=encoder))["embedding.weight"])
 
 
 def test_checkpoints_skip_interrupted_writes_and_keep_the_newest(tmp_path: Path) -> None:
@@ -158,17 +164,17 @@ def test_resume_refuses_a_checkpoint_of_other_model_settings(tmp_path: Path) -> 
     assert "n_items" not in str(e.value) and "train.checkpoint_dir" in str(e.value)
     with pytest.raises(ConfigError, match="n_items=20 there, 21 now"):
         check_resumable(tmp_path, signature(N_ITEMS + 1, "model.readout=last"))
-    older = {k: v for k, v in signature(N_ITEMS, "model.readout=last").items() if not k.startswith("model.knn_")}
-    save_checkpoint(tmp_path, 2, model, opt, {"signature": older})  # written before model.knn_* existed
-    check_resumable(tmp_path, signature(N_ITEMS, "model.readout=last"))
+    with pytest.raises(ConfigError, match=r"model\.encoder='gru' there, 'sasrec' now"):
+        check_resumable(tmp_path, signature(N_ITEMS, "model.readout=last", "model.encoder=sasrec"))
+    with pytest.raises(ConfigError, match=r"model\.hybrid\.knn_weight=0\.1 there, 0\.2 now"):
+        check_resumable(tmp_path, signature(N_ITEMS, "model.readout=last", "model.hybrid.knn_weight=0.2"))
 
 
 def test_indexed_adagrad_touches_only_rows_in_the_batch() -> None:
     model = _model(head="bit_tree", dropout=0.0)
-    cfg = _cfg(optimizer="adagrad_sgd", item_lr=0.1, weight_decay=0.01)
+    cfg = _cfg(optimizer="adagrad", lr=0.1, weight_decay=0.01)
     opt = build_optimizer(model, cfg)
-    assert isinstance(opt, AdagradSGD)
-    assert {g["rule"] for g in opt.param_groups} == {"adagrad", "sgd"}
+    assert isinstance(opt, IndexedAdagrad)
     before = model.embedding.weight.detach().clone()
     items, lengths = torch.tensor([[3, 4, 5]]), torch.tensor([3])
     loss, n = model.loss(items, lengths)
@@ -180,21 +186,11 @@ def test_indexed_adagrad_touches_only_rows_in_the_batch() -> None:
     assert (acc[[3, 4]] > 0).all() and (acc.sum(1) > 0).sum() == 2
 
 
-def test_adagrad_sgd_learns_the_planted_sequence() -> None:
-    model = _model(head="full", dropout=0.0)
-    cfg = _cfg(optimizer="adagrad_sgd", item_lr=0.2, lr=0.5, epochs=12, lr_schedule="constant")
-    fit(model, _batches(_sessions(160, 4), 16), cfg, steps_per_epoch=None)
-    prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
-    _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
-    expected = (prefixes[:, 1] % N_ITEMS) + 1
-    assert (top[:, 0] == expected).float().mean() > 0.9
-
-
 def test_adagrad_momentum_by_hand_on_touched_rows_only() -> None:
     """Two steps on a row-sparse matrix and a dense vector: v = m v + lr g / (sqrt(sum g^2) + eps)."""
     rows = torch.nn.Parameter(torch.zeros(4, 2))
     dense = torch.nn.Parameter(torch.zeros(3))
-    opt = AdagradSGD([{"params": [rows, dense], "rule": "adagrad", "lr": 0.1, "momentum": 0.5}], eps=0.0)
+    opt = IndexedAdagrad([rows, dense], lr=0.1, momentum=0.5, eps=0.0)
     g1 = torch.tensor([[1.0, -2.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     g2 = torch.tensor([[3.0, 1.0], [0.0, 0.0], [2.0, 2.0], [0.0, 0.0]])
     d1, d2 = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([-1.0, 2.0, 0.5])
@@ -217,8 +213,8 @@ def test_adagrad_with_momentum_learns_the_planted_sequence() -> None:
     model = _model(head="sampled", dropout=0.0)
     cfg = _cfg(optimizer="adagrad", lr=0.1, momentum=0.3, epochs=12, lr_schedule="constant")
     opt = build_optimizer(model, cfg)
-    assert [g["rule"] for g in opt.param_groups] == ["adagrad"]
-    fit(model, _batches(_sessions(160, 4), 16), cfg, steps_per_epoch=None, optimizer=opt)
+    assert isinstance(opt, IndexedAdagrad)
+    fit(model, Buckets.of(_batches(_sessions(160, 4), 16), cfg), cfg, optimizer=opt)
     prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
     _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
     expected = (prefixes[:, 1] % N_ITEMS) + 1
@@ -232,11 +228,14 @@ def test_truncated_bptt_reaches_the_trainer_and_learns_the_planted_sequence() ->
     runs = {}
     for k in (0, 1):
         model = _model(head="sampled")
-        fit(model, make, _cfg(bptt_steps=k), steps_per_epoch=None)
+        cfg = _cfg(bptt_steps=k)
+        fit(model, Buckets.of(make, cfg), cfg)
         runs[k] = _weights(model)
-    assert not torch.equal(runs[0]["rnn.rnn.weight_hh_l0"], runs[1]["rnn.rnn.weight_hh_l0"])
+    key = "encoder.stack.rnn.weight_hh_l0"
+    assert not torch.equal(runs[0][key], runs[1][key])
     model = _model(head="sampled", dropout=0.0)
-    fit(model, _batches(_sessions(160, 4), 16), _cfg(bptt_steps=1, epochs=12, lr=0.05), steps_per_epoch=None)
+    cfg = _cfg(bptt_steps=1, epochs=12, lr=0.05)
+    fit(model, Buckets.of(_batches(_sessions(160, 4), 16), cfg), cfg)
     prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
     _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
     expected = (prefixes[:, 1] % N_ITEMS) + 1
@@ -251,10 +250,10 @@ def test_lane_steps_shortcut_gives_the_loss_of_the_whole_forward(loss: str) -> N
     lengths = torch.tensor([5, 2, 3])
     first = lengths - 2
     values = []
-    for bptt in (1, 0):  # 0: the general path (same values, gradients through every step)
+    for shortcut in (True, False):  # the general path: same values, gradients through every step
         model = _model(head="sampled", dropout=0.0, loss=loss, embedding_dropout=0.0)
         torch.manual_seed(5)
-        total, n = model.loss(items, lengths, first, bptt_steps=bptt)
+        total, n = model.last_target_loss(items, lengths, truncate=True) if shortcut else model.loss(items, lengths, first)
         values.append(float(total.detach()))
         assert n == 3
     assert values[0] == pytest.approx(values[1], rel=1e-5)
@@ -265,8 +264,8 @@ def test_lane_steps_learn_the_planted_sequence() -> None:
     sessions = [s.numpy() for s in _sessions(160, 4)]
     lanes = LaneBatches(lambda: sessions, 8, 5, sum(len(s) - 1 for s in sessions))
     model = _model(head="sampled", dropout=0.0)
-    history = fit(model, lambda epoch: lanes, _cfg(optimizer="adagrad", lr=0.1, epochs=6, lr_schedule="constant"),
-                  steps_per_epoch=None)
+    cfg = _cfg(optimizer="adagrad", lr=0.1, epochs=6, lr_schedule="constant", bptt_steps=1)
+    history = fit(model, Lanes.of(lanes, cfg), cfg)
     assert history[0]["events"] == sum(len(s) - 1 for s in sessions)
     prefixes = torch.tensor([[i, i % N_ITEMS + 1] for i in range(1, N_ITEMS + 1)])
     _, top = model.topk(prefixes, torch.full((N_ITEMS,), 2), k=1)
@@ -297,7 +296,8 @@ class _SingleProcess:
 
 def test_distributed_hook_is_used() -> None:
     hook = _SingleProcess()
-    history = fit(_model(), _batches(_sessions(32, 5), 16), _cfg(epochs=1), steps_per_epoch=2, distributed=hook)
+    cfg = _cfg(epochs=1)
+    history = fit(_model(), Buckets.of(_batches(_sessions(32, 5), 16), cfg, 2), cfg, distributed=hook)
     assert hook.calls[:2] == ["wrap", "broadcast"] and hook.calls.count("allreduce") == 3
     assert len(history) == 1
 

@@ -1,4 +1,4 @@
-"""The recurrent core of GRU4Rec's session model: h_{i+1} = f(W h_i + b_{y_i}), as tanh RNN, GRU or LSTM."""
+"""The recurrent core of GRU4Rec's session model (the `rnn`, `gru` and `lstm` encoders): h_{i+1} = f(W h_i + b_{y_i}), as tanh RNN, GRU or LSTM."""
 from __future__ import annotations
 
 import torch
@@ -22,18 +22,18 @@ class RecurrentStack(nn.Module):
         self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                dropout=dropout if num_layers > 1 else 0.0)
 
-    def forward(self, x: torch.Tensor, bptt_steps: int = 0) -> torch.Tensor:
-        """States [B, L, H] of inputs [B, L, D]. `bptt_steps` k > 0 cuts the gradient between chunks
-        of k steps (the values are the same): GRU4Rec's official code trains with k = 1, every step
-        fed the previous state as a constant. On diginetica's validation split that made the RNN
-        alone better (+0.5 Recall@20, +1.5 with Adagrad); on yoochoose1_64 it cost 0.2. Steps are
-        not cheaper for it (bench: 0.96x)."""
-        if bptt_steps <= 0 or bptt_steps >= x.shape[1] or not torch.is_grad_enabled():
+    def forward(self, x: torch.Tensor, truncate: bool = False) -> torch.Tensor:
+        """States [B, L, H] of inputs [B, L, D]. `truncate` cuts the gradient between steps (the
+        values are the same): GRU4Rec's official code trains so, every step fed the previous state
+        as a constant. On diginetica's validation split that made the RNN alone better (+0.5
+        Recall@20, +1.5 with Adagrad); on yoochoose1_64 it cost 0.2. Steps are not cheaper for it
+        (bench: 0.96x); lane steps take `last_step` instead, which is."""
+        if not truncate or x.shape[1] <= 1 or not torch.is_grad_enabled():
             out, _ = self.rnn(x)
             return out
         outs, state = [], None
-        for start in range(0, x.shape[1], bptt_steps):
-            out, state = self.rnn(x[:, start:start + bptt_steps], _detached(state))
+        for t in range(x.shape[1]):
+            out, state = self.rnn(x[:, t:t + 1], _detached(state))
             outs.append(out)
         return torch.cat(outs, dim=1)
 

@@ -22,6 +22,7 @@ is what made 1M-item training slow; `sampled_over_full` in docs/benchmarks.md me
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,23 +36,15 @@ def _chunks(start: int, stop: int, size: int):
 
 
 class FullSoftmax(nn.Module):
-    """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands.
+    """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands."""
 
-    With `normalize`, item vectors are L2-normalised as they are read (cosine scores; the model
-    scales the session vector), so a sampled step normalises only the rows it touches.
-    """
-
-    def __init__(self, n_items: int, normalize: bool = False) -> None:
+    def __init__(self, n_items: int) -> None:
         super().__init__()
         self.n_items = n_items
-        self.normalize = normalize
         self.bias = nn.Parameter(torch.zeros(n_items + 1))
 
-    def _unit(self, rows: torch.Tensor) -> torch.Tensor:
-        return F.normalize(rows, dim=-1) if self.normalize else rows
-
     def logits(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return torch.addmm(self.bias[start:stop], s, self._unit(weight[start:stop]).t())
+        return torch.addmm(self.bias[start:stop], s, weight[start:stop].t())
 
     def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         z = self.logits(s, weight, 1, self.n_items + 1)
@@ -83,8 +76,8 @@ class SampledSoftmax(FullSoftmax):
     """
 
     def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
-                 alpha: float, logq: bool, sparse: bool = False, normalize: bool = False) -> None:
-        super().__init__(n_items, normalize)
+                 alpha: float, logq: bool, sparse: bool = False) -> None:
+        super().__init__(n_items)
         self.sparse = sparse
         counts = torch.zeros(n_items + 1, dtype=torch.float64)
         if item_counts is not None:
@@ -100,18 +93,12 @@ class SampledSoftmax(FullSoftmax):
         self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
         self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
 
-    def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool,
-                          sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None
+    def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Logits of each row's target [N] and of the shared candidates [N, C] (with the log-q
         correction folded into the biases when `corrected` and the head uses it, which saves a pass
-        over [N, C]), which candidates are not negatives for a row, and, when not corrected, the
-        correction [N + C] for a caller that needs both kinds.
-
-        A candidate is not a negative for its row when it is the row's target (accidental hit) or,
-        given `sessions` [R, L] (0-padded items) and `rows` [N] (target n belongs to session
-        rows[n]), when it is any item of the row's session. The batch's other targets include the
-        same session's other items, which are related to the target, not competitors of it."""
+        over [N, C]), which candidates are a row's own target (accidental hits, not negatives), and,
+        when not corrected, the correction [N + C] for a caller that needs both kinds."""
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
         cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
@@ -123,12 +110,9 @@ class SampledSoftmax(FullSoftmax):
         bias = self.bias[both]
         if corrected and log_q is not None:
             bias, log_q = bias - log_q, None
-        positive = (s * self._unit(F.embedding(targets, weight, sparse=self.sparse))).sum(dim=1) + bias[:n]
-        z = torch.addmm(bias[n:], s, self._unit(F.embedding(cand, weight, sparse=self.sparse)).t())
+        positive = (s * F.embedding(targets, weight, sparse=self.sparse)).sum(dim=1) + bias[:n]
+        z = torch.addmm(bias[n:], s, F.embedding(cand, weight, sparse=self.sparse).t())
         hit = cand[None, :] == targets[:, None]
-        if sessions is not None:  # `rows` goes with it
-            in_session = (sessions[:, :, None] == cand[None, None, :]).any(dim=1)  # [R, C]
-            hit |= in_session[rows]
         return positive, z, hit, log_q
 
     @staticmethod
@@ -137,13 +121,11 @@ class SampledSoftmax(FullSoftmax):
         z = z.masked_fill(hit, -math.inf)
         return positive - torch.logaddexp(positive, torch.logsumexp(z, dim=1))
 
-    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                        sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        positive, z, hit, _ = self._candidate_logits(s, targets, weight, True, sessions, rows)
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        positive, z, hit, _ = self._candidate_logits(s, targets, weight, True)
         return self._log_prob(positive, z, hit)
 
-    def bpr_max(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, reg: float,
-                sessions: torch.Tensor | None = None, rows: torch.Tensor | None = None
+    def bpr_max(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, reg: float
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """GRU4Rec's BPR-max loss per row, and the sampled log-probability of the same candidates
         with the head's inputs detached (for a repeat gate to weigh, without training the head).
@@ -153,7 +135,7 @@ class SampledSoftmax(FullSoftmax):
         currently outrank the target; `reg` penalises their (weighted) squared scores, which keeps
         scores from drifting upward together. Scores pass through an ELU first, as in GRU4Rec.
         """
-        positive, z, hit, log_q = self._candidate_logits(s, targets, weight, False, sessions, rows)
+        positive, z, hit, log_q = self._candidate_logits(s, targets, weight, False)
         r_pos, r_neg = F.elu(positive), F.elu(z)
         w = torch.softmax(r_neg.masked_fill(hit, -math.inf), dim=1)
         above = (w * torch.sigmoid(r_pos[:, None] - r_neg)).sum(dim=1)
@@ -230,12 +212,24 @@ class BitTreeSoftmax(nn.Module):
         return logp
 
 
+class Head(Protocol):
+    """What the model asks of an output head (module docstring); `weight` is None for the bit tree."""
+
+    def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor: ...
+
+    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int,
+                   temperature: float = 1.0) -> torch.Tensor | None: ...
+
+    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
+                       norm: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor: ...
+
+
 def make_head(kind: str, n_items: int, dim: int, item_counts: np.ndarray | None, *, n_negatives: int,
-              alpha: float, logq: bool, init_std: float, sparse: bool = False, normalize: bool = False) -> nn.Module:
+              alpha: float, logq: bool, init_std: float, sparse: bool = False) -> nn.Module:
     if kind == "full":
-        return FullSoftmax(n_items, normalize)
+        return FullSoftmax(n_items)
     if kind == "sampled":
-        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq, sparse, normalize)
+        return SampledSoftmax(n_items, item_counts, n_negatives, alpha, logq, sparse)
     if kind == "bit_tree":
         return BitTreeSoftmax(n_items, dim, init_std, sparse)
     raise ValueError(f"unknown head {kind!r}; choose one of full, sampled, bit_tree")

@@ -1,9 +1,8 @@
 """One file per model: `model.pt` with the weights, the catalog size, the ModelConfig and item counts.
 
 Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
-it: loading a model never runs pickled code. Config keys added after a model was saved take their
-defaults, except those in `_BEFORE_THE_KEY`, whose default would change what an older file scores;
-keys no longer known are dropped, so older files keep loading.
+it: loading a model never runs pickled code. The config is read back through config.py's checks, so
+a file written with keys this version does not know fails with one line naming the key.
 """
 from __future__ import annotations
 
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import torch
 
-from nextplay.config import ModelConfig
-from nextplay.model.rnn import SessionRNN
+from nextplay.config import model_config_from_dict
+from nextplay.model.session import SessionModel
 
 MODEL_FILE = "model.pt"
-
-# The value that reproduces a model saved before the key existed. Those memories were stored as
-# sorted item sets, not in play order, their hybrid had no explore step, and their neighbour search
-# used the baseline's k and sample.
-_BEFORE_THE_KEY = {"knn_explore_weight": 0.0, "knn_position_decay": 0.0, "knn_neighbors": 500, "knn_sample": 1000}
 
 
 def atomic_save(payload: dict, final: Path) -> None:
@@ -54,7 +48,7 @@ def _fsync_folder(directory: Path) -> None:
         os.close(fd)
 
 
-def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
+def save_model(model: SessionModel, path: str | os.PathLike) -> None:
     """Write `model.pt` atomically into `path`, removing temp files an earlier killed save left there."""
     directory = Path(path)
     payload = {
@@ -68,11 +62,10 @@ def save_model(model: SessionRNN, path: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionRNN:
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionModel:
     payload = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{**_BEFORE_THE_KEY, **{k: v for k, v in payload["config"].items() if k in known}})
+    cfg = model_config_from_dict(payload["config"])
     counts = payload["item_counts"]
-    model = SessionRNN(payload["n_items"], cfg, None if counts is None else counts.numpy())
+    model = SessionModel(payload["n_items"], cfg, None if counts is None else counts.numpy())
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval()

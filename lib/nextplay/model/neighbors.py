@@ -188,19 +188,14 @@ class SessionMemory(nn.Module):
         self.items = torch.from_numpy(fitted.seq_items)
         self._neighbors = fitted
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
-                              strict: bool, missing_keys: list[str], *args: Any) -> None:
-        """Take the saved buffers at their saved sizes; a state_dict written before the memory
-        existed (an older checkpoint) loads as an empty memory instead of failing as incomplete."""
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Take the saved buffers at their saved sizes (a filled memory is larger than an empty one)."""
         for name in ("indptr", "items"):
             saved = state_dict.get(prefix + name)
-            empty = torch.zeros(1 if name == "indptr" else 0, dtype=getattr(self, name).dtype)
-            setattr(self, name, (empty if saved is None else torch.empty_like(saved)).to(getattr(self, name).device))
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved).to(getattr(self, name).device))
         self._neighbors = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
-        for name in ("indptr", "items"):
-            if prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def _search(self) -> SessionNeighbors:
         return SessionNeighbors(k=self.k, sample=self.sample, position_decay=self.position_decay)

@@ -1,4 +1,4 @@
-"""The logged model: a SessionRNN plus the item index it was trained with, as an MLflow pyfunc.
+"""The logged model: a SessionModel (model/session.py) plus the item index it was trained with, as an MLflow pyfunc.
 
 Why a custom pyfunc and not `mlflow.pytorch`: MLflow 3 saves torch models as torch.export
 programs with a fixed sequence length (docs/stack.md), and a bare network speaks item indices while its

@@ -13,6 +13,11 @@ the lane's session up to its target (the last `max_len` items), with `first_targ
 one target: the model recomputes the prefix with the current weights. Steps then stay independent
 of each other, so checkpoints, resuming, Horovod and the repeat pointer (which reads the whole
 prefix) work unchanged, and the prefix's state is exact rather than left over from older weights.
+Only a recurrent encoder has the one-step shortcut that makes such steps cheap (model/cells.py
+`last_step`); config.py refuses lanes for the attention encoder.
+
+`Lanes` is the training strategy the launcher picks for train.batching=lanes: each step's loss is
+the model's `last_target_loss`, the one target per row.
 """
 from __future__ import annotations
 
@@ -22,7 +27,27 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from nextplay.config import TrainConfig
+
 Batch = dict[str, torch.Tensor]
+
+
+class Lanes:
+    """The training strategy of lane steps (train/loop.py `TrainingStrategy`): every epoch the same
+    time-ordered pass; `truncate` (train.bptt_steps=1) takes the encoder's one-step shortcut."""
+
+    def __init__(self, lanes: Iterable[Batch], truncate: bool = False, steps_per_epoch: int | None = None) -> None:
+        self.lanes, self.truncate, self.steps_per_epoch = lanes, truncate, steps_per_epoch
+
+    @classmethod
+    def of(cls, lanes: Iterable[Batch], cfg: TrainConfig, steps_per_epoch: int | None = None) -> Lanes:
+        return cls(lanes, cfg.bptt_steps == 1, steps_per_epoch)
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        return self.lanes
+
+    def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        return model.last_target_loss(batch["items"].to(device), batch["length"].to(device), truncate=self.truncate)
 
 
 class LaneBatches:

@@ -42,7 +42,7 @@ from nextplay.logs import configure_logging
 from nextplay.metrics import evaluate_model
 from nextplay.model.io import load_model, save_model
 from nextplay.model.pyfunc import log_model
-from nextplay.model.rnn import SessionRNN
+from nextplay.model.session import SessionModel
 from nextplay.spark import get_spark
 from nextplay.storage import Storage, join
 from nextplay.tables import ITEM_INDEX, Lake, Pin
@@ -51,7 +51,8 @@ from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_lat
 from nextplay.train.distributed import HorovodCollective, TorchCollective
 from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate_batches, lane_batches,
                                    plan_snapshot)
-from nextplay.train.loop import build_optimizer, fit
+from nextplay.train.lanes import Lanes
+from nextplay.train.loop import Buckets, build_optimizer, fit
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def scaled_train_config(cfg: Config, world_size: int):
     averages world_size x batch_size sessions, so the step can grow by the same factor."""
     tc = copy.deepcopy(cfg.train)
     tc.lr *= world_size
-    tc.item_lr *= world_size
     return tc
 
 
@@ -123,7 +123,7 @@ def train_worker(spec: TrainSpec) -> None:
     torch.manual_seed(cfg.train.seed)
     device = _device(cfg, local_rank)
 
-    model = SessionRNN(spec.n_items, cfg.model, item_counts=spec.item_counts).to(device)
+    model = SessionModel(spec.n_items, cfg.model, item_counts=spec.item_counts).to(device)
     train_cfg = scaled_train_config(cfg, size)
     train_cfg.progress = cfg.train.progress and rank == 0
     optimizer = build_optimizer(model, train_cfg)
@@ -156,22 +156,10 @@ def train_worker(spec: TrainSpec) -> None:
             stats.update(metrics)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
-    if cfg.train.batching == "lanes":
-        lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size)
-        make_batches = lambda epoch: lanes  # noqa: E731  (time order: every epoch the same)
-        # One process runs its exact pass: the newest sessions come last and matter most. Ranks
-        # must agree on a step count: the one their shares of the split give with the lanes full.
-        steps = len(lanes) if size > 1 else None
-    else:
-        make_batches = lambda epoch: iterate_batches(  # noqa: E731
-            spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
-            seed=cfg.train.seed, unit=cfg.train.batch_unit)
-        steps = spec.snapshot.steps_per_epoch(cfg.train.batch_size, size)
     history = fit(
         model,
-        make_batches,
+        training_strategy(spec, rank, size),
         train_cfg,
-        steps_per_epoch=steps,
         start_epoch=start_epoch,
         on_epoch_end=on_epoch_end,
         device=device,
@@ -182,6 +170,22 @@ def train_worker(spec: TrainSpec) -> None:
         write_output(spec, model.to("cpu"), {"history": history, "world_size": size})
     if comm is not None:
         comm.barrier()
+
+
+def training_strategy(spec: TrainSpec, rank: int, size: int):
+    """The training strategy train.batching names, over this rank's share of the snapshot
+    (train/loop.py `Buckets`, train/lanes.py `Lanes`); chosen here once, so the loop and the model
+    never guess it from a batch."""
+    cfg = spec.cfg
+    if cfg.train.batching == "lanes":
+        lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size)
+        # One process runs its exact pass: the newest sessions come last and matter most. Ranks
+        # must agree on a step count: the one their shares of the split give with the lanes full.
+        return Lanes.of(lanes, cfg.train, steps_per_epoch=len(lanes) if size > 1 else None)
+    make_batches = lambda epoch: iterate_batches(  # noqa: E731
+        spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
+        seed=cfg.train.seed)
+    return Buckets.of(make_batches, cfg.train, steps_per_epoch=spec.snapshot.steps_per_epoch(cfg.train.batch_size, size))
 
 
 def write_output(spec: TrainSpec, model: Any, result: dict[str, Any]) -> None:
@@ -279,9 +283,9 @@ def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes:
     alone; `hybrid_valid_*` is the model as it will score.
     """
     version = None if pin is None else pin.sessions_version
-    model.memory.remember(recent_sessions(spark, cfg, "train", cfg.model.knn_sessions, version=version))
+    model.hybrid.remember(recent_sessions(spark, cfg, "train", cfg.model.hybrid.knn_sessions, version=version))
     save_model(model, output_dir)
-    mlflow.log_metric("knn_memory_sessions", model.memory.n_sessions)
+    mlflow.log_metric("knn_memory_sessions", model.hybrid.memory_sessions)
     if labels:
         valid = evaluate_model(model, prefixes, labels, ks=cfg.evaluate.ks)
         mlflow.log_metrics({f"hybrid_valid_{k}": v for k, v in valid.items() if k != "lines"})
@@ -347,7 +351,7 @@ def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_ind
 @dataclass
 class TrainedModel:
     run_id: str
-    model: Any  # the trained SessionRNN, on CPU, in eval mode
+    model: Any  # the trained SessionModel, on CPU, in eval mode
     model_version: str | None
     seconds: float
     events_per_second: float
@@ -374,7 +378,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
     prefixes, labels = validation_lines(spark, cfg, pin)
     local_dir = tempfile.mkdtemp(prefix="nextplay-train-")
     shared_dir = copies = None
-    name = run_name or f"train-{cfg.model.cell}-{cfg.model.head}"
+    name = run_name or f"train-{cfg.model.encoder}-{cfg.model.head}"
     try:
         with (mlflow.start_run(run_id=resumed.info.run_id) if resumed else mlflow.start_run(run_name=name)) as run:
             run_id = run.info.run_id
@@ -402,7 +406,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             tracking.log_loss_curve(history)
             snapshot.storage.download(shared_dir, local_dir)
             model = load_model(local_dir)
-            if model.memory is not None:
+            if model.hybrid.memory is not None:
                 remember_sessions(spark, cfg, model, local_dir, prefixes, labels, pin)
             version = log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version)
             remove_run_checkpoints(checkpoints, snapshot.storage)  # the model is logged: nothing is left to resume

@@ -286,14 +286,14 @@ def lane_batches(snapshot: SessionSnapshot, *, lanes: int, max_len: int, rank: i
     return LaneBatches(sessions, lanes, max_len, (snapshot.n_events - snapshot.n_sessions) // size)
 
 
-def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, unit: str, rank: int = 0, size: int = 1,
+def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0, size: int = 1,
                     epoch: int = 0, seed: int = 0, buffer_batches: int = 64) -> Iterator[dict[str, torch.Tensor]]:
     """Yield shuffled, length-bucketed mini-batches `{"items": [B, L], "length": [B]}` from one pass
     over this rank's shard, and keep cycling the shard (with a new shuffle) until the caller stops.
 
     A buffer of `buffer_batches` batches is filled, sorted by length, cut into batches and those
     batches are shuffled: the row order stays random across batches while each batch needs little
-    padding. `unit` says where the cuts go (`cut_points`).
+    padding; `cut_points` says where the cuts go.
     """
     rng = np.random.default_rng([seed, epoch, rank])
     cycle = 0
@@ -308,28 +308,29 @@ def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, unit: str, ra
             buf_len.append(lengths)
             buffered += len(lengths)
             if buffered >= batch_size * buffer_batches:
-                yield from _drain(buf_items, buf_len, batch_size, unit, rng)
+                yield from _drain(buf_items, buf_len, batch_size, rng)
                 buf_items, buf_len, buffered = [], [], 0
         if buffered:
-            yield from _drain(buf_items, buf_len, batch_size, unit, rng)
+            yield from _drain(buf_items, buf_len, batch_size, rng)
         if seen == 0:
             raise ValueError(f"rank {rank}/{size} found no '{snapshot.split}' sessions in its shard of the sessions table")
         cycle += 1
 
 
-def cut_points(sorted_lengths: np.ndarray, batch_size: int, unit: str) -> list[tuple[int, int]]:
-    """Where to cut length-sorted sessions into batches: `sessions`, every `batch_size` rows;
-    `items`, wherever the running item count passes another multiple of batch_size x the mean
-    length, so a batch of short sessions holds many of them and one of long sessions few.
+def cut_points(sorted_lengths: np.ndarray, batch_size: int) -> list[tuple[int, int]]:
+    """Where to cut length-sorted sessions into batches: wherever the running item count passes
+    another multiple of batch_size x the mean length, so a batch of short sessions holds many of them
+    and one of long sessions few.
 
     Why items: the loss is a mean over a batch's targets and every step moves the weights about
     equally far, so with a fixed number of sessions per batch a target in a batch of two-item
-    sessions (one target each) weighed ~19x one in a batch of twenty-item sessions (19 each). Either way there are about
-    len / batch_size batches, so the step count per epoch does not change.
+    sessions (one target each) weighed ~19x one in a batch of twenty-item sessions (19 each). There
+    are about len / batch_size batches, so the step count per epoch is what batches of batch_size
+    sessions would give.
     """
     n = len(sorted_lengths)
-    if unit == "sessions" or n == 0:
-        return [(lo, min(n, lo + batch_size)) for lo in range(0, n, batch_size)]
+    if n == 0:
+        return []
     budget = max(1.0, batch_size * float(sorted_lengths.mean()))
     first_item = np.cumsum(sorted_lengths) - sorted_lengths  # a session goes where its first item falls
     ends = np.flatnonzero(np.diff(np.floor(first_item / budget))) + 1
@@ -337,7 +338,7 @@ def cut_points(sorted_lengths: np.ndarray, batch_size: int, unit: str) -> list[t
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int, unit: str,
+def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int,
            rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
     width = max(a.shape[1] for a in items)
     all_items = np.zeros((sum(len(a) for a in items), width), dtype=np.int64)
@@ -348,7 +349,7 @@ def _drain(items: list[np.ndarray], lengths: list[np.ndarray], batch_size: int, 
     all_len = np.concatenate(lengths)
     perm = rng.permutation(len(all_len))  # random tie order inside equal lengths
     order = perm[np.argsort(all_len[perm], kind="stable")]
-    spans = cut_points(all_len[order], batch_size, unit)
+    spans = cut_points(all_len[order], batch_size)
     for i in rng.permutation(len(spans)):
         idx = order[spans[i][0]: spans[i][1]]
         lens = all_len[idx]

@@ -1,15 +1,16 @@
 """The epoch loop, independent of where batches come from (Petastorm, in-memory lists, tests).
 
-- A step is one batch from `make_batches(epoch)`. Sessions longer than `cfg.max_len` are cut into
-  windows of at most `max_len` items inside that step: the first window trains its targets from the
-  start; each later window starts `max_len // 2` items before its first new target, so those items
-  are context only (masked out of the loss). Every target is trained exactly once and no hidden state
-  has to travel between steps (which would tie batches to a fixed session order).
-- Lane steps (`train.batching=lanes`, train/lanes.py) carry their own `first_target` and are never
-  longer than `max_len`, so they skip the cutting.
+- A step is one batch of a `TrainingStrategy`, chosen once by the launcher from train.batching:
+  `Buckets` (here) or `Lanes` (train/lanes.py). The strategy yields the batches and says how a batch
+  becomes a loss, so the loop never inspects a batch to learn what kind it is.
+- `Buckets`: sessions longer than `max_len` are cut into windows of at most `max_len` items inside
+  the step: the first window trains its targets from the start; each later window starts
+  `max_len // 2` items before its first new target, so those items are context only (masked out of
+  the loss). Every target is trained exactly once and no hidden state has to travel between steps
+  (which would tie batches to a fixed session order), so every encoder can train on them.
 - Randomness (dropout, sampled negatives) is re-seeded from (seed, epoch, rank) at every epoch, so a
   run resumed from the checkpoint of epoch e follows the same trajectory as one never stopped,
-  provided `make_batches(epoch)` is itself deterministic.
+  provided the strategy's batches of an epoch are themselves deterministic.
 - Distributed training only needs the `distributed` hook (wrap_optimizer, broadcast,
   allreduce_mean, rank, size). When the wrapped optimizer exposes `synchronize()` (Horovod), gradients
   are reduced before clipping, so the clip sees the averaged gradient.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -30,20 +31,19 @@ from nextplay.config import TrainConfig
 Batch = dict[str, torch.Tensor]
 
 
-class AdagradSGD(torch.optim.Optimizer):
-    """Indexed Adagrad, with optional momentum, beside plain SGD: GRU4Rec's optimiser and
-    the official GRU4Rec code's.
+class IndexedAdagrad(torch.optim.Optimizer):
+    """Indexed Adagrad with optional momentum: the official GRU4Rec code's optimiser.
 
-    A param group's `rule` says which. Adagrad groups update only the rows whose gradient is non-zero
-    (the items, or tree nodes, a batch touched), so untouched rows keep their value, accumulator and
-    momentum, weight decay included, and a step costs the touched rows rather than the catalog.
-    With `momentum` m > 0 each touched row moves by v = m * v + lr * g / sqrt(sum g^2). Constructible
-    from param groups alone, as Horovod's DistributedOptimizer requires.
+    Only the rows whose gradient is non-zero (the items, or tree nodes, a batch touched) are updated,
+    so untouched rows keep their value, accumulator and momentum, weight decay included, and a step
+    costs the touched rows rather than the catalog. With `momentum` m > 0 each touched row moves by
+    v = m * v + lr * g / sqrt(sum g^2). Constructible from param groups alone, as Horovod's
+    DistributedOptimizer requires.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.05, eps: float = 1e-6, weight_decay: float = 0.0,
-                 rule: str = "sgd", momentum: float = 0.0) -> None:
-        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, rule=rule, momentum=momentum))
+                 momentum: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, momentum=momentum))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:
@@ -51,9 +51,6 @@ class AdagradSGD(torch.optim.Optimizer):
             lr, eps, wd, mom = group["lr"], group["eps"], group["weight_decay"], group.get("momentum", 0.0)
             for p in group["params"]:
                 if p.grad is None:
-                    continue
-                if group["rule"] != "adagrad":
-                    p.add_(p.grad + wd * p if wd else p.grad, alpha=-lr)
                     continue
                 state = self.state[p]
                 if "sum" not in state:
@@ -82,7 +79,7 @@ class AdagradSGD(torch.optim.Optimizer):
 
 
 class RowAdam(torch.optim.Optimizer):
-    """Adam for models whose item matrices get row-sparse gradients (`SessionRNN.sparse_items`).
+    """Adam for models whose item matrices get row-sparse gradients (`SessionModel.sparse_items`).
 
     A sparse gradient updates only its rows' moments and values ("lazy" Adam): rows a step did not
     touch keep their moments instead of decaying them, which is what makes a step cost the batch
@@ -151,28 +148,17 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """`adam`: Adam on everything (row-wise where item gradients are sparse). `adagrad_sgd`: indexed
-    Adagrad (step cfg.item_lr) on the model's item-indexed parameters and SGD (step cfg.lr) on the rest.
-    `adagrad`: indexed Adagrad with momentum cfg.momentum (step cfg.lr) on every parameter, as the
-    official GRU4Rec code trains."""
-    if cfg.optimizer == "adam":
-        params = list(model.parameters())
-        if getattr(model, "sparse_items", False):
-            return RowAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        # The fused kernel updates every parameter in one pass instead of a dozen: at 1M items x 100
-        # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores.
-        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    """`adam`: Adam on everything (row-wise where item gradients are sparse). `adagrad`: indexed
+    Adagrad with momentum cfg.momentum on every parameter, as the official GRU4Rec code trains."""
+    params = list(model.parameters())
     if cfg.optimizer == "adagrad":
-        return AdagradSGD([{"params": list(model.parameters()), "rule": "adagrad", "lr": cfg.lr,
-                            "momentum": cfg.momentum}], weight_decay=cfg.weight_decay)
-    item_names = model.item_parameter_names()
-    named = list(model.named_parameters())
-    groups = [
-        {"params": [p for n, p in named if n in item_names], "rule": "adagrad", "lr": cfg.item_lr},
-        {"params": [p for n, p in named if n not in item_names], "rule": "sgd", "lr": cfg.lr},
-    ]
-    return AdagradSGD([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+        return IndexedAdagrad(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if getattr(model, "sparse_items", False):
+        return RowAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel updates every parameter in one pass instead of a dozen: at 1M items x 100
+    # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores (docs/benchmarks.md).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def cut_windows(items: torch.Tensor, lengths: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,22 +201,53 @@ def lr_scale(schedule: str, progress: float) -> float:
     return 1.0
 
 
-def _steps(make_batches: Callable[[int], Iterable[Batch]], epoch: int, steps: int | None) -> Iterator[Batch]:
-    """One epoch's batches; with a fixed step count, cycle the iterable (or stop early) to match it."""
-    if steps is None:
-        yield from make_batches(epoch)
-        return
+class TrainingStrategy(Protocol):
+    """How training steps are made and scored: `batches(epoch)` yields the steps of an epoch,
+    `steps_per_epoch` fixes their count (None: as many as `batches` yields), and `loss` turns one
+    batch into the summed loss and its number of targets."""
+
+    steps_per_epoch: int | None
+
+    def batches(self, epoch: int) -> Iterable[Batch]: ...
+
+    def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, int]: ...
+
+
+class Buckets:
+    """Batches of whole sessions (train.batching=buckets), cut into `max_len` windows at each step;
+    every next item of every window is a target. `truncate`: train.bptt_steps=1."""
+
+    def __init__(self, make_batches: Callable[[int], Iterable[Batch]], max_len: int, truncate: bool = False,
+                 steps_per_epoch: int | None = None) -> None:
+        self.make_batches, self.max_len, self.truncate = make_batches, max_len, truncate
+        self.steps_per_epoch = steps_per_epoch
+
+    @classmethod
+    def of(cls, make_batches: Callable[[int], Iterable[Batch]], cfg: TrainConfig,
+           steps_per_epoch: int | None = None) -> Buckets:
+        return cls(make_batches, cfg.max_len, cfg.bptt_steps == 1, steps_per_epoch)
+
+    def batches(self, epoch: int) -> Iterable[Batch]:
+        return self.make_batches(epoch)
+
+    def loss(self, model: torch.nn.Module, batch: Batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        items, lengths, first = cut_windows(batch["items"], batch["length"], self.max_len)
+        return model.loss(items.to(device), lengths.to(device), first.to(device), truncate=self.truncate)
+
+
+def _steps(strategy: TrainingStrategy, epoch: int, steps: int) -> Iterator[Batch]:
+    """One epoch's batches, the iterable cycled (or stopped early) to match a fixed step count."""
     done = 0
     while done < steps:
         produced = False
-        for batch in make_batches(epoch):
+        for batch in strategy.batches(epoch):
             produced = True
             yield batch
             done += 1
             if done == steps:
                 return
         if not produced:
-            raise ValueError(f"make_batches({epoch}) produced no batches but steps_per_epoch={steps}")
+            raise ValueError(f"the batches of epoch {epoch} are empty but steps_per_epoch={steps}")
 
 
 def _resolve_device(device: str | torch.device | None, cfg: TrainConfig) -> torch.device:
@@ -241,8 +258,7 @@ def _resolve_device(device: str | torch.device | None, cfg: TrainConfig) -> torc
     return torch.device(cfg.device)
 
 
-def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], cfg: TrainConfig, *,
-        steps_per_epoch: int | None, start_epoch: int = 0,
+def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *, start_epoch: int = 0,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
         device: str | torch.device | None = None, distributed: Any = None,
         optimizer: torch.optim.Optimizer | None = None) -> list[dict[str, float]]:
@@ -264,9 +280,10 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
     history: list[dict[str, float]] = []
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
-        batches = make_batches(epoch) if steps_per_epoch is None else None
+        steps_per_epoch = strategy.steps_per_epoch
+        batches = strategy.batches(epoch) if steps_per_epoch is None else None
         n_steps = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
-        source = batches if batches is not None else _steps(make_batches, epoch, steps_per_epoch)
+        source = batches if batches is not None else _steps(strategy, epoch, steps_per_epoch)
         model.train()
         total_loss, total_events, started = 0.0, 0, time.perf_counter()
         bar = tqdm(source, total=n_steps, desc=f"epoch {epoch}", disable=not (cfg.progress and rank == 0),
@@ -275,12 +292,7 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Batch]], 
             progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, progress)
-            if "first_target" in batch:  # lane steps (train/lanes.py) come cut already
-                items, lengths, first = batch["items"], batch["length"], batch["first_target"]
-            else:
-                items, lengths, first = cut_windows(batch["items"], batch["length"], cfg.max_len)
-            items, lengths, first = items.to(dev), lengths.to(dev), first.to(dev)
-            loss_sum, n = model.loss(items, lengths, first, bptt_steps=cfg.bptt_steps)
+            loss_sum, n = strategy.loss(model, batch, dev)
             model.zero_grad(set_to_none=True)  # Horovod's optimizer wrapper has no set_to_none
             (loss_sum / max(n, 1)).backward()
             synchronize = getattr(opt, "synchronize", None)
