@@ -488,6 +488,13 @@ class Lake:
         if data is None:
             raise ValueError(f"the sessions table has no version {sessions_version} (its history starts at "
                              f"{sessions[-1].version}): run `nextplay sessionize`")
+        # A DELETE or UPDATE edits the rows of the generation before it (a listener's data removed by
+        # hand): it keeps that generation's index, whatever sessionize committed to item_index since.
+        while data.generation is None and data.operation in ROW_EDITS:
+            earlier = next((c for c in sessions if c.version < data.version and c.operation not in LAYOUT_ONLY), None)
+            if earlier is None:
+                break
+            data = earlier
         index = self.commits(spark, ITEM_INDEX)
         if data.generation is None:
             before = [c for c in index if c.timestamp <= data.timestamp]
@@ -547,6 +554,8 @@ def generation_options(generation: str, state: dict[str, str] | None = None) -> 
 
 # Operations that rewrite files without changing rows: a sessions version after one of them still
 # belongs to the generation of the write before it.
+# Commits that edit some rows in place and keep the rest: they inherit the generation they edited.
+ROW_EDITS = {"DELETE", "UPDATE"}
 LAYOUT_ONLY = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
                 "CHANGE COLUMN", "CHANGE COLUMNS", "ADD CONSTRAINT", "DROP CONSTRAINT", "ADD COLUMNS", "CLUSTER BY"}
 

@@ -88,6 +88,20 @@ def test_tables_without_generation_markers_pair_by_commit_order(spark, cfg):
     assert snapshot_training_data(spark, cfg)[1] == 30
 
 
+def test_a_row_edit_of_sessions_keeps_the_generation_it_edited(spark, cfg):
+    """A DELETE on sessions (a listener's data removed) commits without a generation marker; the next
+    sessionize has already committed its item index. The edited sessions still belong to their own
+    generation's index, not to the newer one."""
+    write_planted_lake(spark, cfg, n_items=30)
+    before = Lake(cfg.lake).pin_generation(spark)
+    write_planted_index(spark, cfg, n_items=40, generation=tables.new_generation())
+    spark.sql(f"DELETE FROM delta.`{Lake(cfg.lake).path(tables.SESSIONS)}` WHERE user_id = 'u1'")
+    pin = Lake(cfg.lake).pin_generation(spark)
+    assert pin.sessions_version == before.sessions_version + 1
+    assert (pin.item_index_version, pin.generation) == (before.item_index_version, before.generation)
+    assert snapshot_training_data(spark, cfg)[1] == 30
+
+
 def test_sessions_of_an_unknown_generation_are_a_clear_error(spark, cfg):
     write_planted_lake(spark, cfg, n_sessions=100)
     lake = Lake(cfg.lake)
