@@ -371,11 +371,11 @@ def warm_start_model(spark, cfg: Config, pin: Pin) -> WarmStart | None:
     resolved = tracking.resolve_model(cfg.tracking, wanted)
     logged = load_logged(resolved.uri)
     mine, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(logged.rnn.cfg)
-    differ = sorted(f"model.{k}" for k in mine if k != "hybrid" and mine[k] != theirs.get(k))
+    differ = [f"model.{k}={theirs.get(k)!r} (configured: {mine[k]!r})" for k in sorted(mine)
+              if k != "hybrid" and mine[k] != theirs.get(k)]
     if differ:
-        raise ValueError(f"train.warm_start: {resolved.uri} was trained with other {', '.join(differ)} than configured "
-                         f"({', '.join(f'{theirs.get(k[6:])!r}' for k in differ)}): configure the same model, or "
-                         "train without --warm-start")
+        raise ValueError(f"train.warm_start: {resolved.uri} was trained with {', '.join(differ)}: configure the model "
+                         "it was trained with, or train without --warm-start")
     ids = logged.track_ids
     index = spark.createDataFrame(pd.DataFrame({"track_id": ids.astype(str), "item_idx": range(1, len(ids) + 1)}),
                                   "track_id string, item_idx int")
