@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="re-cut every day, not only those new batches touched (the dictionary stays append-only)")
         if name in ("train", "pipeline"):
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+            p.add_argument("--warm-start", nargs="?", const="champion", metavar="MODEL_URI",
+                           help="start from the champion's weights (or MODEL_URI's), with rows for tracks added since "
+                                "(sets train.warm_start)")
         if name == "pipeline":
             p.add_argument("--next-day", action="store_true",
                            help="then ingest and sessionize one more generated day incrementally and score it")
@@ -145,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             overrides.append(f"{key}={value}")
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
+    if getattr(args, "warm_start", None) is not None:
+        overrides.append(f"train.warm_start={args.warm_start}")
     return load_config(args.conf, overrides)
 
 

@@ -235,6 +235,12 @@ class TrainConfig:
     # Continue the newest unfinished training run that left checkpoints, in that MLflow run and on
     # the table versions it pinned; no such run: start a new one.
     resume: bool = False
+    # Start from a registered model's weights instead of a fresh model: `champion` (the champion of
+    # tracking.model_name) or a model URI (models:/name/3, runs:/id/model). Its item ids must name the
+    # same tracks in this lake's item_index and its model settings (all but model.hybrid) must be
+    # the configured ones; tracks added since get new rows, initialised as in a fresh model.
+    # None: a fresh model. Not with `resume`, which continues a run from that run's own checkpoint.
+    warm_start: str | None = None
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True
 
@@ -533,6 +539,11 @@ def _check_ranges(cfg: Config) -> None:
     if cfg.train.launcher == "local" and cfg.train.num_proc != 1:
         raise ConfigError(f"train.num_proc: the 'local' launcher runs one process, got {cfg.train.num_proc}; "
                           "set train.launcher to horovod, spark or torch_distributor for more")
+    if cfg.train.warm_start is not None and not cfg.train.warm_start.strip():
+        raise ConfigError("train.warm_start: empty; give 'champion', a model URI, or leave it unset for a fresh model")
+    if cfg.train.warm_start is not None and cfg.train.resume:
+        raise ConfigError("train.warm_start and train.resume: a resumed run continues from its own checkpoint, not "
+                          "from another model; give one of them (an interrupted warm-started run resumes with --resume)")
     if cfg.train.hosts is not None:
         _check_hosts(cfg.train.hosts, cfg.train.num_proc)
     on_executors = cfg.train.launcher in ("spark", "torch_distributor") and not (cfg.spark.master or "").startswith("local")

@@ -60,6 +60,43 @@ class SessionModel(nn.Module):
         self.objective = make_loss(cfg)
         self.hybrid = HybridScorer(n_items, cfg.hybrid, repeat=cfg.repeat)
 
+    # -- a catalog that grew --------------------------------------------------------------------
+    def item_tables(self) -> list[str]:
+        """The state entries whose rows are item ids 0..n_items (row i belongs to item i): the item
+        table, the untied output vectors and the head's per-item biases. Every other weight is
+        independent of the catalog, except the bit tree's nodes, which `grown` refuses to renumber."""
+        names = ["embedding.weight"]
+        if self.output_items is not None:
+            names.append("output_items")
+        if self.cfg.head in ("full", "sampled"):
+            names.append("head.bias")
+        return names
+
+    def grown(self, n_items: int, item_counts: np.ndarray | None = None) -> "SessionModel":
+        """A model of `n_items` >= this one's items (the dictionary only appends): every weight
+        copied, the rows of items 1..self.n_items unchanged, the new items' rows initialised as a fresh
+        model initialises them (draws from torch's global generator: seed it first). The session
+        memory is left empty; it is data, refilled after training (train/launch.py `remember_sessions`)."""
+        if n_items < self.n_items:
+            raise ValueError(f"a model of {self.n_items} items cannot shrink to {n_items}: item ids are never reused")
+        if self.cfg.head == "bit_tree" and n_items != self.n_items:
+            raise ValueError("model.head=bit_tree cannot gain items: new items reopen its closed subtrees and move "
+                             "every old item's probability; train this catalog from scratch")
+        fresh = SessionModel(n_items, self.cfg, item_counts)
+        rows = set(self.item_tables())
+        state = fresh.state_dict()
+        for name, old in self.state_dict().items():
+            if name.startswith("hybrid.memory."):
+                continue
+            if name in rows:
+                state[name][:self.n_items + 1] = old
+            elif state[name].shape == old.shape:
+                state[name] = old.clone()
+            else:
+                raise ValueError(f"{name}: shape {tuple(old.shape)} cannot grow to {tuple(state[name].shape)}")
+        fresh.load_state_dict(state)
+        return fresh
+
     # -- shared pieces ---------------------------------------------------------------------------
     def forward(self, items: torch.Tensor, lengths: torch.Tensor, truncate: bool = False) -> torch.Tensor:
         """States [B, L, H] of right-padded `items` [B, L] (dropout applied in training); `truncate`

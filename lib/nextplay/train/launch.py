@@ -13,10 +13,13 @@ alone talks to MLflow: the per-epoch metrics are logged from the result's histor
 Everything a run reads comes from one pinned generation of the lake (`Lake.pin_generation`): the
 sessions version and the item_index version sessionize wrote with it, logged as run tags. Each
 run checkpoints into its own folder; `--resume` continues the newest interrupted run in that run.
+`--warm-start` starts the ranks from a registered model's weights (default: the champion), grown
+by rows for the tracks the append-only dictionary gained since (`warm_start_model`).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
@@ -41,11 +45,11 @@ from nextplay.data.lines import recent_sessions, session_lines
 from nextplay.logs import configure_logging
 from nextplay.metrics import evaluate_model
 from nextplay.model.io import load_model, save_model
-from nextplay.model.pyfunc import log_model
+from nextplay.model.pyfunc import NextTrackModel, load_logged, log_model
 from nextplay.model.session import SessionModel
 from nextplay.spark import get_spark
 from nextplay.storage import Storage, join
-from nextplay.tables import ITEM_INDEX, Lake, Pin
+from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary
 from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.distributed import HorovodCollective, TorchCollective
@@ -73,6 +77,7 @@ class TrainSpec:
     valid_labels: list[int] = field(default_factory=list)
     checkpoint_dir: str = ""  # this run's own folder under train.checkpoint_dir; "" = the base folder
     sessions_version: int | None = None  # the pinned sessions version, recorded in every checkpoint
+    initial_model: str = ""  # warm start: a saved model (model/io.py) on shared storage the ranks start from
 
 
 def _collective(launcher: str):
@@ -123,7 +128,11 @@ def train_worker(spec: TrainSpec) -> None:
     torch.manual_seed(cfg.train.seed)
     device = _device(cfg, local_rank)
 
-    model = SessionModel(spec.n_items, cfg.model, item_counts=spec.item_counts).to(device)
+    model = SessionModel(spec.n_items, cfg.model, item_counts=spec.item_counts)
+    if spec.initial_model:
+        model.load_state_dict({**model.state_dict(), **read_initial_state(spec)})
+        log.info("rank %d starts from the warm-start weights in %s", rank, spec.initial_model)
+    model = model.to(device)
     train_cfg = scaled_train_config(cfg, size)
     train_cfg.progress = cfg.train.progress and rank == 0
     optimizer = build_optimizer(model, train_cfg)
@@ -186,6 +195,15 @@ def training_strategy(spec: TrainSpec, rank: int, size: int):
         spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
         seed=cfg.train.seed)
     return Buckets.of(make_batches, cfg.train, steps_per_epoch=spec.snapshot.steps_per_epoch(cfg.train.batch_size, size))
+
+
+def read_initial_state(spec: TrainSpec) -> dict[str, torch.Tensor]:
+    """The warm-start weights every rank starts from, read from the run's folder on shared storage; without
+    the session memory, which the configured model.hybrid may size otherwise (it is refilled after training)."""
+    with tempfile.TemporaryDirectory(prefix="nextplay-warm-") as tmp:
+        spec.snapshot.storage.download(spec.initial_model, tmp)
+        state = load_model(tmp).state_dict()
+    return {k: v for k, v in state.items() if not k.startswith("hybrid.memory.")}
 
 
 def write_output(spec: TrainSpec, model: Any, result: dict[str, Any]) -> None:
@@ -334,6 +352,51 @@ def _log_resumed_params(params: dict[str, Any], logged: dict[str, str]) -> None:
     mlflow.set_tags({f"nextplay.resumed.{k}": v for k, v in values.items() if k in logged and logged[k] != v})
 
 
+@dataclass
+class WarmStart:
+    """The registered model a run starts from, checked against the lake and the configuration."""
+
+    uri: str  # pinned: models:/name/version, or the runs:/ URI given
+    run_id: str
+    model: NextTrackModel
+
+
+def warm_start_model(spark, cfg: Config, pin: Pin) -> WarmStart | None:
+    """Resolve and load `train.warm_start` (the trusted way: no code from the artifact) and refuse, in
+    one line, a model this run cannot grow: one whose item ids the pinned item_index names otherwise
+    (a rebuilt lake, another lake), or one trained with other model settings (shapes, encoder, head)."""
+    if cfg.train.warm_start is None:
+        return None
+    wanted = None if cfg.train.warm_start.strip() == "champion" else cfg.train.warm_start.strip()
+    resolved = tracking.resolve_model(cfg.tracking, wanted)
+    logged = load_logged(resolved.uri)
+    mine, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(logged.rnn.cfg)
+    differ = [f"model.{k}={theirs.get(k)!r} (configured: {mine[k]!r})" for k in sorted(mine)
+              if k != "hybrid" and mine[k] != theirs.get(k)]
+    if differ:
+        raise ValueError(f"train.warm_start: {resolved.uri} was trained with {', '.join(differ)}: configure the model "
+                         "it was trained with, or train without --warm-start")
+    ids = logged.track_ids
+    index = spark.createDataFrame(pd.DataFrame({"track_id": ids.astype(str), "item_idx": range(1, len(ids) + 1)}),
+                                  "track_id string, item_idx int")
+    lake = Lake(cfg.lake)
+    check_dictionary(index, len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
+                     f"train.warm_start {resolved.uri}", lake.describe())
+    return WarmStart(resolved.uri, resolved.run_id, logged)
+
+
+def write_initial_model(cfg: Config, warm: WarmStart, n_items: int, item_counts: np.ndarray, folder: str,
+                        storage: Storage) -> None:
+    """The warm-start model grown to this lake's `n_items`, saved to `folder` on shared storage. New
+    rows are drawn from train.seed, so a warm run starts from the same weights every time."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        grown = warm.model.rnn.grown(n_items, item_counts)
+    with tempfile.TemporaryDirectory(prefix="nextplay-warm-") as tmp:
+        save_model(grown, tmp)
+        storage.upload(tmp, folder)
+
+
 def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
     """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
     one the run trained with; default the newest); returns the registered version.
@@ -372,17 +435,21 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                  cfg.train.checkpoint_dir)
     pin = _pin_of(resumed) if resumed else Lake(cfg.lake).pin_generation(spark)
     snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg, pin)
+    warm = warm_start_model(spark, cfg, pin)
     if resumed:
         check_resumable(run_checkpoint_dir(cfg.train.checkpoint_dir, resumed.info.run_id),
                         model_signature(cfg, n_items), pin.sessions_version, snapshot.storage)
     prefixes, labels = validation_lines(spark, cfg, pin)
     local_dir = tempfile.mkdtemp(prefix="nextplay-train-")
-    shared_dir = copies = None
+    shared_dir = copies = initial = None
     name = run_name or f"train-{cfg.model.encoder}-{cfg.model.head}"
     try:
         with (mlflow.start_run(run_id=resumed.info.run_id) if resumed else mlflow.start_run(run_name=name)) as run:
             run_id = run.info.run_id
             mlflow.set_tags({"nextplay.stage": "train", **pin.as_tags()})
+            if warm is not None:
+                mlflow.set_tags({"nextplay.warm_start_from": warm.uri, "nextplay.warm_start_run": warm.run_id,
+                                 "nextplay.warm_start_items": str(warm.model.rnn.n_items)})
             extra = {"world_size": cfg.train.num_proc, "n_items": n_items, "train_sessions": snapshot.n_sessions,
                      "train_events": snapshot.n_events, "valid_lines": len(labels)}
             if resumed:
@@ -393,8 +460,12 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             checkpoints = run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)
             shared_dir, copies = output_folder(cfg, run_id), deletions_folder(cfg, run_id)
             snapshot = apply_deletions(spark, cfg, snapshot, copies)
+            if warm is not None:
+                initial = join(str(checkpoints), "warm_start")
+                write_initial_model(cfg, warm, n_items, item_counts, initial, snapshot.storage)
             spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run_id, prefixes, labels,
-                             checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version)
+                             checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version,
+                             initial_model=initial or "")
             started = time.time()
             result = launch(spec)
             seconds = time.time() - started
@@ -414,7 +485,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                             len(history), int(result["world_size"]), history)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
-        for folder in (shared_dir, copies):  # the model now lives in MLflow; a failed run leaves nothing either
+        for folder in (shared_dir, copies, initial):  # the model now lives in MLflow; a failed run leaves nothing either
             if folder is not None:  # (a resumed run copies the live rows of its pinned version again)
                 snapshot.storage.remove(folder, recursive=True)
 
