@@ -27,7 +27,7 @@ def test_tune_benchmark_trains_and_measures_on_benchmark_files(tmp_path):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     by_model = {r["model"]: r for r in records}
     assert {"most_popular", "markov", "sknn"} <= set(by_model)
-    rnn = [r for r in records if r["model"].startswith("rnn:")]
+    rnn = [r for r in records if r["model"].startswith("model:")]
     assert len(rnn) == 2 and all(r["split"] == "valid" and r["lines"] > 0 for r in records)
     assert by_model["markov"]["recall_at_20"] == 1.0
     assert by_model["most_popular"]["recall_at_20"] == 1.0  # 20 items: every item is in the top 20

@@ -20,7 +20,7 @@ START = 1_700_000_000  # write_planted_lake: session k starts at START + k hours
 
 def _one_pass(snapshot) -> list[int]:
     """Every train session one pass of the shuffled loader yields, named by its session number."""
-    batch = next(iterate_batches(snapshot, batch_size=10_000, unit="sessions", seed=3))
+    batch = next(iterate_batches(snapshot, batch_size=10_000, seed=3))
     return sorted(int(row[0]) - 1 for row in batch["items"].numpy())
 
 
@@ -68,7 +68,7 @@ def test_deleted_sessions_never_reach_training(spark, cfg, vectors):
     planned, *_ = snapshot_training_data(spark, cfg, pin)
     if vectors:  # files that hold deleted rows are never read as they are
         with pytest.raises(ValueError, match="hold deleted rows: copy their live rows first"):
-            next(iterate_batches(planned, batch_size=8, unit="sessions"))
+            next(iterate_batches(planned, batch_size=8))
     snapshot = _training_snapshot(spark, cfg, pin)
     assert snapshot.n_sessions == len(expected) and snapshot.version == pin.sessions_version
     copied = [f for f in snapshot.files if f"{deletions_folder(cfg, 'run-1')}/" in f]
