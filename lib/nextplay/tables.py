@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+import pandas as pd
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -608,6 +610,12 @@ class Pin:
 
 
 # -- a model and the lake's dictionary -------------------------------------------------------------
+
+
+def model_index_frame(spark: SparkSession, track_ids: np.ndarray) -> DataFrame:
+    """A model's item index (`track_ids[i]` is item_idx i + 1) as a DataFrame, for `check_dictionary`."""
+    rows = pd.DataFrame({"track_id": track_ids.astype(str), "item_idx": range(1, len(track_ids) + 1)})
+    return spark.createDataFrame(rows, "track_id string, item_idx int")
 
 
 def dictionary_disagreement(model_index: DataFrame, model_items: int, lake_index: DataFrame) -> int:

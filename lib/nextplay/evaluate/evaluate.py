@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from nextplay import tracking
@@ -28,7 +27,7 @@ from nextplay.evaluate.promote import gate
 from nextplay.evaluate.report import evaluate_all, log_evaluation
 from nextplay.model.pyfunc import load_logged
 from nextplay.spark import get_spark
-from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary
+from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary, model_index_frame
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,8 @@ def check_lake_dictionary(spark, cfg: Config, model, version: int, run_id: str) 
     same generation) numbers otherwise: a rebuilt lake or another one. One join count on the executors."""
     lake = Lake(cfg.lake)
     pin = lake.pin_generation(spark, version)
-    ids = model.track_ids
-    mine = spark.createDataFrame(pd.DataFrame({"track_id": ids.astype(str), "item_idx": range(1, len(ids) + 1)}),
-                                 "track_id string, item_idx int")
-    check_dictionary(mine, len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
-                            f"run {run_id}", lake.describe())
+    check_dictionary(model_index_frame(spark, model.track_ids), len(model.track_ids),
+                     lake.read_at(spark, ITEM_INDEX, pin.item_index_version), f"run {run_id}", lake.describe())
 
 
 def known_items(sessions: list[list[int]], n_items: int, collapse: bool) -> list[list[int]]:

@@ -31,7 +31,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
@@ -49,7 +48,7 @@ from nextplay.model.pyfunc import NextTrackModel, load_logged, log_model
 from nextplay.model.session import SessionModel
 from nextplay.spark import get_spark
 from nextplay.storage import Storage, join
-from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary
+from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary, model_index_frame
 from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.distributed import HorovodCollective, TorchCollective
@@ -377,10 +376,8 @@ def warm_start_model(spark, cfg: Config, pin: Pin) -> WarmStart | None:
         raise ValueError(f"train.warm_start: {resolved.uri} was trained with {', '.join(differ)}: configure the model "
                          "it was trained with, or train without --warm-start")
     ids = logged.track_ids
-    index = spark.createDataFrame(pd.DataFrame({"track_id": ids.astype(str), "item_idx": range(1, len(ids) + 1)}),
-                                  "track_id string, item_idx int")
     lake = Lake(cfg.lake)
-    check_dictionary(index, len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
+    check_dictionary(model_index_frame(spark, ids), len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
                      f"train.warm_start {resolved.uri}", lake.describe())
     return WarmStart(resolved.uri, resolved.run_id, logged)
 
