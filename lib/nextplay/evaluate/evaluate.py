@@ -42,22 +42,21 @@ def latest_training_run(cfg: Config) -> str:
     return runs[0].info.run_id
 
 
-def sessions_version_of(cfg: Config, spark, run_id: str) -> int:
-    """The sessions version the training run pinned, so evaluating an old run reads what it was
+def pin_of(cfg: Config, spark, run_id: str) -> Pin:
+    """The table versions the training run pinned, so evaluating an old run reads what it was
     trained and validated on (time travel). A run logged before runs pinned their tables reads
     the newest generation."""
     pin = Pin.from_tags(MlflowClient().get_run(run_id).data.tags)
     if pin is None:
         pin = Lake(cfg.lake).pin_generation(spark)
         log.warning("run %s logged no table versions: evaluating on sessions version %d", run_id, pin.sessions_version)
-    return pin.sessions_version
+    return pin
 
 
-def check_lake_dictionary(spark, cfg: Config, model, version: int, run_id: str) -> None:
+def check_lake_dictionary(spark, cfg: Config, model, pin: Pin, run_id: str) -> None:
     """Refuse a model whose ids the dictionary of the sessions it is measured on (the item_index of the
     same generation) numbers otherwise: a rebuilt lake or another one. One join count on the executors."""
     lake = Lake(cfg.lake)
-    pin = lake.pin_generation(spark, version)
     check_dictionary(model_index_frame(spark, model.track_ids), len(model.track_ids),
                      lake.read_at(spark, ITEM_INDEX, pin.item_index_version), f"run {run_id}", lake.describe())
 
@@ -83,8 +82,9 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     logged = load_logged(f"runs:/{run_id}/model")  # built from the installed package, no code from the artifact
     model = logged.rnn
     spark = get_spark(cfg)
-    version = sessions_version_of(cfg, spark, run_id)
-    check_lake_dictionary(spark, cfg, logged, version, run_id)
+    pin = pin_of(cfg, spark, run_id)
+    version = pin.sessions_version
+    check_lake_dictionary(spark, cfg, logged, pin, run_id)
     test = known_items(recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version),
                        model.n_items, logged.collapse)
     prefixes, labels = session_lines(test)
