@@ -98,7 +98,7 @@ def test_every_shipped_conf_file_is_valid(name):
 
 
 def test_diginetica_conf_is_the_benchmark_conf_with_the_documented_overrides():
-    """docs/benchmarks.md reproduces the file's validation rows with these --set flags on the
+    """docs/model-settings.md reproduces the file's validation rows with these --set flags on the
     benchmark conf; the file must not drift from them (nor from benchmark.yml's other keys)."""
     conf = Path(__file__).resolve().parents[1] / "conf"
     digi = load_config(conf / "benchmark-diginetica.yml", []).flat()

@@ -139,7 +139,7 @@ class HybridConfig:
     `knn_sample` most recent stored sessions sharing an item with the prefix, the `knn_neighbors` most
     similar of them; neighbour items count exp(-d / knn_position_decay) at d steps from where the
     sessions meet (0: all alike, plain V-SKNN). The network trains alone either way; both weights 0
-    score the network alone. Chosen on the validation splits: docs/benchmarks.md, "The hybrid"; the
+    score the network alone. Chosen on the validation splits (docs/model-settings.md); the
     explore weight is 0.3 since equal-item batches made the RNN's own new-item ranking stronger.
     """
 
@@ -166,7 +166,7 @@ class ModelConfig:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     head: Literal["full", "sampled", "bit_tree"] = "sampled"
     # Defaults tuned on validation splits cut from the benchmark sets' training sessions
-    # (docs/benchmarks.md, "Accuracy"): a wider state, and heavy dropout on the item vectors.
+    # (docs/model-settings.md): a wider state, and heavy dropout on the item vectors.
     hidden_size: int = 256
     embedding_size: int = 0  # 0: same as hidden_size
     dropout: float = 0.3  # on the encoder's states (and inside the attention blocks)
@@ -179,7 +179,7 @@ class ModelConfig:
     # sampled head a sampled softmax with the log-q correction) or `bpr_max` (GRU4Rec's ranking loss:
     # the target against a softmax-weighted mix of the negatives, plus `bpr_reg` times their weighted
     # squared scores; sampled head only). Cross-entropy won on yoochoose1_64's validation split,
-    # BPR-max (+2.4 MRR@20) on diginetica's: docs/benchmarks.md, "Accuracy".
+    # BPR-max (+2.4 MRR@20) on diginetica's: docs/model-settings.md.
     loss: Literal["cross_entropy", "bpr_max"] = "cross_entropy"
     bpr_reg: float = 0.9  # GRU4Rec's setting for diginetica, the one validated here
     init_std: float = 0.05  # standard deviation of the initial item vectors
@@ -191,7 +191,7 @@ class ModelConfig:
     # (RepeatNet-style); a quarter of benchmark labels repeat an earlier item.
     repeat: bool = True
     # The repeat mixture's likelihood trains the gate and the pointer only, not the encoder's states
-    # (they then learn from the head's loss alone). Measured with lanes in docs/benchmarks.md.
+    # (they then learn from the head's loss alone). Measured with lanes in docs/model-settings.md.
     repeat_detached: bool = False
     hybrid: HybridConfig = field(default_factory=HybridConfig)
 
@@ -208,7 +208,7 @@ class TrainConfig:
     # `buckets`: shuffled sessions in length-sorted batches of about batch_size x the mean session
     # length items each (train/loader.py `cut_points` says why). `lanes`: batch_size sessions in
     # flight, one target each per step, oldest sessions first (GRU4Rec's official session-parallel
-    # batches; train/lanes.py says why, docs/benchmarks.md measures it); recurrent encoders only.
+    # batches; train/lanes.py says why, docs/model-settings.md measures it); recurrent encoders only.
     # Lanes run about 4x faster with bptt_steps=1, which they are meant for (model/cells.py `last_step`).
     batching: Literal["buckets", "lanes"] = "buckets"
     max_len: int = 50

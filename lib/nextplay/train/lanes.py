@@ -1,5 +1,5 @@
 """Session-parallel mini-batches in time order (`train.batching=lanes`): how the official GRU4Rec
-code feeds its RNN, and what lifted nextplay's RNN on diginetica (docs/benchmarks.md).
+code feeds its RNN, and what lifted nextplay's RNN on diginetica (docs/model-settings.md).
 
 `lanes` sessions are in flight at once, one per lane. Every step trains one target per lane, the
 lane's next item; a lane whose session has no target left takes the next session of the stream.
