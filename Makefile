@@ -50,7 +50,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow and not gpu"
 
 # Only the pipeline on a real cluster (HDFS, a Spark master, two workers that share no disk).
-# NEXTPLAY_CLUSTER_EVENTS=10000000 make test-cluster runs it at scale.
+# NEXTPLAY_CLUSTER_EVENTS=10000000 NEXTPLAY_CLUSTER_EXECUTOR_MEMORY=2g make test-cluster runs it at scale.
 test-cluster: venv hdfs-jars
 	$(PY) -m pytest -q -m cluster tests/cluster --durations=15
 
