@@ -612,10 +612,13 @@ class Pin:
 # -- a model and the lake's dictionary -------------------------------------------------------------
 
 
-def model_index_frame(spark: SparkSession, track_ids: np.ndarray) -> DataFrame:
-    """A model's item index (`track_ids[i]` is item_idx i + 1) as a DataFrame, for `check_dictionary`."""
+def check_model_ids(spark: SparkSession, lake: Lake, track_ids: np.ndarray, item_index_version: int,
+                    model: str) -> None:
+    """`check_dictionary` for a model known by its track ids (`track_ids[i]` is item_idx i + 1) against
+    the lake's item_index as of the version the model's run pinned."""
     rows = pd.DataFrame({"track_id": track_ids.astype(str), "item_idx": range(1, len(track_ids) + 1)})
-    return spark.createDataFrame(rows, "track_id string, item_idx int")
+    mine = spark.createDataFrame(rows, "track_id string, item_idx int")
+    check_dictionary(mine, len(track_ids), lake.read_at(spark, ITEM_INDEX, item_index_version), model, lake.describe())
 
 
 def dictionary_disagreement(model_index: DataFrame, model_items: int, lake_index: DataFrame) -> int:

@@ -27,7 +27,7 @@ from nextplay.evaluate.promote import gate
 from nextplay.evaluate.report import evaluate_all, log_evaluation
 from nextplay.model.pyfunc import load_logged
 from nextplay.spark import get_spark
-from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary, model_index_frame
+from nextplay.tables import Lake, Pin, check_model_ids
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ def pin_of(cfg: Config, spark, run_id: str) -> Pin:
     return pin
 
 
-def check_lake_dictionary(spark, cfg: Config, model, pin: Pin, run_id: str) -> None:
-    """Refuse a model whose ids the dictionary of the sessions it is measured on (the item_index of the
-    same generation) numbers otherwise: a rebuilt lake or another one. One join count on the executors."""
-    lake = Lake(cfg.lake)
-    check_dictionary(model_index_frame(spark, model.track_ids), len(model.track_ids),
-                     lake.read_at(spark, ITEM_INDEX, pin.item_index_version), f"run {run_id}", lake.describe())
-
-
 def known_items(sessions: list[list[int]], n_items: int, collapse: bool) -> list[list[int]]:
     """Sessions without the ids a model of `n_items` does not know (tracks the dictionary gained after
     it was trained), repeats collapsed again when training collapsed them, as scoring maps histories."""
@@ -84,7 +76,9 @@ def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     spark = get_spark(cfg)
     pin = pin_of(cfg, spark, run_id)
     version = pin.sessions_version
-    check_lake_dictionary(spark, cfg, logged, pin, run_id)
+    # The ids must mean the same tracks in the item_index of the sessions measured on (the pinned
+    # generation): a rebuilt lake or another one is refused in one line.
+    check_model_ids(spark, Lake(cfg.lake), logged.track_ids, pin.item_index_version, f"run {run_id}")
     test = known_items(recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version),
                        model.n_items, logged.collapse)
     prefixes, labels = session_lines(test)

@@ -48,7 +48,7 @@ from nextplay.model.pyfunc import NextTrackModel, load_logged, log_model
 from nextplay.model.session import SessionModel
 from nextplay.spark import get_spark
 from nextplay.storage import Storage, join
-from nextplay.tables import ITEM_INDEX, Lake, Pin, check_dictionary, model_index_frame
+from nextplay.tables import ITEM_INDEX, Lake, Pin, check_model_ids
 from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.distributed import HorovodCollective, TorchCollective
@@ -375,10 +375,7 @@ def warm_start_model(spark, cfg: Config, pin: Pin) -> WarmStart | None:
     if differ:
         raise ValueError(f"train.warm_start: {resolved.uri} was trained with {', '.join(differ)}: configure the model "
                          "it was trained with, or train without --warm-start")
-    ids = logged.track_ids
-    lake = Lake(cfg.lake)
-    check_dictionary(model_index_frame(spark, ids), len(ids), lake.read_at(spark, ITEM_INDEX, pin.item_index_version),
-                     f"train.warm_start {resolved.uri}", lake.describe())
+    check_model_ids(spark, Lake(cfg.lake), logged.track_ids, pin.item_index_version, f"train.warm_start {resolved.uri}")
     return WarmStart(resolved.uri, resolved.run_id, logged)
 
 

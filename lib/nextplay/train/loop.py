@@ -156,7 +156,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     if getattr(model, "sparse_items", False):
         return RowAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The fused kernel updates every parameter in one pass instead of a dozen: at 1M items x 100
-    # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores (docs/benchmarks.md).
+    # the step drops from ~2.4 s to ~0.3 s on 2 CPU cores.
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
