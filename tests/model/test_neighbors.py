@@ -88,8 +88,9 @@ def test_hybrid_is_the_stated_mixture_and_a_distribution(head: str, encoder: str
     model.cfg.hybrid.knn_explore_weight = v
     got = model.score_all(ITEMS, LENGTHS).exp()[:, 1:].double()
     with torch.no_grad():
-        ctx = model._context(ITEMS, LENGTHS, N_ITEMS + 1)
-        p_head = model.head.chunk_log_prob(ctx.session, ctx.weight, 1, N_ITEMS + 1, ctx.norm).exp().double()
+        ctx = model._context(ITEMS, LENGTHS)
+        head_scores = model.head.chunk_scores(ctx.session, ctx.weight, 1, N_ITEMS + 1).double()
+        p_head = (head_scores if model.head.normalized else head_scores.log_softmax(dim=1)).exp()
     gate = ctx.log_gate.exp().double()[:, None]
     p_repeat = torch.zeros_like(p_head).scatter_add_(
         1, (ITEMS - 1).clamp_min(0), torch.where(ITEMS > 0, ctx.pointer, 0.0).double())
@@ -140,13 +141,30 @@ def test_memory_travels_in_the_model_file(tmp_path: Path) -> None:
     assert torch.equal(loaded.score_all(ITEMS, LENGTHS), model.score_all(ITEMS, LENGTHS))
 
 
-def test_keep_per_row_keeps_the_largest_and_the_earliest_of_ties() -> None:
+def test_keep_per_row_keeps_the_largest_and_the_latest_of_ties() -> None:
     import scipy.sparse as sp
 
     sim = sp.csr_matrix(np.array([[3.0, 1.0, 2.0, 2.0, 2.0], [1.0, 0.0, 0.0, 0.0, 5.0]]))
     keep = SessionNeighbors._keep_per_row(sim, sim.data, 3)
-    # row 0: 3 and the first two 2s (one 2 is cut); row 1 holds two entries, both stay
-    assert keep.tolist() == [True, False, True, True, False, True, True]
+    # row 0: 3 and the last two 2s (the oldest 2 is cut); row 1 holds two entries, both stay
+    assert keep.tolist() == [True, False, False, True, True, True, True]
+
+
+def test_cut_posting_lists_find_the_same_neighbours_as_every_holder() -> None:
+    """The candidates come from posting lists cut to each item's most recent `sample` sessions; the
+    similarities and scores must equal a search over every session holding a prefix item."""
+    rng = np.random.default_rng(1)
+    popular = rng.zipf(1.3, size=(3000, 8)).clip(max=300)
+    prefixes = [list(rng.zipf(1.3, size=int(n)).clip(max=300)) for n in rng.integers(1, 20, size=80)]
+    nb = SessionNeighbors(k=20, sample=50, position_decay=1.0).fit(popular.tolist(), 300)
+    queries = nb.queries(prefixes)
+    everyone = (queries @ nb.sessions.T.tocsr()).tocsr()
+    recent = nb._keep_per_row(everyone, everyone.indices.astype(np.float64), nb.sample)
+    everyone.data[~recent] = 0.0
+    everyone.eliminate_zeros()
+    got = nb._recent_similarities(queries)
+    assert got.nnz == everyone.nnz > 0
+    assert abs(got - everyone).max() == 0.0
 
 
 def test_position_decay_weighs_neighbour_items_by_distance_from_the_shared_item() -> None:

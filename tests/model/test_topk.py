@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig
+from nextplay.model.ranking import RetrievedRanking
 from nextplay.model.session import SessionModel
 
 
@@ -55,3 +56,48 @@ def test_topk_never_exceeds_catalog() -> None:
     s, i = model.topk(ITEMS.clamp(max=4), LENGTHS, 10)
     assert i.shape == (3, 4)
     assert sorted(i[0].tolist()) == [1, 2, 3, 4]
+
+
+def _brute_force_search(model: SessionModel):
+    """Exact maximum inner product over [item vector, bias] rows: what an ideal index would return."""
+    vectors = torch.cat([model._output_weight()[1:], model.head.bias[1:, None]], dim=1).detach().numpy()
+
+    def search(queries: np.ndarray, c: int) -> np.ndarray:
+        return np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :c] + 1
+    return search
+
+
+@pytest.mark.parametrize("head", ["full", "sampled"])
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_retrieving_every_item_ranks_as_the_exact_path(head: str, exclude_seen: bool) -> None:
+    """With every item retrieved the estimated partition is the exact one: scores, ids and ranks agree."""
+    model = _model(head)
+    ranking = RetrievedRanking(_brute_force_search(model), candidates=model.n_items)
+    want_s, want_i = model.topk(ITEMS, LENGTHS, 10, exclude_seen=exclude_seen)
+    got_s, got_i = model.topk(ITEMS, LENGTHS, 10, exclude_seen=exclude_seen, ranking=ranking)
+    torch.testing.assert_close(got_s, want_s, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got_i, want_i)
+    labels = torch.tensor([5, 17, 37])
+    torch.testing.assert_close(model.label_ranks(ITEMS, LENGTHS, labels, ranking=ranking),
+                               model.label_ranks(ITEMS, LENGTHS, labels))
+
+
+def test_few_candidates_rank_only_the_union_and_miss_the_rest() -> None:
+    model = _model("sampled")
+    search = _brute_force_search(model)
+    ranking = RetrievedRanking(search, candidates=3)
+    _, ids = model.topk(ITEMS, LENGTHS, 10, ranking=ranking)
+    session = model._context(ITEMS, LENGTHS).session
+    retrieved = search(torch.cat([session, torch.ones(3, 1)], 1).detach().numpy(), 3)
+    for row, n in enumerate(LENGTHS.tolist()):
+        union = set(retrieved[row].tolist()) | set(ITEMS[row, :n].tolist())
+        assert set(ids[row].tolist()) - {0} <= union  # the model has no memory: union = retrieved + prefix
+    outside = next(i for i in range(1, 38) if i not in set(retrieved[2].tolist()) | {37})
+    ranks = model.label_ranks(ITEMS, LENGTHS, torch.tensor([5, 5, outside]), ranking=ranking)
+    assert torch.isinf(ranks[2]) and torch.isfinite(ranks[0])
+
+
+def test_retrieval_refuses_the_bit_tree() -> None:
+    model = _model("bit_tree")
+    with pytest.raises(ValueError, match="bit tree"):
+        model.topk(ITEMS, LENGTHS, 5, ranking=RetrievedRanking(lambda q, c: np.ones((len(q), c), dtype=np.int64), 4))

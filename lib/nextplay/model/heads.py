@@ -1,15 +1,17 @@
 """Output heads: from a session vector to a log-probability for every item.
 
-Every head answers the same three questions, so the model, its top-k search and the evaluation
-never care which one is configured:
+Every head answers the same questions, so the model, its top-k search and the evaluation never care
+which one is configured:
 
 - `target_log_prob(s, targets, weight)`: the training signal, log p(target | session), one per row;
   this is where the heads differ in cost (full: O(V), sampled: O(batch + negatives),
   bit_tree: O(log V)).
-- `normalizer(s, weight, chunk_size)`: whatever per-row constant `chunk_log_prob` needs (the
-  softmax log-partition, streamed over item chunks so V x B is never held at once); None if none.
-- `chunk_log_prob(s, weight, start, stop, norm)`: exact log-probabilities of items [start, stop),
-  start >= 1, so scoring and ranking can stream over a large catalog.
+- `chunk_scores(s, weight, start, stop, temperature)`: scores of items [start, stop) (start >= 1) on
+  the head's ranking scale, so ranking can stream over a large catalog. A head that is
+  `normalized` answers log-probabilities; the softmax heads answer logits / temperature, and the
+  ranker accumulates their log-partition in the same pass (one pass over the item matrix, not two).
+- `item_scores(s, weight, items, temperature)`: the same scale for a few items per row [B, M]
+  (candidates), gathered instead of streamed.
 
 `weight` is the output item matrix [V + 1, D] owned by the model (tied to the input embedding or
 not); the bit tree has its own node vectors and ignores it.
@@ -30,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _chunks(start: int, stop: int, size: int):
-    for lo in range(start, stop, size):
-        yield lo, min(stop, lo + size)
+# Elements of gathered vectors [rows, M, D] that item_scores holds at once (64 MB of float32).
+ROW_BLOCK_ELEMENTS = 16 * 2**20
 
 
 class FullSoftmax(nn.Module):
@@ -50,18 +51,32 @@ class FullSoftmax(nn.Module):
         z = self.logits(s, weight, 1, self.n_items + 1)
         return -F.cross_entropy(z, targets - 1, reduction="none")
 
-    def normalizer(self, s: torch.Tensor, weight: torch.Tensor, chunk_size: int,
-                   temperature: float = 1.0) -> torch.Tensor:
-        lse = torch.full((s.shape[0],), -math.inf, device=s.device, dtype=s.dtype)
-        for lo, hi in _chunks(1, self.n_items + 1, chunk_size):
-            lse = torch.logaddexp(lse, torch.logsumexp(self.logits(s, weight, lo, hi) / temperature, dim=1))
-        return lse
+    normalized = False  # chunk_scores are logits: the ranker adds up their log-partition
 
-    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int,
-                       norm: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor:
-        """log softmax(logits / temperature) of items [start, stop), `norm` from `normalizer`."""
-        assert norm is not None
-        return self.logits(s, weight, start, stop) / temperature - norm[:, None]
+    def chunk_scores(self, s: torch.Tensor, weight: torch.Tensor, start: int, stop: int,
+                     temperature: float = 1.0) -> torch.Tensor:
+        """logits / temperature of items [start, stop); log-probabilities once the log-partition is
+        subtracted. The temperature scales the session vector and the bias slice, not the [B, n] product."""
+        if temperature == 1.0:
+            return self.logits(s, weight, start, stop)
+        return torch.addmm(self.bias[start:stop] / temperature, s / temperature, weight[start:stop].t())
+
+    def item_scores(self, s: torch.Tensor, weight: torch.Tensor, items: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+        """logits / temperature of `items` [B, M] (each row its own items), in row blocks so the gathered
+        item vectors stay a few tens of megabytes whatever B and M."""
+        out = torch.empty(items.shape, dtype=s.dtype, device=s.device)
+        rows = max(1, ROW_BLOCK_ELEMENTS // max(1, items.shape[1] * s.shape[1]))
+        for lo in range(0, items.shape[0], rows):
+            hi = min(items.shape[0], lo + rows)
+            vectors = weight[items[lo:hi]]  # [b, M, D]
+            out[lo:hi] = torch.baddbmm(self.bias[items[lo:hi]][:, :, None], vectors, s[lo:hi, :, None])[:, :, 0]
+        return out / temperature
+
+    def shared_scores(self, s: torch.Tensor, weight: torch.Tensor, items: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+        """logits / temperature [B, n] of the same `items` [n] for every row (one matrix product)."""
+        return torch.addmm(self.bias[items], s, weight[items].t()) / temperature
 
 
 class SampledSoftmax(FullSoftmax):
@@ -187,12 +202,27 @@ class BitTreeSoftmax(nn.Module):
         left, right = self._branch_log_probs(z, nodes)
         return torch.where(bits.bool(), right, left).sum(dim=1)
 
-    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int,
-                   temperature: float = 1.0) -> None:
-        return None
+    normalized = True  # chunk_scores are log-probabilities already
 
-    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
-                       norm: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    def item_scores(self, s: torch.Tensor, weight: torch.Tensor | None, items: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+        """Log-probabilities of `items` [B, M] (1..V), each along its own path, in row blocks;
+        `temperature` divides every node's logit as in `chunk_scores`."""
+        out = torch.empty(items.shape, dtype=s.dtype, device=s.device)
+        rows = max(1, ROW_BLOCK_ELEMENTS // max(1, items.shape[1] * self.depth * s.shape[1]))
+        for lo in range(0, items.shape[0], rows):
+            hi = min(items.shape[0], lo + rows)
+            code = items[lo:hi].clamp_min(1) - 1  # [b, M]
+            leaf = code + (1 << self.depth)
+            nodes = leaf[..., None] >> (self.shifts + 1)  # [b, M, D] ancestors, root first
+            bits = (code[..., None] >> self.shifts) & 1
+            z = torch.einsum("bd,bmkd->bmk", s[lo:hi], self.node_weight[nodes]) + self.node_bias[nodes]
+            left, right = self._branch_log_probs(z / temperature, nodes)
+            out[lo:hi] = torch.where(bits.bool(), right, left).sum(dim=-1)
+        return out
+
+    def chunk_scores(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
+                     temperature: float = 1.0) -> torch.Tensor:
         """Exact log-probabilities of items [start, stop): expand only the subtrees over that range.
         `temperature` divides every node's logit, so the leaves still sum to one."""
         a, b = start - 1, stop - 2  # first and last code
@@ -215,13 +245,15 @@ class BitTreeSoftmax(nn.Module):
 class Head(Protocol):
     """What the model asks of an output head (module docstring); `weight` is None for the bit tree."""
 
+    normalized: bool
+
     def target_log_prob(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor: ...
 
-    def normalizer(self, s: torch.Tensor, weight: torch.Tensor | None, chunk_size: int,
-                   temperature: float = 1.0) -> torch.Tensor | None: ...
+    def chunk_scores(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
+                     temperature: float = 1.0) -> torch.Tensor: ...
 
-    def chunk_log_prob(self, s: torch.Tensor, weight: torch.Tensor | None, start: int, stop: int,
-                       norm: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor: ...
+    def item_scores(self, s: torch.Tensor, weight: torch.Tensor | None, items: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor: ...
 
 
 def make_head(kind: str, n_items: int, dim: int, item_counts: np.ndarray | None, *, n_negatives: int,

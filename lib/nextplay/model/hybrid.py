@@ -18,7 +18,7 @@ fills it after training (`remember`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,19 +33,57 @@ TINY = 1e-30  # keeps log() of a zero repeat probability finite; the branch is m
 
 @dataclass
 class ScoringContext:
-    """Everything chunk scoring needs, computed once per batch of prefixes."""
+    """Everything scoring needs about a batch of prefixes, computed once per batch.
 
-    items: torch.Tensor  # [B, L] the prefixes
+    The memory's view is kept per row as its support: the items its neighbours hold, sorted, with
+    their probability under p_knn (`knn_all`) and p_new (`knn_new`). Every other item gets exactly
+    `offset` added to the head's log-probability, so the items worth scoring one by one are the
+    support and the prefix (`own_candidates`); the rest of the catalog ranks by the head alone.
+    """
+
+    items: torch.Tensor  # [B, L] the prefixes, right-padded with 0
     session: torch.Tensor  # [B, D]
     head: nn.Module
     weight: torch.Tensor | None  # output item matrix as the head sees it
-    norm: torch.Tensor | None  # head's per-row normaliser
+    temperature: float
     log_gate: torch.Tensor | None  # [B] log P(repeat)
     log_explore: torch.Tensor | None  # [B] log P(explore)
     pointer: torch.Tensor | None  # [B, L] repeat distribution over prefix positions
-    knn: MemoryDistributions | None  # the memory's view of the prefixes, when it takes part
+    support: torch.Tensor  # [B, S] items the memory gives mass, ascending; SUPPORT_PAD past a row's end
+    knn_all: torch.Tensor  # [B, S] p_knn of those items (neighbour scores scaled to sum 1)
+    knn_new: torch.Tensor  # [B, S] p_new: the same without the prefix's items, scaled to sum 1
     log_knn_weight: torch.Tensor | None  # [B, 2]: log w, log (1 - w); w = 0 where a row has no mass
     log_explore_weight: torch.Tensor | None  # [B, 2]: the same for v
+
+    @property
+    def offset(self) -> torch.Tensor:
+        """[B]: what the mixtures add to the head's log-probability of an item outside the prefix and
+        the memory's support (log(1 - v) + log P(explore) + log(1 - w), each where it applies)."""
+        out = torch.zeros(self.session.shape[0], dtype=self.session.dtype, device=self.session.device)
+        if self.log_explore_weight is not None:
+            out = out + self.log_explore_weight[:, 1]
+        if self.log_explore is not None:
+            out = out + self.log_explore
+        if self.log_knn_weight is not None:
+            out = out + self.log_knn_weight[:, 1]
+        return out
+
+    def own_candidates(self) -> torch.Tensor:
+        """[B, S + L] each row's support and prefix items, each once (0 fills the rest): the only items
+        whose score is more than the head's plus `offset`."""
+        support = torch.where(self.support == SUPPORT_PAD, 0, self.support)
+        return unique_rows(torch.cat([support, self.items], dim=1))
+
+
+SUPPORT_PAD = torch.iinfo(torch.int64).max  # sorts after every item id
+
+
+def unique_rows(items: torch.Tensor) -> torch.Tensor:
+    """Each row's distinct nonzero ids, ascending from the first nonzero column; 0 in every other slot."""
+    ordered, _ = items.sort(dim=1)
+    repeat = torch.zeros_like(ordered, dtype=torch.bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return ordered.masked_fill(repeat, 0)
 
 
 class HybridScorer(nn.Module):
@@ -68,69 +106,112 @@ class HybridScorer(nn.Module):
         return 0 if self.memory is None else self.memory.n_sessions
 
     def context(self, items: torch.Tensor, lengths: torch.Tensor, session: torch.Tensor, head: nn.Module,
-                weight: torch.Tensor | None, gate_logit: torch.Tensor | None, pointer_logits: torch.Tensor | None,
-                chunk_size: int) -> ScoringContext:
-        """The per-batch part of scoring: the head's normaliser, the gate, the pointer and the memory's views."""
-        norm = head.normalizer(session, weight, chunk_size, self.cfg.score_temperature)
+                weight: torch.Tensor | None, gate_logit: torch.Tensor | None,
+                pointer_logits: torch.Tensor | None) -> ScoringContext:
+        """The per-batch part of scoring: the gate, the pointer and the memory's views."""
         log_gate = log_explore = pointer = None
         if gate_logit is not None:
             log_gate, log_explore = F.logsigmoid(gate_logit), F.logsigmoid(-gate_logit)
             pointer = torch.softmax(pointer_logits, dim=-1)
-        knn = log_knn_weight = log_explore_weight = None
+        batch = items.shape[0]
+        support = torch.full((batch, 0), SUPPORT_PAD, dtype=torch.long, device=items.device)
+        knn_all = knn_new = torch.zeros((batch, 0), dtype=session.dtype, device=items.device)
+        log_knn_weight = log_explore_weight = None
         if self.memory is not None and self.memory.n_sessions > 0:
             rows = items.cpu().numpy()
             knn = self.memory.distributions([r[:n] for r, n in zip(rows, lengths.cpu().tolist())])
+            support, knn_all, knn_new = (t.to(items.device) for t in _padded_support(knn, session.dtype))
             if self.cfg.knn_weight > 0:
-                log_knn_weight = _log_weights(knn.everything, self.cfg.knn_weight, session)
+                log_knn_weight = _log_weights(knn_all, self.cfg.knn_weight)
             if pointer is not None and self.cfg.knn_explore_weight > 0:
-                log_explore_weight = _log_weights(knn.novel, self.cfg.knn_explore_weight, session)
-        return ScoringContext(items, session, head, weight, norm, log_gate, log_explore, pointer, knn,
-                              log_knn_weight, log_explore_weight)
+                log_explore_weight = _log_weights(knn_new, self.cfg.knn_explore_weight)
+        return ScoringContext(items, session, head, weight, self.cfg.score_temperature, log_gate, log_explore,
+                              pointer, support, knn_all, knn_new, log_knn_weight, log_explore_weight)
 
-    def chunk_scores(self, ctx: ScoringContext, start: int, stop: int) -> torch.Tensor:
-        """Log-probabilities [B, stop - start] of items start..stop-1 (start >= 1): the head, the
-        memory's new items, the repeat mixture, the memory's whole vote, in that order (module
-        docstring). Only the prefix's items have repeat mass, so the repeat mixture is computed for
-        those entries alone and written over the dense explore scores."""
-        scores = ctx.head.chunk_log_prob(ctx.session, ctx.weight, start, stop, ctx.norm, self.cfg.score_temperature)
-        if ctx.log_explore_weight is not None:
-            scores = _mix(scores, ctx.knn.novel[:, start:stop], ctx.log_explore_weight)
+
+# Elements of the [rows, M, L] prefix comparisons `mixed_scores` holds at once.
+_MATCH_BLOCK = 8 * 2**20
+
+
+def mixed_scores(ctx: ScoringContext, items: torch.Tensor, head_log_prob: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities [B, M] of `items` [B, M] under the whole answer, given the head's
+    log-probabilities of them, and which of them are in their row's prefix. The order of the module
+    docstring: the memory's new items, the repeat mixture, the memory's whole vote."""
+    scores = head_log_prob
+    knn_all, knn_new = _support_values(ctx, items)
+    if ctx.log_explore_weight is not None:
+        scores = _mix(scores, knn_new, ctx.log_explore_weight)
+    mass, in_prefix = _repeat_mass(ctx, items)
+    if ctx.pointer is not None:
+        scores = scores + ctx.log_explore[:, None]
+        repeat = ctx.log_gate[:, None] + torch.log(mass.clamp_min(TINY))
+        scores = torch.where(mass > 0, torch.logaddexp(repeat, scores), scores)
+    if ctx.log_knn_weight is not None:
+        scores = _mix(scores, knn_all, ctx.log_knn_weight)
+    return scores, in_prefix
+
+
+def _mix(log_p: torch.Tensor, q: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """log((1 - w) p + w q) where q > 0, log((1 - w) p) elsewhere; log_w [B, 2] = (log w, log(1 - w))."""
+    out = log_p + log_w[:, 1:]
+    return torch.where(q > 0, torch.logaddexp(out, torch.log(q.clamp_min(TINY)) + log_w[:, :1]), out)
+
+
+def _support_values(ctx: ScoringContext, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p_knn and p_new of `items` [B, M] (0 outside the row's support), by binary search in the
+    sorted support."""
+    zeros = torch.zeros(items.shape, dtype=ctx.knn_all.dtype, device=items.device)
+    if ctx.support.shape[1] == 0:
+        return zeros, zeros
+    at = torch.searchsorted(ctx.support, items.contiguous()).clamp_max(ctx.support.shape[1] - 1)
+    found = (ctx.support.gather(1, at) == items) & (items > 0)
+    return (torch.where(found, ctx.knn_all.gather(1, at), zeros), torch.where(found, ctx.knn_new.gather(1, at), zeros))
+
+
+def _repeat_mass(ctx: ScoringContext, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pointer's mass on each of `items` [B, M] (summed over every prefix position holding it; 0
+    without a pointer) and whether it is in the row's prefix at all."""
+    mass = torch.zeros(items.shape, dtype=ctx.session.dtype, device=items.device)
+    in_prefix = torch.zeros(items.shape, dtype=torch.bool, device=items.device)
+    width = max(1, items.shape[1] * ctx.items.shape[1])
+    step = max(1, _MATCH_BLOCK // width)
+    for lo in range(0, items.shape[0], step):
+        hi = min(items.shape[0], lo + step)
+        same = (items[lo:hi, :, None] == ctx.items[lo:hi, None, :]) & (items[lo:hi, :, None] > 0)
+        in_prefix[lo:hi] = same.any(dim=2)
         if ctx.pointer is not None:
-            scores.add_(ctx.log_explore[:, None])
-            inside = (ctx.items >= start) & (ctx.items < stop)
-            rows, pos = inside.nonzero(as_tuple=True)
-            if rows.numel() > 0:
-                # repeat mass of each position's item: the pointer summed over every position holding it
-                same = ctx.items[:, :, None] == ctx.items[:, None, :]
-                mass = torch.bmm(same.to(ctx.pointer.dtype), ctx.pointer[:, :, None])[:, :, 0]
-                cols = ctx.items[rows, pos] - start
-                mixed = torch.logaddexp(ctx.log_gate[rows] + torch.log(mass[rows, pos].clamp_min(TINY)),
-                                        scores[rows, cols])
-                scores[rows, cols] = torch.where(mass[rows, pos] > 0, mixed, scores[rows, cols])
-        if ctx.log_knn_weight is not None:
-            scores = _mix(scores, ctx.knn.everything[:, start:stop], ctx.log_knn_weight)
-        return scores
+            mass[lo:hi] = torch.bmm(same.to(mass.dtype), ctx.pointer[lo:hi, :, None].to(mass.dtype))[:, :, 0]
+    return mass, in_prefix
 
 
-def _log_weights(dist: Any, weight: float, like: torch.Tensor) -> torch.Tensor:
+def _padded_support(knn: MemoryDistributions, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The memory's two views as per-row padded tensors: support [B, S] ascending (SUPPORT_PAD after a
+    row's end), p_knn and p_new [B, S]. p_new's items are a subset of p_knn's."""
+    everything, novel = knn.everything.tocsr(), knn.novel.tocsr()
+    everything.sort_indices()
+    novel.sort_indices()
+    batch = everything.shape[0]
+    counts = np.diff(everything.indptr)
+    width = int(counts.max(initial=0))
+    row = np.repeat(np.arange(batch), counts)
+    col = np.arange(everything.nnz) - np.repeat(everything.indptr[:-1], counts)
+    support = np.full((batch, width), SUPPORT_PAD, dtype=np.int64)
+    knn_all = np.zeros((batch, width))
+    knn_new = np.zeros((batch, width))
+    support[row, col] = everything.indices
+    knn_all[row, col] = everything.data
+    # p_new's entries: their position in p_knn's row, found by key (row * width_of_catalog + item)
+    keys = row.astype(np.int64) * everything.shape[1] + everything.indices
+    novel_row = np.repeat(np.arange(batch), np.diff(novel.indptr))
+    at = np.searchsorted(keys, novel_row.astype(np.int64) * everything.shape[1] + novel.indices)
+    knn_new[row[at], col[at]] = novel.data
+    return (torch.from_numpy(support), torch.from_numpy(knn_all).to(dtype), torch.from_numpy(knn_new).to(dtype))
+
+
+def _log_weights(dist: torch.Tensor, weight: float) -> torch.Tensor:
     """[B, 2] log mixture weights (memory, network) per row; a row the memory has no mass for keeps
     the network alone, so every row stays a distribution."""
-    has_mass = torch.from_numpy(np.asarray(dist.sum(axis=1)).ravel() > 0).to(like.device)
-    w = torch.where(has_mass, weight, 0.0).to(like.dtype)
+    has_mass = dist.sum(dim=1) > 0
+    w = torch.where(has_mass, weight, 0.0).to(dist.dtype)
     return torch.stack([torch.log(w), torch.log1p(-w)], dim=1)
-
-
-def _mix(log_p: torch.Tensor, dist_chunk: Any, log_w: torch.Tensor) -> torch.Tensor:
-    """log((1 - w) p + w q) for a chunk of items, q being a CSC column slice of the memory's view.
-
-    q is sparse (the neighbours' items), so the dense work is one add; the log-sum runs on q's
-    entries alone. A dense q cost a third of the scoring rate at a million items.
-    """
-    out = log_p + log_w[:, 1:]
-    q = dist_chunk.tocoo()
-    if q.nnz:
-        rows = torch.from_numpy(q.row.astype(np.int64)).to(log_p.device)
-        cols = torch.from_numpy(q.col.astype(np.int64)).to(log_p.device)
-        vals = torch.from_numpy(q.data).to(log_p)
-        out[rows, cols] = torch.logaddexp(out[rows, cols], torch.log(vals) + log_w[rows, 0])
-    return out

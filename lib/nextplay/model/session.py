@@ -17,8 +17,6 @@ target alone (`last_target_loss`); scoring uses each row's last real step.
 from __future__ import annotations
 
 import math
-from typing import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,8 +25,9 @@ from torch import nn
 from nextplay.config import ModelConfig
 from nextplay.model.encoders import make_encoder
 from nextplay.model.heads import make_head
-from nextplay.model.hybrid import TINY, HybridScorer, ScoringContext
+from nextplay.model.hybrid import TINY, HybridScorer, ScoringContext, mixed_scores
 from nextplay.model.losses import make_loss
+from nextplay.model.ranking import ExactRanking, Ranking
 from nextplay.model.readout import Readout, SessionReadout
 
 
@@ -166,14 +165,13 @@ class SessionModel(nn.Module):
         return total, int(y.shape[0])
 
     # -- scoring ---------------------------------------------------------------------------------
-    def _context(self, items: torch.Tensor, lengths: torch.Tensor, chunk_size: int) -> ScoringContext:
+    def _context(self, items: torch.Tensor, lengths: torch.Tensor) -> ScoringContext:
         items, lengths = self._recent(items, lengths)
         h = self.forward(items, lengths)
         ro = self.readout(h, lengths, last_only=True)
         gate = None if ro.gate_logit is None else ro.gate_logit[:, 0]
         pointer = None if ro.pointer_logits is None else ro.pointer_logits[:, 0]
-        return self.hybrid.context(items, lengths, ro.session[:, 0], self.head, self._output_weight(),
-                                   gate, pointer, chunk_size)
+        return self.hybrid.context(items, lengths, ro.session[:, 0], self.head, self._output_weight(), gate, pointer)
 
     def _recent(self, items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's most recent items, as many as the encoder reads (all of them for a recurrent one)."""
@@ -186,59 +184,35 @@ class SessionModel(nn.Module):
         kept = lengths.clamp_max(limit)
         return recent.masked_fill(torch.arange(limit, device=items.device)[None, :] >= kept[:, None], 0), kept
 
-    def _item_chunks(self, chunk_size: int) -> Iterator[tuple[int, int]]:
-        for lo in range(1, self.n_items + 1, chunk_size):
-            yield lo, min(self.n_items + 1, lo + chunk_size)
-
     @torch.no_grad()
     def score_all(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Log-probability [B, n_items + 1] of every item after each row's last real item; column 0 is -inf."""
-        ctx = self._context(items, lengths, self.n_items + 1)
-        scores = self.hybrid.chunk_scores(ctx, 1, self.n_items + 1)
+        """Log-probability [B, n_items + 1] of every item after each row's last real item; column 0 is -inf.
+
+        Dense, [B, V] at once: the reference the streaming rankers (model/ranking.py) are tested
+        against, and a small catalog's whole distribution."""
+        ctx = self._context(items, lengths)
+        head_scores = self.head.chunk_scores(ctx.session, ctx.weight, 1, self.n_items + 1, ctx.temperature)
+        if not self.head.normalized:
+            head_scores = head_scores - torch.logsumexp(head_scores, dim=1, keepdim=True)
+        every = torch.arange(1, self.n_items + 1, device=items.device).expand_as(head_scores)
+        scores, _ = mixed_scores(ctx, every, head_scores)
         return torch.cat([torch.full_like(scores[:, :1], -math.inf), scores], dim=1)
 
     @torch.no_grad()
     def topk(self, items: torch.Tensor, lengths: torch.Tensor, k: int, exclude_seen: bool = False,
-             chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k items (never 0) by log-probability, streamed over item chunks so that no
-        [B, n_items] matrix exists for large catalogs; the bit tree is scored chunk by chunk too,
-        by expanding only the subtrees over each chunk. `exclude_seen` drops the prefix's items."""
-        k = min(k, self.n_items)
-        ctx = self._context(items, lengths, chunk_size)
-        best_s = torch.full((items.shape[0], 0), -math.inf, device=items.device)
-        best_i = torch.zeros((items.shape[0], 0), dtype=torch.long, device=items.device)
-        for lo, hi in self._item_chunks(chunk_size):
-            scores = self.hybrid.chunk_scores(ctx, lo, hi)
-            if exclude_seen:
-                inside = (items >= lo) & (items < hi)
-                seen = torch.zeros_like(scores, dtype=torch.int32).scatter_add_(
-                    1, torch.where(inside, items - lo, 0), inside.int())
-                scores = scores.masked_fill(seen > 0, -math.inf)
-            ids = torch.arange(lo, hi, device=items.device).expand_as(scores)
-            best_s, pos = torch.cat([best_s, scores], 1).topk(min(k, best_s.shape[1] + hi - lo), dim=1)
-            best_i = torch.cat([best_i, ids], 1).gather(1, pos)
-        return best_s, best_i
+             chunk_size: int = 65536, ranking: Ranking | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items (never 0) by log-probability: exact by default (streamed over item chunks, so
+        no [B, n_items] matrix exists for large catalogs), or among the candidates a `ranking`
+        retrieves (model/ranking.py). `exclude_seen` drops the prefix's items; -inf scores mark
+        rows with fewer than k candidates left."""
+        ranking = ranking or ExactRanking(chunk_size)
+        return ranking.topk(self._context(items, lengths), self.n_items, k, exclude_seen)
 
     @torch.no_grad()
     def label_ranks(self, items: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
-                    chunk_size: int = 65536) -> torch.Tensor:
-        """Rank of each label among all items, ties counted against the label: 1 + #items scoring
-        higher + #other items scoring the same. Labels outside 1..n_items rank +inf (a miss)."""
-        ctx = self._context(items, lengths, chunk_size)
-        known = (labels >= 1) & (labels <= self.n_items)
-        label_score = torch.full((items.shape[0],), -math.inf, device=items.device)
-        chunks = list(self._item_chunks(chunk_size))
-        cached = None
-        for lo, hi in chunks:
-            scores = self.hybrid.chunk_scores(ctx, lo, hi)
-            inside = known & (labels >= lo) & (labels < hi)
-            label_score = torch.where(inside, scores.gather(1, (labels - lo).clamp(0, hi - lo - 1)[:, None])[:, 0], label_score)
-            cached = scores if len(chunks) == 1 else None
-        higher = torch.zeros_like(label_score)
-        ties = torch.zeros_like(label_score)
-        for lo, hi in chunks:
-            scores = cached if cached is not None else self.hybrid.chunk_scores(ctx, lo, hi)
-            higher += (scores > label_score[:, None]).sum(1)
-            ties += (scores == label_score[:, None]).sum(1)
-        rank = 1 + higher + (ties - 1).clamp_min(0)
-        return torch.where(known, rank, torch.full_like(rank, math.inf))
+                    chunk_size: int = 65536, ranking: Ranking | None = None) -> torch.Tensor:
+        """Rank of each label among all items (or the retrieved candidates), ties counted against the
+        label: 1 + #items scoring higher + #other items scoring the same. Labels outside 1..n_items,
+        or outside the retrieved candidates, rank +inf (a miss)."""
+        ranking = ranking or ExactRanking(chunk_size)
+        return ranking.label_ranks(self._context(items, lengths), self.n_items, labels)
