@@ -37,6 +37,10 @@ FIGURES = (
     Figure("horovod_np2_over_np1", "x"),
     Figure("udf_over_inprocess", "x", "<= 1.5"),
     Figure("score_users_per_second", "users/s"),
+    Figure("score_over_gemm", "x", ">= 0.5"),
+    Figure("ann_library_recall_at_20", "recall"),
+    Figure("ann_recall_at_20", "recall", ">= 0.98"),
+    Figure("ann_over_exact", "x", ">= 10"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
     Figure("bptt1_over_full_yoochoose1_64", "x"),
 )
@@ -91,3 +95,22 @@ def table(results: dict[str, Any]) -> str:
 def write(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def merged(previous: dict[str, Any], results: dict[str, Any], figures: list[str]) -> dict[str, Any]:
+    """`previous` (an earlier results file) with the `figures` of this run replaced by `results`'
+    (a figure this run failed or skipped is removed, with its reason), and this run's details and
+    stage runs added to the context: `--only` reruns some stages without losing the others' figures.
+    `context.stage_runs` says when and in which mode each stage's figures were measured."""
+    out = {k: v for k, v in previous.items() if k != "context" and k not in figures}
+    out.update({k: v for k, v in results.items() if k != "context" and k in figures})
+    context = dict(previous.get("context", {}))
+    new = results["context"]
+    for part in ("skipped", "errors"):
+        kept = {k: v for k, v in context.get(part, {}).items() if k not in figures}
+        context[part] = {**kept, **new.get(part, {})}
+    context["details"] = {**context.get("details", {}), **new.get("details", {})}
+    context["stage_runs"] = {**context.get("stage_runs", {}), **new.get("stage_runs", {})}
+    context.update({k: new[k] for k in ("machine", "load_average_at_end") if k in new})
+    out["context"] = context
+    return out

@@ -7,6 +7,7 @@ fails does not stop the others: its figures are left out, and the error is recor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -31,7 +32,7 @@ STAGE_FIGURES = {
     "loader": ("loader_over_train",),
     "heads": ("train_events_per_second", "sampled_over_full", "bit_tree_over_full"),
     "horovod": ("horovod_np2_over_np1",),
-    "score": ("udf_over_inprocess", "score_users_per_second"),
+    "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm"),
     "yoochoose": ("train_events_per_second_yoochoose1_64", "bptt1_over_full_yoochoose1_64"),
 }
 
@@ -61,7 +62,7 @@ def run(mode_name: str, out: Path, only: list[str] | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     context: dict[str, Any] = {"mode": mode.name, "machine": machine.describe(),
                                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                               "skipped": {}, "errors": {}}
+                               "skipped": {}, "errors": {}, "stage_runs": {}}
     stages = _stages()
     unknown = set(only or []) - set(stages)
     if unknown:
@@ -86,11 +87,16 @@ def run(mode_name: str, out: Path, only: list[str] | None) -> dict[str, Any]:
                 context["errors"].update(dict.fromkeys(STAGE_FIGURES[name], error))
                 log(f"{name}: FAILED\n{error}")
             log(f"{name}: {time.perf_counter() - t0:.0f}s")
+            context["stage_runs"][name] = {"mode": mode.name, "started_at": context["started_at"],
+                                           "seconds": round(time.perf_counter() - t0, 1)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     context.update(details=b.details, seconds=round(time.perf_counter() - started, 1),
                    load_average_at_end=machine.load_average())
     results["context"] = context
+    if only and out.exists():
+        figures = [f for name in only for f in STAGE_FIGURES[name]]
+        results = report.merged(json.loads(out.read_text()), results, figures)
     report.write(results, out)
     return results
 
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="smaller inputs and fewer steps (< 10 min on 2 cores)")
     size.add_argument("--tiny", action="store_true", help="checks the harness only (the smoke test)")
     parser.add_argument("--out", type=Path, help="results file (default: bench/results.json; tiny: bench/out/)")
-    parser.add_argument("--only", help="comma-separated stages to run (default: all)")
+    parser.add_argument("--only", help="comma-separated stages to run (default: all); their figures replace "
+                                         "those in the results file, every other figure is kept")
     args = parser.parse_args(argv)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     out = args.out or (HERE / "out" / "results-tiny.json" if args.tiny else HERE / "results.json")

@@ -1,5 +1,11 @@
 """Scoring figures: what the Spark path costs on top of the model, and users scored per second.
 
+`score_over_gemm` puts the exact scorer beside the arithmetic it cannot avoid: a bare matrix
+product of session vectors with the item matrix plus a streamed top-k, of the same shapes (users x
+hidden size x catalog, the same batch and chunk sizes, one torch thread each as in a Spark task),
+timed interleaved in the same run. The scorer's extra work is the recurrent encoder, the
+log-partition, the repeat pointer and the session-kNN memory.
+
 Both sides score the same users' histories with the same logged model and the same batch and chunk
 sizes: in process, `NextTrackModel.topk_items` on a list of arrays (the faster of one torch thread
 and one per core); through Spark, the scorer
@@ -66,6 +72,17 @@ def _histories(p: np.ndarray, users: int, max_len: int, seed: int) -> pd.DataFra
                          "items": [items[i, :n] for i, n in enumerate(lengths)]})
 
 
+def gemm_topk(weight: torch.Tensor, users: int, batch_size: int, chunk_size: int, k: int) -> None:
+    """The bare product + top-k: random session vectors against items 1..V, streamed by chunks."""
+    n_items = weight.shape[0] - 1
+    for lo in range(0, users, batch_size):
+        s = torch.randn(min(batch_size, users - lo), weight.shape[1])
+        best = torch.full((s.shape[0], 0), float("-inf"))
+        for c in range(1, n_items + 1, chunk_size):
+            top = (s @ weight[c:c + chunk_size].t()).topk(min(k, weight[c:c + chunk_size].shape[0]), dim=1).values
+            best = torch.cat([best, top], dim=1).topk(min(k, best.shape[1] + top.shape[1]), dim=1).values
+
+
 def score_figures(b: Bench) -> dict[str, Any]:
     from nextplay.model import pyfunc
     from nextplay.score.batch import SCORED_SCHEMA, make_scorer
@@ -113,5 +130,25 @@ def score_figures(b: Bench) -> dict[str, Any]:
         details[label] = {"users": users, "seconds": times, "inprocess_baseline": best,
                           "inprocess_users_per_second": users / median(times[best]), "udf_over_inprocess": ratios[label]}
         log(f"score V={label}: Spark {rates[label]:,.0f} users/s, UDF / in-process {ratios[label]:.2f}")
+        if v == VOCABS[-1]:
+            details["gemm"] = _over_gemm(model, seqs, s)
     b.details["score"] = details
-    return {"udf_over_inprocess": ratios[vocab_label(VOCABS[0])], "score_users_per_second": rates}
+    return {"udf_over_inprocess": ratios[vocab_label(VOCABS[0])], "score_users_per_second": rates,
+            "score_over_gemm": details["gemm"]["score_over_gemm"]}
+
+
+def _over_gemm(model, seqs: list[np.ndarray], s) -> dict[str, Any]:
+    """The exact scorer in process against `gemm_topk` of its shapes, one thread each, interleaved."""
+    weight = model.rnn._output_weight().detach()
+    users = len(seqs)
+    torch.set_num_threads(1)
+    runs = {"scorer": lambda: model.topk_items(seqs, s.top_k, exclude_seen=s.exclude_played, batch_size=s.batch_size,
+                                               chunk_size=s.chunk_size),
+            "gemm_topk": lambda: gemm_topk(weight, users, s.batch_size, s.chunk_size, s.top_k)}
+    times = interleaved(runs, 2)
+    ratio = median(times["gemm_topk"]) / median(times["scorer"])
+    log(f"score V={len(weight) - 1:,}: exact scorer {users / median(times['scorer']):,.0f} users/s, bare product + "
+        f"top-k {users / median(times['gemm_topk']):,.0f} users/s (score_over_gemm {ratio:.2f})")
+    return {"users": users, "hidden": int(weight.shape[1]), "threads": 1, "seconds": times,
+            "scorer_users_per_second": users / median(times["scorer"]),
+            "gemm_users_per_second": users / median(times["gemm_topk"]), "score_over_gemm": ratio}

@@ -246,8 +246,33 @@ class TrainConfig:
 
 
 @dataclass
+class AnnConfig:
+    """`ann.*`: the approximate nearest-neighbour index over the model's item vectors (model/ann.py).
+
+    Built on the driver after training and logged with the model, so every scoring executor loads
+    the index of exactly the weights it scores with. Scoring with it (`score.candidates`) ranks the
+    `candidates` items it retrieves per listener plus the listener's own and the memory's neighbours'
+    tracks, exactly (model/ranking.py); measured against the whole catalog in docs/scoring.md.
+    """
+
+    # `auto`: for catalogs of `min_items` tracks or more, and whenever score.candidates or
+    # evaluate.candidates is `ann`; `always`; `never`. The bit-tree head has no item vectors: never built.
+    build: Literal["auto", "always", "never"] = "auto"
+    # Below this catalog size the exact scorer is cheap enough that an index is not worth its build.
+    min_items: int = 100_000
+    m: int = 16  # graph degree of the index: more is better recall, a larger and slower build
+    ef_construction: int = 200  # breadth of the build's search
+    candidates: int = 200  # items retrieved per listener
+    ef_search: int = 400  # breadth of the query's search; at least `candidates`
+
+
+@dataclass
 class EvaluateConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
+    # Which items a test line's label is ranked among: `exact`, the whole catalog (the figures of
+    # record), or `ann`, the retrieved candidates (a label outside them is a miss): what
+    # score.candidates=ann serves, measured.
+    candidates: Literal["exact", "ann"] = "exact"
     knn_neighbors: int = 500
     knn_sample: int = 1000
     batch_size: int = 1024
@@ -300,6 +325,11 @@ class ScoreConfig:
     exclude_played: bool = False
     batch_size: int = 512  # histories per forward pass in a scoring process
     chunk_size: int = 16384  # items scored at once by the streaming top-K; memory: docs/scoring.md
+    # Which items each listener's top-K is chosen from (model/ranking.py): `exact`, the whole
+    # catalog; `ann`, the candidates the model's index retrieves (`ann.*`) plus the listener's own
+    # and the neighbours' tracks; `auto`, ann when the model was logged with an index (catalogs of
+    # ann.min_items or more), exact otherwise.
+    candidates: Literal["auto", "exact", "ann"] = "auto"
     score_date: str | None = None  # default: today (UTC)
     # A run that would write no rows (say, a model none of whose tracks were played recently) fails
     # instead of emptying the day's predictions partition; true replaces it with nothing anyway.
@@ -346,6 +376,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    ann: AnnConfig = field(default_factory=AnnConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     maintenance: MaintenanceConfig = field(default_factory=MaintenanceConfig)
 
@@ -492,10 +523,15 @@ def _check_ranges(cfg: Config) -> None:
         "ingest.commit_attempts": cfg.ingest.commit_attempts,
         **({"lake.webhdfs_port": cfg.lake.webhdfs_port} if cfg.lake.webhdfs_port is not None else {}),
         "model.hybrid.knn_neighbors": cfg.model.hybrid.knn_neighbors, "model.hybrid.knn_sample": cfg.model.hybrid.knn_sample,
+        "ann.min_items": cfg.ann.min_items, "ann.m": cfg.ann.m, "ann.ef_construction": cfg.ann.ef_construction,
+        "ann.candidates": cfg.ann.candidates, "ann.ef_search": cfg.ann.ef_search,
     }
     for key, v in positive.items():
         if v <= 0:
             raise ConfigError(f"{key}: must be a positive number, got {v}")
+    if cfg.ann.ef_search < cfg.ann.candidates:
+        raise ConfigError(f"ann.ef_search: must be at least ann.candidates ({cfg.ann.candidates}): the search keeps "
+                          f"ef_search items to return candidates of them, got {cfg.ann.ef_search}")
     for key, v in {"model.dropout": cfg.model.dropout, "model.embedding_dropout": cfg.model.embedding_dropout,
                    "generate.malformed_fraction": cfg.generate.malformed_fraction,
                    "train.valid_fraction": cfg.train.valid_fraction, "train.momentum": cfg.train.momentum}.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from nextplay.config import model_config_from_dict
+from nextplay.config import ModelConfig, model_config_from_dict
 from nextplay.model.session import SessionModel
 
 MODEL_FILE = "model.pt"
@@ -69,3 +69,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model = SessionModel(payload["n_items"], cfg, None if counts is None else counts.numpy())
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval()
+
+
+def read_model_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig a saved model was trained with, without reading its weights into memory
+    (the file is memory-mapped; a million-track model's tables stay on disk)."""
+    payload = torch.load(Path(path) / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
+    return model_config_from_dict(payload["config"])

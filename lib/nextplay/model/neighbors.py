@@ -135,13 +135,8 @@ class SessionNeighbors:
         counts = self.sessions.indptr[cands + 1] - starts
         pair = np.repeat(np.arange(len(cands)), counts)
         offset = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
-        item = self.sessions.indices[starts[pair] + offset].astype(np.int64)
-        queries.sort_indices()
-        width = self.n_items + 1
-        query_keys = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr)) * width + queries.indices
-        keys = rows[pair] * width + item
-        at = np.minimum(np.searchsorted(query_keys, keys), max(len(query_keys) - 1, 0))
-        weight = np.where(query_keys[at] == keys, queries.data[at], 0.0) if len(query_keys) else np.zeros(len(keys))
+        item = self.sessions.indices[starts[pair] + offset]
+        weight = _QueryWeights(queries, self.n_items).of(rows[pair], item)
         sim = np.bincount(pair, weights=weight, minlength=len(cands))
         out = sp.csr_matrix((sim, (rows, cands)), shape=touched.shape)
         out.sort_indices()  # sessions ascending: the nearest-k cut keeps the most recent among equal similarities
@@ -180,6 +175,25 @@ class SessionNeighbors:
         scores = sp.csr_matrix((weight, (row, item)), shape=(queries.shape[0], width))
         scores.sum_duplicates()
         return scores
+
+
+class _QueryWeights:
+    """Each query's weight of an item, looked up in O(1): the batch's query items are numbered
+    locally (a catalog-sized map, filled for them alone) and their weights laid out dense,
+    [queries, distinct query items]. A binary search over (query, item) keys was a fifth of the
+    neighbour search at a million tracks."""
+
+    def __init__(self, queries: sp.csr_matrix, n_items: int) -> None:
+        distinct = np.unique(queries.indices)
+        self.local = np.full(n_items + 1, -1, dtype=np.int64)
+        self.local[distinct] = np.arange(len(distinct))
+        self.dense = np.zeros((queries.shape[0], len(distinct) + 1), dtype=np.float64)  # last column: absent
+        rows = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr))
+        self.dense[rows, self.local[queries.indices]] = queries.data
+
+    def of(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Weights [n] of (rows[j], items[j]); 0 where the query lacks the item."""
+        return self.dense[rows, self.local[items]]
 
 
 def _last_per_row(m: sp.csr_matrix, limit: int) -> sp.csr_matrix:

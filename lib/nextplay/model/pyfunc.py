@@ -6,7 +6,10 @@ users speak track ids. This wrapper takes track-id histories and answers track i
 `mlflow models predict` or a serving endpoint needs nothing else; the batch scorer reaches past the
 strings to `topk_items` because it has already mapped histories to item indices in Spark.
 
-The item index travels inside the model as Parquet (a million track ids stay small and load fast).
+The item index travels inside the model as Parquet (a million track ids stay small and load fast),
+and for large catalogs the approximate nearest-neighbour index over the item vectors beside it
+(model/ann.py; `ranking` chooses between it and the exact scan, and refuses an index built for
+other weights).
 No code travels with the model: whoever can write a registry version must not be able to run code
 where the model is loaded. nextplay's own loading (`load_trusted`: evaluate, batch scoring on every
 executor) builds the model from the installed package, reading only the MLmodel file, the weights
@@ -28,11 +31,14 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-from nextplay.config import ScoreConfig
-from nextplay.model.io import load_model
+from nextplay.config import AnnConfig, ScoreConfig
+from nextplay.model import ann
+from nextplay.model.io import load_model, read_model_config
+from nextplay.model.ranking import ExactRanking, Ranking, RetrievedRanking
 
 ARTIFACT_RNN = "rnn"
 ARTIFACT_INDEX = "item_index"
+ARTIFACT_ANN = "ann_index"  # optional: the item-vector index (model/ann.py)
 INDEX_FILE = "item_index.parquet"
 # Scoring settings fixed at training time, stored as the pyfunc's model_config.
 CONF_TOP_K = "top_k"
@@ -77,15 +83,36 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
     """Top-K next tracks for track-id histories; see the module docstring."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.load_files(context.artifacts[ARTIFACT_RNN], context.artifacts[ARTIFACT_INDEX], context.model_config)
+        self.load_files(context.artifacts[ARTIFACT_RNN], context.artifacts[ARTIFACT_INDEX], context.model_config,
+                        context.artifacts.get(ARTIFACT_ANN))
 
-    def load_files(self, rnn_dir: str | Path, index_path: str | Path, config: dict[str, Any]) -> None:
-        """Load the weights and the scoring settings; the item index is read on first use."""
-        self.rnn = load_model(rnn_dir, map_location="cpu")
+    def load_files(self, rnn_dir: str | Path, index_path: str | Path, config: dict[str, Any],
+                   ann_dir: str | Path | None = None, device: str | torch.device | None = None) -> None:
+        """Load the weights and the scoring settings; the item index and the item-vector index are
+        read on first use. `device`: default CUDA where this process sees a GPU, else the CPU."""
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.rnn = load_model(rnn_dir, map_location=self.device)
         self.top_k = int(config[CONF_TOP_K])
         self.collapse = bool(config[CONF_COLLAPSE])
         self._index_path = str(index_path)
         self._track_ids: pd.Index | None = None  # item_idx - 1 -> track id, read on first use
+        self._ann_dir = None if ann_dir is None else Path(ann_dir)
+        self._ann: ann.ItemVectorIndex | None = None
+
+    @property
+    def has_ann_index(self) -> bool:
+        return self._ann_dir is not None
+
+    def ranking(self, candidates: str, settings: AnnConfig, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Ranking:
+        """The ranking `candidates` asks for (score.candidates / evaluate.candidates; see
+        `candidates_mode`). The item-vector index is loaded once, and refused if it was built for
+        other weights than this model's."""
+        if candidates_mode(candidates, self.has_ann_index, self.rnn.cfg.head) == "exact":
+            return ExactRanking(chunk_size)
+        if self._ann is None:
+            self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.fingerprint(ann.item_vectors(self.rnn)))
+        index, ef = self._ann, settings.ef_search
+        return RetrievedRanking(lambda queries, c: index.search(queries, c, ef), settings.candidates)
 
     @property
     def track_ids(self) -> pd.Index:
@@ -96,15 +123,16 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         return self._track_ids
 
     def topk_items(self, histories: Sequence[np.ndarray], k: int, *, exclude_seen: bool = False,
-                   batch_size: int = DEFAULT_BATCH_SIZE,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int = DEFAULT_BATCH_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   ranking: Ranking | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and item indices [N, k'] (k' = min(k, catalog)) for non-empty item-index histories.
 
         Rows are sorted by length before batching so a batch pads to similar lengths; a batch holds
-        `batch_size` histories and the model streams the catalog in `chunk_size` slices, which is
-        what bounds memory (docs/scoring.md).
+        `batch_size` histories and the exact ranking streams the catalog in `chunk_size` slices,
+        which is what bounds memory (docs/scoring.md). `ranking`: default exact (see `ranking`).
         """
         k = min(k, self.rnn.n_items)
+        ranking = ranking or ExactRanking(chunk_size)
         scores = np.empty((len(histories), k), dtype=np.float32)
         items = np.empty((len(histories), k), dtype=np.int64)
         order = np.argsort([len(h) for h in histories], kind="stable")
@@ -112,9 +140,9 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
             for lo in range(0, len(order), batch_size):
                 rows = order[lo:lo + batch_size]
                 padded, lengths = pad([histories[i] for i in rows])
-                s, i = self.rnn.topk(torch.from_numpy(padded), torch.from_numpy(lengths), k,
-                                     exclude_seen=exclude_seen, chunk_size=chunk_size)
-                scores[rows], items[rows] = s.numpy(), i.numpy()
+                s, i = self.rnn.topk(torch.from_numpy(padded).to(self.device), torch.from_numpy(lengths).to(self.device),
+                                     k, exclude_seen=exclude_seen, ranking=ranking)
+                scores[rows], items[rows] = s.cpu().numpy(), i.cpu().numpy()
         return scores, items
 
     def encode(self, history: Sequence[str]) -> np.ndarray:
@@ -135,12 +163,28 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         track_ids: list[list[str]] = [[] for _ in histories]
         scores: list[list[float]] = [[] for _ in histories]
         if known:
-            s, idx = self.topk_items([histories[i] for i in known], int(ks[known].max()), exclude_seen=exclude)
+            s, idx = self.topk_items([histories[i] for i in known], int(ks[known].max()), exclude_seen=exclude,
+                                     ranking=self.ranking("auto", AnnConfig()))
             for row, i in enumerate(known):
                 keep = np.isfinite(s[row, :ks[i]])  # fewer than k candidates left after exclusion
                 track_ids[i] = self.track_ids[idx[row, :ks[i]][keep] - 1].tolist()
                 scores[i] = s[row, :ks[i]][keep].tolist()
         return pd.DataFrame({"track_ids": track_ids, "scores": scores})
+
+
+def candidates_mode(asked: str, has_index: bool, head: str) -> str:
+    """`exact` or `ann` for the asked `exact`, `ann` or `auto` (ann when the model carries an index).
+    `ann` for a model without an index, or with a head that has no item vectors, is refused in one line."""
+    if asked == "exact" or (asked == "auto" and not has_index):
+        return "exact"
+    if head == "bit_tree":
+        raise ValueError("candidates=ann: model.head=bit_tree scores items through its tree and has no item vectors "
+                         "to index; use candidates=exact")
+    if not has_index:
+        raise ValueError("candidates=ann: the model was logged without an item-vector index (ann.build=never, or a "
+                         "catalog under ann.min_items with ann.build=auto); use candidates=exact or retrain with "
+                         "ann.build=always")
+    return "ann"
 
 
 def _flavor(model_dir: Path) -> dict[str, Any]:
@@ -169,7 +213,18 @@ def index_file(model_dir: Path) -> Path:
     return _artifact(model_dir, ARTIFACT_INDEX)
 
 
-def load_trusted(model_dir: str | Path) -> NextTrackModel:
+def model_head(model_dir: Path) -> str:
+    """The output head of a downloaded model (model.head), read without loading its weights."""
+    return read_model_config(_artifact(model_dir, ARTIFACT_RNN)).head
+
+
+def ann_folder(model_dir: Path) -> Path | None:
+    """Where a downloaded model keeps its item-vector index, None when it was logged without one."""
+    artifacts = _flavor(model_dir).get("artifacts") or {}
+    return _artifact(model_dir, ARTIFACT_ANN) if ARTIFACT_ANN in artifacts else None
+
+
+def load_trusted(model_dir: str | Path, device: str | torch.device | None = None, with_ann: bool = True) -> NextTrackModel:
     """The model in a downloaded model folder, built from the installed nextplay package.
 
     Unlike `mlflow.pyfunc.load_model` this never imports or runs anything stored in the folder
@@ -184,15 +239,18 @@ def load_trusted(model_dir: str | Path) -> NextTrackModel:
         raise ValueError(f"{model_dir}: no {', '.join(missing)} in its model config: load a model logged by "
                          "nextplay.model.pyfunc.log_model")
     model = NextTrackModel()
-    model.load_files(_artifact(model_dir, ARTIFACT_RNN), index_file(model_dir), config)
+    model.load_files(_artifact(model_dir, ARTIFACT_RNN), index_file(model_dir), config,
+                     ann_folder(model_dir) if with_ann else None, device)
     return model
 
 
 def load_logged(model_uri: str) -> NextTrackModel:
-    """`load_trusted` for a model URI (runs:/, models:/, a path): downloads it to a temporary folder."""
+    """`load_trusted` for a model URI (runs:/, models:/, a path), on the CPU: downloads it to a
+    temporary folder and reads everything now, while the download exists (without the item-vector
+    index: the executors load that from their own copy)."""
     with tempfile.TemporaryDirectory(prefix="nextplay-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        model = load_trusted(local)
+        model = load_trusted(local, device="cpu", with_ann=False)
         model.track_ids  # noqa: B018 - read the index now, while the download exists
         return model
 
@@ -236,8 +294,10 @@ def write_item_index(item_index: pd.DataFrame, path: Path) -> Path:
 
 
 def log_model(model_dir: str, item_index: pd.DataFrame, *, artifact_name: str = "model",
-              registered_model_name: str | None, top_k: int, collapse_repeats: bool) -> ModelInfo:
-    """Log (and register, when a name is given) the model saved by `nextplay.model.io.save_model`.
+              registered_model_name: str | None, top_k: int, collapse_repeats: bool,
+              ann_dir: str | Path | None = None) -> ModelInfo:
+    """Log (and register, when a name is given) the model saved by `nextplay.model.io.save_model`,
+    with the item-vector index saved in `ann_dir` when one was built (model/ann.py).
 
     Call inside an active run. The input example is the most played tracks of the index, so the
     logged example always scores to a non-empty answer.
@@ -249,7 +309,8 @@ def log_model(model_dir: str, item_index: pd.DataFrame, *, artifact_name: str = 
         return mlflow.pyfunc.log_model(
             name=artifact_name,
             python_model=str(Path(__file__).with_name("model_code.py")),
-            artifacts={ARTIFACT_RNN: str(model_dir), ARTIFACT_INDEX: str(index_path)},
+            artifacts={ARTIFACT_RNN: str(model_dir), ARTIFACT_INDEX: str(index_path),
+                       **({ARTIFACT_ANN: str(ann_dir)} if ann_dir is not None else {})},
             model_config={CONF_TOP_K: int(top_k), CONF_COLLAPSE: bool(collapse_repeats)},
             metadata={"nextplay_version": nextplay_version()},
             signature=SIGNATURE,

@@ -38,7 +38,7 @@ from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from nextplay.config import Config, ConfigError
+from nextplay.config import AnnConfig, Config, ConfigError
 from nextplay.model import pyfunc
 from nextplay.score import history
 from nextplay.spark import get_spark
@@ -69,18 +69,22 @@ def load_cached(shipped_name: str) -> pyfunc.NextTrackModel:
     return model
 
 
-def make_scorer(shipped_name: str, *, k: int, exclude_played: bool, batch_size: int,
-                chunk_size: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The mapInPandas function: (user_id, items) batches in, one row per (user, rank) out."""
+def make_scorer(shipped_name: str, *, k: int, exclude_played: bool, batch_size: int, chunk_size: int,
+                candidates: str = "exact", ann: AnnConfig | None = None
+                ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The mapInPandas function: (user_id, items) batches in, one row per (user, rank) out, ranked as
+    `candidates` (score.candidates) asks, with the model's item-vector index for `ann`."""
+    settings = ann or AnnConfig()
 
     def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         model = load_cached(shipped_name)
+        ranking = model.ranking(candidates, settings, chunk_size)
         for pdf in batches:
             if pdf.empty:
                 continue
             seqs = [np.asarray(h, dtype=np.int64) for h in pdf["items"]]
             scores, items = model.topk_items(seqs, k, exclude_seen=exclude_played,
-                                             batch_size=batch_size, chunk_size=chunk_size)
+                                             batch_size=batch_size, chunk_size=chunk_size, ranking=ranking)
             width = scores.shape[1]
             out = pd.DataFrame({
                 "user_id": np.repeat(pdf["user_id"].to_numpy(), width),
@@ -186,13 +190,16 @@ def score(cfg: Config) -> dict:
         raise ValueError(f"{model.uri} was not logged by nextplay.model.pyfunc.log_model (no '{pyfunc.CONF_COLLAPSE}' "
                          "in its model config): score a model that the train stage logged")
     collapse = bool(config[pyfunc.CONF_COLLAPSE])
+    candidates = pyfunc.candidates_mode(cfg.score.candidates, pyfunc.ann_folder(local) is not None,
+                                        pyfunc.model_head(local))
     index = item_index_frame(spark, local)
     # Tracks the lake added after training have ids above the model's: histories map track ids
     # through the model's own index, so they are dropped there and never ranked.
     check_lake_dictionary(spark, lake, index, local, model.uri)
     hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
     scorer = make_scorer(shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
-                         batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size)
+                         batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size, candidates=candidates,
+                         ann=cfg.ann)
     # Scoring is CPU-bound on little data, so adaptive execution would pack it into one task:
     # spread it over every core instead (an explicit partition count is never coalesced).
     hist = hist.repartition(2 * spark.sparkContext.defaultParallelism)
@@ -207,8 +214,8 @@ def score(cfg: Config) -> dict:
     if added:
         log.warning("%s: added the columns %s (table written by an older release)", lake.name(PREDICTIONS),
                     ", ".join(added))
-    log.info("scoring %d active users with %s into %s, score_date=%s", active, model.uri,
-             lake.name(PREDICTIONS), score_date)
+    log.info("scoring %d active users with %s (%s candidates) into %s, score_date=%s", active, model.uri,
+             candidates, lake.name(PREDICTIONS), score_date)
     lake.write(rows, PREDICTIONS, mode="overwrite", replaceWhere=f"score_date = DATE'{score_date}'")
     written = lake.read(spark, PREDICTIONS).where(F.col("score_date") == F.lit(score_date))
     counts = written.agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
@@ -216,7 +223,7 @@ def score(cfg: Config) -> dict:
     return {
         "table": lake.name(PREDICTIONS), "score_date": str(score_date), "model_uri": model.uri,
         "model_name": model.name, "model_version": model.version, "sessions_version": model.sessions_version,
-        "newest_play": newest_iso,
+        "newest_play": newest_iso, "candidates": candidates,
         "active_users": active, "scored_users": counts["users"], "rows": counts["rows"],
         "seconds": round(seconds, 1), "users_per_s": round(counts["users"] / seconds, 1),
     }

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -52,6 +53,7 @@ from nextplay.tables import ITEM_INDEX, Lake, Pin, check_model_ids
 from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_latest_checkpoint, model_signature,
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.distributed import HorovodCollective, TorchCollective
+from nextplay.train.index import build_index
 from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate_batches, lane_batches,
                                    plan_snapshot)
 from nextplay.train.lanes import Lanes
@@ -391,17 +393,22 @@ def write_initial_model(cfg: Config, warm: WarmStart, n_items: int, item_counts:
         storage.upload(tmp, folder)
 
 
-def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None) -> str | None:
+def log_trained_model(spark: SparkSession, cfg: Config, model_dir: str, item_index_version: int | None = None,
+                      model: SessionModel | None = None) -> str | None:
     """Log the model saved in `model_dir` with the lake's item index (as of `item_index_version`, the
-    one the run trained with; default the newest); returns the registered version.
+    one the run trained with; default the newest) and, where `ann.build` wants one, the item-vector
+    index of `model` (the same weights, loaded; default: read from `model_dir`); returns the
+    registered version.
 
     The model is registered under `tracking.model_name` unless `tracking.register` is false.
     """
     lake = Lake(cfg.lake)
     index = lake.read(spark, ITEM_INDEX) if item_index_version is None else lake.read_at(spark, ITEM_INDEX, item_index_version)
     item_index = index.select("track_id", "item_idx", "play_count").toArrow().to_pandas()
-    info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
-                     top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats)
+    with tempfile.TemporaryDirectory(prefix="nextplay-ann-") as tmp:
+        ann_dir = build_index(cfg, model if model is not None else load_model(model_dir), Path(tmp) / "ann")
+        info = log_model(model_dir, item_index, registered_model_name=cfg.tracking.model_name if cfg.tracking.register else None,
+                         top_k=cfg.score.top_k, collapse_repeats=cfg.sessionize.collapse_repeats, ann_dir=ann_dir)
     return None if info.registered_model_version is None else str(info.registered_model_version)
 
 
@@ -473,7 +480,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             model = load_model(local_dir)
             if model.hybrid.memory is not None:
                 remember_sessions(spark, cfg, model, local_dir, prefixes, labels, pin)
-            version = log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version)
+            version = log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version, model=model)
             remove_run_checkpoints(checkpoints, snapshot.storage)  # the model is logged: nothing is left to resume
         return TrainedModel(run_id, model, version, seconds, events_per_second,
                             len(history), int(result["world_size"]), history)
