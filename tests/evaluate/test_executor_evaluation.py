@@ -23,6 +23,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from nextplay import tracking
+from nextplay.data import lines
 from nextplay.config import Config
 from nextplay.data.lines import lines_frame, recent_sessions, recent_sessions_frame, session_lines, sessions_csr
 from nextplay.evaluate.baselines import MostPopular, SessionKNN
@@ -175,11 +176,13 @@ def test_evaluate_reports_the_driver_s_peak_memory(setup: dict) -> None:
     assert memory["jvm_peak_rss_mib"] is not None and memory["jvm_peak_rss_mib"] > 50  # a local JVM: /proc is readable
 
 
-def test_recent_sessions_choose_the_latest_by_start_time_then_session_id(spark: SparkSession, setup: dict) -> None:
+def test_recent_sessions_choose_the_latest_by_start_time_then_session_id(spark: SparkSession, setup: dict,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, sessions = setup["cfg"], setup["sessions"]
+    monkeypatch.setattr(lines, "SESSIONS_PER_SLICE", 7)  # several slices, which must arrive in order
     for split, limit in (("test", 17), ("train", 61), ("train", 10**6), ("valid", 5)):
         assert recent_sessions(spark, cfg, split, limit) == most_recent(sessions, split, limit)
-        indptr, items = sessions_csr(recent_sessions_frame(spark, cfg, split, limit))
+        indptr, items = sessions_csr(recent_sessions_frame(spark, cfg, split, limit), limit)
         expected = most_recent(sessions, split, limit)
         assert [items[a:b].tolist() for a, b in zip(indptr[:-1], indptr[1:])] == expected
         assert items.dtype == np.int32

@@ -50,9 +50,9 @@ def recent_sessions_frame(spark, cfg: Config, split: str, limit: int, version: i
 
 def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
     """Item lists of the `limit` most recent sessions of one split, oldest first, streamed to the
-    driver a partition at a time (training validates and fills its memory with them on the driver)."""
-    recent = recent_sessions_frame(spark, cfg, split, limit, version).orderBy("start_ts", "session_id")
-    return [list(r["items"]) for r in recent.select("items").toLocalIterator()]
+    driver a slice at a time (training validates and fills its memory with them on the driver)."""
+    indptr, items = sessions_csr(recent_sessions_frame(spark, cfg, split, limit, version), limit)
+    return [items[a:b].tolist() for a, b in zip(indptr[:-1], indptr[1:])]
 
 
 def known_items(sessions: DataFrame, n_items: int, collapse: bool, items: str = "items") -> DataFrame:
@@ -75,11 +75,21 @@ def lines_frame(sessions: DataFrame, items: str = "items") -> DataFrame:
                     F.element_at("items", F.col("step") + 1).cast("int").alias("label")))
 
 
-def sessions_csr(sessions: DataFrame, items: str = "items", order: Sequence[str] = ("start_ts", "session_id"),
-                 batch_rows: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+SESSIONS_PER_SLICE = 20_000  # sessions the driver receives at once (a few MB under maxResultSize)
+
+
+def sessions_csr(sessions: DataFrame, expected: int, items: str = "items",
+                 order: Sequence[str] = ("start_ts", "session_id")) -> tuple[np.ndarray, np.ndarray]:
     """Sessions as compact CSR arrays on the driver, in `order` (oldest first): session r holds
-    items[indptr[r]:indptr[r + 1]] (int32). Streamed a partition at a time and packed every
-    `batch_rows` sessions, so the driver never holds the sessions as Python lists."""
+    items[indptr[r]:indptr[r + 1]] (int32).
+
+    The sessions are range-partitioned into slices of about `SESSIONS_PER_SLICE` of the `expected`
+    rows (an explicit count, which adaptive execution never coalesces into one result beyond
+    spark.driver.maxResultSize), and streamed a slice at a time in key order, packed into arrays
+    as they arrive: the driver never holds the sessions as Python lists.
+    """
+    slices = max(1, -(-expected // SESSIONS_PER_SLICE))
+    ordered = sessions.repartitionByRange(slices, *order).sortWithinPartitions(*order).select(items)
     lengths: list[np.ndarray] = []
     chunks: list[np.ndarray] = []
     pending: list[Sequence[int]] = []
@@ -89,19 +99,13 @@ def sessions_csr(sessions: DataFrame, items: str = "items", order: Sequence[str]
         chunks.append(np.fromiter((x for p in pending for x in p), dtype=np.int32, count=int(lengths[-1].sum())))
         pending.clear()
 
-    for row in sessions.orderBy(*order).select(items).toLocalIterator():
+    for row in ordered.toLocalIterator():
         pending.append(row[0])
-        if len(pending) >= batch_rows:
+        if len(pending) >= SESSIONS_PER_SLICE:
             pack()
     pack()
     counts = np.concatenate(lengths)
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.concatenate(chunks)
-
-
-def read_benchmark_sessions(path: str | Path) -> list[list[str]]:
-    """`train_sessions.txt`: one session per line, item ids separated by spaces, oldest first."""
-    with open(path, encoding="utf-8") as f:
-        return [line.split() for line in f if line.strip()]
 
 
 def benchmark_sessions_csr(path: str | Path, index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 All three share the model's contract for the metrics: `fit(sessions, n_items)` on item ids 1..n_items
 and `score(prefixes) -> ndarray [B, n_items + 1]` (column 0, padding, is -inf), batched and
-vectorised with scipy.sparse so that a whole test file scores in seconds.
+vectorised with scipy.sparse so that a whole test file scores in seconds. Most popular and V-SKNN
+also fit from CSR arrays (`fit_csr`), the compact form evaluate ships to its executors.
 
 The Markov chain and V-SKNN score only items that co-occurred with the prefix; every other item
 would tie at zero and, ties counting against the label, rank last. A popularity term far smaller

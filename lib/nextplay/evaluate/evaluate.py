@@ -74,7 +74,7 @@ def fitted_baselines(spark, cfg: Config, n_items: int, collapse: bool, version: 
     train sessions (as the model knows them, oldest first) shipped as one file of CSR arrays, which
     is all the driver holds of them."""
     recent = recent_sessions_frame(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version)
-    indptr, items = sessions_csr(known_items(recent, n_items, collapse))
+    indptr, items = sessions_csr(known_items(recent, n_items, collapse), cfg.evaluate.max_train_sessions)
     log.info("baselines fitted on %d train sessions (%d plays)", len(indptr) - 1, len(items))
     return BaselineRanker(ship_baselines(spark, indptr, items, n_items, cfg.evaluate), cfg.evaluate.batch_size)
 

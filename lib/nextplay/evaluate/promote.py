@@ -9,9 +9,9 @@ of the sessions version the challenger's run pinned.
 
 The champion may come from another sessionize generation, whose item index numbers the tracks
 differently. Both models carry their own item index, so the challenger's lines are translated
-through track ids into the champion's numbering (`lines_for`), exactly as scoring maps a listener's
-history: tracks the champion never saw are dropped from a prefix, and a label it never saw stays in
-the denominator as a miss. The line count is the challenger's either way, so the two figures divide
+through track ids into the champion's numbering (`translate_lines`, on the executors that rank the
+champion), exactly as scoring maps a listener's history: tracks the champion never saw are
+dropped from a prefix, and a label it never saw stays in the denominator as a miss. The line count is the challenger's either way, so the two figures divide
 by the same number; a champion that does not know today's tracks is measured as worse, which it is.
 
 The gate never removes a champion: a refused challenger leaves it where it was. Aliases are the

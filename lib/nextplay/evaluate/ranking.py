@@ -126,30 +126,35 @@ def rank_frame(lines: DataFrame, rankers: Sequence[Ranker]) -> DataFrame:
     if len(set(names)) != len(names):
         raise ValueError(f"two rankers score under the same name: {names}")
     schema = ", ".join(f"{rank_column(n)} double" for n in names)
-    # shortest prefixes first within a task, so a batch pads little (a local sort, no shuffle)
-    lines = lines.select("prefix", "label").sortWithinPartitions(F.size("prefix"))
+    # Shortest prefixes first within a task, so a batch pads little (a local sort, no shuffle); then
+    # by content, so a task's batches are the same on every run whatever order its rows came in.
+    lines = lines.select("prefix", "label").sortWithinPartitions(F.size("prefix"), "prefix", "label")
     return lines.mapInPandas(make_rank_partition(rankers), schema)
 
 
 def aggregate(ranked: DataFrame, names: Sequence[str], ks: Sequence[int]) -> dict[str, dict[str, float]]:
-    """recall_at_k, mrr_at_k and lines per scorer from one `agg` over the rank columns, with the
-    semantics of `metrics.metrics_from_ranks`: a rank beyond K or +inf is a miss that still counts.
-    Hits are summed as integers, so recall is exact; MRR sums floats in Spark's order."""
+    """recall_at_k, mrr_at_k and lines per scorer from one `agg`, with the semantics of
+    `metrics.metrics_from_ranks`: a rank beyond K or +inf is a miss that still counts.
+
+    The agg counts the lines at each rank 1..max(ks) (ranks are whole numbers); the driver sums
+    those counts in a fixed order. Integer counts do not depend on the order Spark adds rows in, so
+    evaluating a run again gives the same figures to the last bit, as the driver path did."""
+    top = max(ks, default=0)
     exprs = [F.count(F.lit(1)).alias("lines")]
     for n in names:
         rank = F.col(rank_column(n))
-        for k in ks:
-            hit = rank <= F.lit(float(k))
-            exprs.append(F.sum(hit.cast("long")).alias(f"{n}__hits_{k}"))
-            exprs.append(F.sum(F.when(hit, 1.0 / F.greatest(rank, F.lit(1.0))).otherwise(0.0)).alias(f"{n}__rr_{k}"))
+        exprs += [F.sum((rank == F.lit(float(r))).cast("long")).alias(f"{n}__at_{r}") for r in range(1, top + 1)]
     row = ranked.agg(*exprs).first()
     lines = int(row["lines"])
     out: dict[str, dict[str, float]] = {}
     for n in names:
+        at = np.array([0] + [int(row[f"{n}__at_{r}"] or 0) for r in range(1, top + 1)], dtype=np.int64)
+        hits = np.cumsum(at)
+        reciprocal = np.cumsum(at / np.maximum(np.arange(top + 1), 1))
         m: dict[str, float] = {"lines": lines}
         for k in ks:
-            m[f"recall_at_{k}"] = int(row[f"{n}__hits_{k}"]) / lines if lines else 0.0
-            m[f"mrr_at_{k}"] = float(row[f"{n}__rr_{k}"]) / lines if lines else 0.0
+            m[f"recall_at_{k}"] = float(hits[k]) / lines if lines else 0.0
+            m[f"mrr_at_{k}"] = float(reciprocal[k]) / lines if lines else 0.0
         out[n] = m
     return out
 
