@@ -63,7 +63,9 @@ def test_every_stage_twice_changes_nothing(spark, cfg):
     registry = MlflowClient(cfg.tracking.uri)
     aliases = registry.get_registered_model(cfg.tracking.model_name).aliases
     eval_again = evaluate(cfg, run_id=run_b["run_id"])
-    assert {k: v for k, v in eval_again.items() if k != "promotion"} == {k: v for k, v in eval_b.items() if k != "promotion"}
+    # (driver_memory is the process's peak so far, which only grows)
+    assert ({k: v for k, v in eval_again.items() if k not in ("promotion", "driver_memory")} ==
+            {k: v for k, v in eval_b.items() if k not in ("promotion", "driver_memory")})
     assert eval_again["promotion"]["decision"] == eval_b["promotion"]["decision"]
     assert registry.get_registered_model(cfg.tracking.model_name).aliases == aliases
 

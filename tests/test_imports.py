@@ -6,7 +6,8 @@ one at the top of the module. The order, earliest first:
     config, logs, metrics           import nothing of the project
     storage, tables, spark          the lake and the cluster, on top of config
     tracking                        MLflow runs and the registry (no model code)
-    data < model < train < evaluate < score     the stages, each a package
+    data < model < shipping < train < evaluate < score     the stages, each a package (shipping: the
+                                    model and fitted state sent to the executors, for evaluate and score)
     pipeline, benchmark, maintain, sql          the jobs that string stages together
     cli                             the command line over all of them
 
@@ -36,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tracking",),
     ("data",),
     ("model",),
+    ("shipping",),
     ("train",),
     ("evaluate",),
     ("score",),

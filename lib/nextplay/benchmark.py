@@ -2,9 +2,12 @@
 
 The training sessions become a `sessions` Delta table (and an `item_index`) in a temporary lake;
 the regular `train` stage reads them with Petastorm under the configured launcher and logs the run;
-the test lines are then ranked against all items by the same model code the scorer uses. The
+the test lines are then ranked against all items on the executors, through the path of `nextplay
+evaluate` (the logged model shipped to them, as the scorer ships it). The
 sequences are taken exactly as the files give them: consecutive repeats stay, because the test
-lines keep them and 15% (yoochoose1_64) of the labels repeat the last item.
+lines keep them and 15% (yoochoose1_64) of the labels repeat the last item. With
+`evaluate.candidates=ann` the same model is also ranked among its index's candidates (`ann` in the
+result, `model_ann_*` in MLflow), so one training run gives both figures.
 """
 from __future__ import annotations
 
@@ -16,20 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from nextplay import tables
 from nextplay.config import Config
-from nextplay.data.lines import encode_lines, read_benchmark_lines, read_benchmark_sessions
-from nextplay.evaluate.baselines import MostPopular, SessionKNN
-from nextplay.evaluate.report import evaluate_all, log_evaluation
+from nextplay.data.lines import benchmark_sessions_csr, encode_lines, read_benchmark_lines
+from nextplay.evaluate.ranking import BaselineRanker, ModelRanker, ship_baselines, task_count
+from nextplay.evaluate.report import evaluate_lines, log_evaluation
+from nextplay.shipping import ship_model
 from nextplay.spark import get_spark
 from nextplay.tables import Lake
 from nextplay.train.launch import train_and_log
 
 log = logging.getLogger(__name__)
 
+ANN_SCORER = "model_ann"  # with evaluate.candidates=ann: the model ranked among its index's candidates
 BASE_TS = 1_600_000_000  # sessions get synthetic, increasing start times one second apart
 
 
@@ -78,6 +83,14 @@ def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
     return {"train_lines": n_lines, "items": index.count()}
 
 
+def test_frame(spark, prefixes: list[list[str]], labels: list[str], index: dict[str, int]) -> DataFrame:
+    """The file's test lines, encoded through the item index, as the DataFrame (prefix, label) that
+    `nextplay evaluate` ranks on the executors: one evaluation path for both."""
+    enc_prefixes, enc_labels = encode_lines(prefixes, labels, index)
+    rows = spark.createDataFrame(list(zip(enc_prefixes, enc_labels)), "prefix array<int>, label int")
+    return rows.repartition(task_count(spark))
+
+
 def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) -> dict[str, Any]:
     if not Path(test_path).exists():
         raise FileNotFoundError(f"--test {test_path}: file not found")
@@ -94,23 +107,25 @@ def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) ->
         index = {r["track_id"]: r["item_idx"] for r in
                  Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx").toLocalIterator()}
         trained = train_and_log(spark, cfg, run_name=f"benchmark-{Path(train_path).parent.name}")
-        prefixes, labels = encode_lines(test_prefixes, test_labels, index)
-        train_sessions = [[index[t] for t in s] for s in read_benchmark_sessions(train_path)]
-        baselines = {"most_popular": MostPopular(), "session_knn": SessionKNN(
-            k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
-        for b in baselines.values():
-            b.fit(train_sessions, len(index))
-        report = evaluate_all(trained.model, baselines, prefixes, labels, cfg)
+        shipped = ship_model(spark, f"runs:/{trained.run_id}/model")[0]
+        rankers = [ModelRanker(shipped, cfg.evaluate.batch_size),
+                   BaselineRanker(ship_baselines(spark, *benchmark_sessions_csr(train_path, index), len(index),
+                                                 cfg.evaluate), cfg.evaluate.batch_size)]
+        if cfg.evaluate.candidates == "ann":  # the same model among its retrieved candidates, beside exact
+            rankers.append(ModelRanker(shipped, cfg.evaluate.batch_size, "ann", cfg.ann, names=(ANN_SCORER,)))
+        report = evaluate_lines(test_frame(spark, test_prefixes, test_labels, index), rankers, cfg)
         log_evaluation(cfg, trained.run_id, report)
+    ann = report.baselines.pop(ANN_SCORER, None)
     metrics: dict[str, Any] = dict(report.model)
     metrics.update({
-        "lines": len(labels),
+        "lines": len(test_labels),
         "train_seconds": trained.seconds,
         "events_per_second": trained.events_per_second,
         "epochs": trained.epochs,
         "world_size": trained.world_size,
         "run_id": trained.run_id,
         "baselines": report.baselines,
+        **({"ann": {**ann, "candidates": cfg.ann.candidates, "ef_search": cfg.ann.ef_search}} if ann else {}),
         "config": {"encoder": cfg.model.encoder, "head": cfg.model.head, "hidden_size": cfg.model.hidden_size,
                    "batch_size": cfg.train.batch_size, "launcher": cfg.train.launcher},
     })

@@ -276,8 +276,9 @@ class EvaluateConfig:
     knn_neighbors: int = 500
     knn_sample: int = 1000
     batch_size: int = 1024
-    # Evaluation and the baselines run on the driver: these caps bound what it holds (the most
-    # recent sessions of each split are kept), so a huge lake evaluates on a recent sample.
+    # The most recent sessions of each split are kept, so a huge lake evaluates on a recent sample.
+    # Test lines are ranked on the executors; of the train sample the driver holds int32 arrays it
+    # ships to them for the baselines; the valid sample is training's validation, on the driver.
     max_test_sessions: int = 50_000
     max_train_sessions: int = 500_000
     max_valid_sessions: int = 20_000

@@ -52,15 +52,16 @@ def _padded(prefixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(items), torch.from_numpy(lengths)
 
 
-def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequence[int],
-                   ks: Sequence[int] = (10, 20), batch_size: int = 1024,
-                   device: str | torch.device | None = None) -> dict[str, float]:
-    """Recall@K and MRR@K of `model` on (prefix, label) lines.
+def rank_lines(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int = 1024,
+               device: str | torch.device | None = None, ranking: Any = None) -> np.ndarray:
+    """1-based rank of each line's label among all items (+inf: a miss), for one batch of lines.
 
     `model` is a SessionModel (ranked in torch, streaming over item chunks) or any scorer with
     `score(prefixes) -> ndarray [B, n_items + 1]` (the baselines), so both are measured the same way.
     Prefixes are grouped by length before batching, which only saves padding: ranks do not depend on it.
     A dense scorer's batch is capped by `DENSE_SCORES_BUDGET` for its catalog size (`n_items`).
+    The one ranking both the driver (training's validation) and the executors (`nextplay evaluate`) run.
+    `ranking`: a SessionModel's ranking (model/ranking.py; default exact over every item).
     """
     if len(prefixes) != len(labels):
         raise ValueError(f"{len(prefixes)} prefixes but {len(labels)} labels")
@@ -82,10 +83,18 @@ def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequen
         batch = [prefixes[i] for i in idx]
         if is_torch:
             items, lengths = _padded(batch)
-            r = model.label_ranks(items.to(dev), lengths.to(dev), torch.from_numpy(labels_arr[idx]).to(dev))
+            r = model.label_ranks(items.to(dev), lengths.to(dev), torch.from_numpy(labels_arr[idx]).to(dev),
+                                  ranking=ranking)
             ranks[idx] = r.cpu().numpy()
         else:
             ranks[idx] = ranks_from_scores(np.asarray(model.score(batch)), labels_arr[idx])
     if is_torch and was_training:
         model.train()
-    return metrics_from_ranks(ranks, ks)
+    return ranks
+
+
+def evaluate_model(model: Any, prefixes: Sequence[Sequence[int]], labels: Sequence[int],
+                   ks: Sequence[int] = (10, 20), batch_size: int = 1024,
+                   device: str | torch.device | None = None) -> dict[str, float]:
+    """Recall@K and MRR@K of `model` on (prefix, label) lines held in this process (see `rank_lines`)."""
+    return metrics_from_ranks(rank_lines(model, prefixes, labels, batch_size, device), ks)

@@ -93,6 +93,10 @@ def summary(result: dict[str, Any]) -> str:
     rows = [("RNN (this run)", ev)] + [(name, m) for name, m in ev["baselines"].items()]
     for name, m in rows:
         lines.append(f"  {name:<16} Recall@20 {100 * m['recall_at_20']:6.2f}%   MRR@20 {100 * m['mrr_at_20']:6.2f}%")
+    memory = ev.get("driver_memory") or {}
+    if memory:
+        lines.append(f"evaluate's driver peak memory: Python {memory.get('python_peak_rss_mib')} MiB, "
+                     f"JVM {memory.get('jvm_peak_rss_mib')} MiB")
     lines.append(f"MLflow run {result['train']['run_id']} (model version {result['train']['model_version']})")
     lines.append(f"promotion: {ev['promotion']['decision']}: {ev['promotion']['reason']}")
     sc = result["score"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import glob
 import os
+import resource
 import sys
 from pathlib import Path
 
+from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
 from nextplay.config import Config
@@ -85,3 +87,22 @@ def get_spark(cfg: Config) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def driver_peak_memory(spark: SparkSession) -> dict[str, float | None]:
+    """The driver's peak resident memory so far, in MiB: this Python process (`ru_maxrss`) and the
+    JVM py4j talks to (VmHWM in its /proc status; None where that is not readable, e.g. a JVM in
+    another container). Peaks over the process's life, so a stage that holds data in proportion to
+    its input shows it here."""
+    scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
+    python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    jvm: float | None = None
+    try:
+        pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    jvm = int(line.split()[1]) / 2**10  # kB
+    except (AttributeError, OSError, ValueError, Py4JError):  # no py4j JVM (Spark Connect), no /proc
+        jvm = None
+    return {"python_peak_rss_mib": round(python, 1), "jvm_peak_rss_mib": None if jvm is None else round(jvm, 1)}

@@ -2,10 +2,12 @@
 the recent sessions of the lake they are cut from (training validates on them, evaluate tests on them)."""
 from __future__ import annotations
 
-import heapq
+from array import array
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from nextplay import tables
@@ -24,33 +26,104 @@ def session_lines(sessions: Iterable[list[int]]) -> tuple[list[list[int]], list[
     return prefixes, labels
 
 
-def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
-    """Item lists of the `limit` most recent sessions of one split, oldest first, from the sessions
-    table as of `version` (default: the newest).
+def recent_sessions_frame(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> DataFrame:
+    """The `limit` most recent sessions of one split (start_ts, session_id, items), from the sessions
+    table as of `version` (default: the newest), as a DataFrame that stays on the executors.
 
     `orderBy(...).limit(n).collect()` would plan as a top-n in which every partition sends up to n
     whole rows to the driver at once (beyond spark.driver.maxResultSize on a big lake). Instead the
-    executors find the start time of the n-th most recent session, and only the sessions from then
-    on are streamed to the driver a partition at a time, keeping the newest n (ties at the cut-off
-    broken by session id, so the choice is the same on every run).
+    executors find the (start_ts, session_id) of the n-th most recent session, ties at the same
+    start time broken by session id so the choice is the same on every run, and the sessions from
+    that one on are selected with a filter. An empty split gives an empty frame.
     """
     lake = Lake(cfg.lake)
     sessions = lake.read(spark, tables.SESSIONS) if version is None else lake.read_at(spark, tables.SESSIONS, version)
-    sessions = sessions.where(F.col("split") == split)
-    cutoff = (sessions.select("start_ts").orderBy(F.col("start_ts").desc()).limit(limit)
-              .agg(F.min("start_ts").alias("cutoff")).first()["cutoff"])
-    if cutoff is None:
-        return []
-    recent = sessions.where(F.col("start_ts") >= F.lit(cutoff)).select("start_ts", "session_id", "items")
-    rows = heapq.nlargest(limit, ((r["start_ts"], r["session_id"], r["items"]) for r in recent.toLocalIterator()),
-                          key=lambda r: (r[0], r[1]))
-    return [list(items) for _, _, items in reversed(rows)]
+    sessions = sessions.where(F.col("split") == split).select("start_ts", "session_id", "items")
+    cut = (sessions.select("start_ts", "session_id")
+           .orderBy(F.col("start_ts").desc(), F.col("session_id").desc()).limit(limit)
+           .agg(F.min(F.struct("start_ts", "session_id")).alias("cut")).first()["cut"])
+    if cut is None:
+        return sessions.limit(0)
+    ts, sid = F.lit(cut["start_ts"]), F.lit(cut["session_id"])
+    return sessions.where((F.col("start_ts") > ts) | ((F.col("start_ts") == ts) & (F.col("session_id") >= sid)))
 
 
-def read_benchmark_sessions(path: str | Path) -> list[list[str]]:
-    """`train_sessions.txt`: one session per line, item ids separated by spaces, oldest first."""
+def recent_sessions(spark, cfg: Config, split: str, limit: int, version: int | None = None) -> list[list[int]]:
+    """Item lists of the `limit` most recent sessions of one split, oldest first, streamed to the
+    driver a slice at a time (training validates and fills its memory with them on the driver)."""
+    indptr, items = sessions_csr(recent_sessions_frame(spark, cfg, split, limit, version), limit)
+    return [items[a:b].tolist() for a, b in zip(indptr[:-1], indptr[1:])]
+
+
+def known_items(sessions: DataFrame, n_items: int, collapse: bool, items: str = "items") -> DataFrame:
+    """`sessions` with the ids a model of `n_items` does not know dropped from `items` (tracks the
+    dictionary gained after it was trained), repeats collapsed again when training collapsed them,
+    as scoring maps histories. Two projections, so the collapse reads the filtered array once."""
+    kept = sessions.withColumn(items, F.filter(items, lambda x: x <= F.lit(n_items)))
+    if not collapse:
+        return kept
+    # i is 0-based and element_at 1-based: element_at(items, i) is the element before the i-th
+    return kept.withColumn(items, F.filter(items, lambda x, i: (i == 0) | (x != F.element_at(F.col(items), i))))
+
+
+def lines_frame(sessions: DataFrame, items: str = "items") -> DataFrame:
+    """Every next-item step of every session as rows (prefix array<int>, label int), built by the
+    executors: what `session_lines` gives on the driver, one row per line."""
+    step = F.explode(F.sequence(F.lit(1), F.size(items) - 1)).alias("step")
+    return (sessions.where(F.size(items) >= 2).select(F.col(items).alias("items"), step)
+            .select(F.slice("items", 1, F.col("step")).cast("array<int>").alias("prefix"),
+                    F.element_at("items", F.col("step") + 1).cast("int").alias("label")))
+
+
+SESSIONS_PER_SLICE = 20_000  # sessions the driver receives at once (a few MB under maxResultSize)
+
+
+def sessions_csr(sessions: DataFrame, expected: int, items: str = "items",
+                 order: Sequence[str] = ("start_ts", "session_id")) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions as compact CSR arrays on the driver, in `order` (oldest first): session r holds
+    items[indptr[r]:indptr[r + 1]] (int32).
+
+    The sessions are range-partitioned into slices of about `SESSIONS_PER_SLICE` of the `expected`
+    rows (an explicit count, which adaptive execution never coalesces into one result beyond
+    spark.driver.maxResultSize), and streamed a slice at a time in key order, packed into arrays
+    as they arrive: the driver never holds the sessions as Python lists.
+    """
+    slices = max(1, -(-expected // SESSIONS_PER_SLICE))
+    ordered = sessions.repartitionByRange(slices, *order).sortWithinPartitions(*order).select(items)
+    lengths: list[np.ndarray] = []
+    chunks: list[np.ndarray] = []
+    pending: list[Sequence[int]] = []
+
+    def pack() -> None:
+        lengths.append(np.fromiter((len(p) for p in pending), dtype=np.int64, count=len(pending)))
+        chunks.append(np.fromiter((x for p in pending for x in p), dtype=np.int32, count=int(lengths[-1].sum())))
+        pending.clear()
+
+    for row in ordered.toLocalIterator():
+        pending.append(row[0])
+        if len(pending) >= SESSIONS_PER_SLICE:
+            pack()
+    pack()
+    counts = np.concatenate(lengths)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.concatenate(chunks)
+
+
+def benchmark_sessions_csr(path: str | Path, index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`train_sessions.txt` mapped through `index` as CSR arrays (see `sessions_csr`), read a line at a
+    time into compact arrays. Every id of the file must be in `index` (it was built from the file)."""
+    lengths, items = array("q"), array("i")
     with open(path, encoding="utf-8") as f:
-        return [line.split() for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            tracks = line.split()
+            if not tracks:
+                continue
+            try:
+                items.extend(index[t] for t in tracks)
+            except KeyError as e:
+                raise ValueError(f"{path}:{n}: track {e.args[0]!r} is not in the item index") from None
+            lengths.append(len(tracks))
+    indptr = np.concatenate([[0], np.cumsum(np.frombuffer(lengths, dtype=np.int64))]).astype(np.int64)
+    return indptr, np.frombuffer(items, dtype=np.int32).copy()
 
 
 def read_benchmark_lines(path: str | Path) -> tuple[list[list[str]], list[str]]:

@@ -2,7 +2,8 @@
 
 All three share the model's contract for the metrics: `fit(sessions, n_items)` on item ids 1..n_items
 and `score(prefixes) -> ndarray [B, n_items + 1]` (column 0, padding, is -inf), batched and
-vectorised with scipy.sparse so that a whole test file scores in seconds.
+vectorised with scipy.sparse so that a whole test file scores in seconds. Most popular and V-SKNN
+also fit from CSR arrays (`fit_csr`), the compact form evaluate ships to its executors.
 
 The Markov chain and V-SKNN score only items that co-occurred with the prefix; every other item
 would tie at zero and, ties counting against the label, rank last. A popularity term far smaller
@@ -27,8 +28,18 @@ def _check_ids(sessions: Sequence[Sequence[int]], n_items: int) -> None:
 
 
 def _popularity(sessions: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
-    flat = np.fromiter((x for s in sessions for x in s), dtype=np.int64)
-    return np.bincount(flat, minlength=n_items + 1).astype(np.float64)[: n_items + 1]
+    return _item_counts(np.fromiter((x for s in sessions for x in s), dtype=np.int64), n_items)
+
+
+def _item_counts(items: np.ndarray, n_items: int) -> np.ndarray:
+    return np.bincount(np.asarray(items, dtype=np.int64), minlength=n_items + 1).astype(np.float64)[: n_items + 1]
+
+
+def _check_csr(indptr: np.ndarray, items: np.ndarray, n_items: int) -> None:
+    if len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(items) or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"not CSR rows: indptr must rise from 0 to {len(items)} (the item count)")
+    if len(items) and (items.min() < 1 or items.max() > n_items):
+        raise ValueError(f"item ids must be in 1..{n_items}; found {items.min()}..{items.max()}")
 
 
 def _finish(scores: np.ndarray, popularity: np.ndarray) -> np.ndarray:
@@ -51,6 +62,13 @@ class MostPopular:
         _check_ids(sessions, n_items)
         self.n_items = n_items
         self.popularity = _popularity(sessions, n_items)
+        return self
+
+    def fit_csr(self, indptr: np.ndarray, items: np.ndarray, n_items: int) -> "MostPopular":
+        """`fit` on sessions given as CSR rows (session r: items[indptr[r]:indptr[r + 1]])."""
+        _check_csr(indptr, items, n_items)
+        self.n_items = n_items
+        self.popularity = _item_counts(items, n_items)
         return self
 
     def score(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:
@@ -88,6 +106,14 @@ class SessionKNN:
         self.n_items = n_items
         self.neighbors.fit(sessions, n_items)
         self.popularity = _popularity(sessions, n_items)
+        return self
+
+    def fit_csr(self, indptr: np.ndarray, items: np.ndarray, n_items: int) -> "SessionKNN":
+        """`fit` on sessions given as CSR rows, oldest first (session r: items[indptr[r]:indptr[r + 1]])."""
+        _check_csr(indptr, items, n_items)
+        self.n_items = n_items
+        self.neighbors.fit_csr(indptr, items, n_items)
+        self.popularity = _item_counts(items, n_items)
         return self
 
     def score(self, prefixes: Sequence[Sequence[int]]) -> np.ndarray:

@@ -5,31 +5,40 @@ Every next-item step of the test sessions is one line (as in the session benchma
 comes from the training run's logged MLflow model; most-popular and session-kNN are fitted on the
 train split of the same snapshot: the sessions version the run pinned, so evaluating an old run
 after the lake changed gives the figures it gave then. Lines and training sessions are capped by
-`evaluate.max_*` (the most recent sessions are kept): the baselines hold their sessions in the
-driver's memory. The model's ids must name the same tracks in that generation's item_index (a
-rebuilt or other lake is refused); ids above its vocabulary (tracks that entered the append-only
-dictionary after it was trained) are dropped from the sessions it reads. The run's registered version then goes through the gate (evaluate/promote.py),
-which measures the current champion on the same lines and decides whether `score` serves it.
+`evaluate.max_*` (the most recent sessions are kept). The ranking runs on the executors
+(evaluate/ranking.py): the lines are built from the sessions table with Spark expressions and never
+come to the driver, the model is shipped to the executors as `nextplay score` ships it, and the
+baselines' training sessions go to them as one file of CSR arrays, the only thing the driver holds
+in proportion to a sample. The model's ids must name the same tracks in that generation's
+item_index (a rebuilt or other lake is refused); ids above its vocabulary (tracks that entered the
+append-only dictionary after it was trained) are dropped from the sessions it reads. The run's
+registered version then goes through the gate (evaluate/promote.py), which measures the current
+champion on the same lines, on the executors too, and decides whether `score` serves it.
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame
 
 from nextplay import tracking
 from nextplay.config import Config
-from nextplay.data.lines import recent_sessions, session_lines
-from nextplay.evaluate.baselines import MostPopular, SessionKNN
+from nextplay.data.lines import known_items, lines_frame, recent_sessions_frame, sessions_csr
 from nextplay.evaluate.promote import gate
-from nextplay.evaluate.report import evaluate_all, log_evaluation
-from nextplay.model.pyfunc import load_logged
-from nextplay.spark import get_spark
+from nextplay.evaluate.ranking import BaselineRanker, ModelRanker, ship_baselines, task_count
+from nextplay.evaluate.report import evaluate_lines, log_evaluation
+from nextplay.model.pyfunc import candidates_mode, load_trusted
+from nextplay.shipping import ship_model
+from nextplay.spark import driver_peak_memory, get_spark
 from nextplay.tables import Lake, Pin, check_model_ids
 
 log = logging.getLogger(__name__)
+
+CANDIDATES_TAG = "nextplay.evaluate_candidates"  # what the test labels were ranked among: exact or ann
 
 
 def latest_training_run(cfg: Config) -> str:
@@ -53,44 +62,55 @@ def pin_of(cfg: Config, spark, run_id: str) -> Pin:
     return pin
 
 
-def known_items(sessions: list[list[int]], n_items: int, collapse: bool) -> list[list[int]]:
-    """Sessions without the ids a model of `n_items` does not know (tracks the dictionary gained after
-    it was trained), repeats collapsed again when training collapsed them, as scoring maps histories."""
-    out = []
-    for items in sessions:
-        kept = [i for i in items if i <= n_items]
-        if collapse:
-            kept = [i for j, i in enumerate(kept) if j == 0 or i != kept[j - 1]]
-        out.append(kept)
-    return out
+def test_lines(spark, cfg: Config, n_items: int, collapse: bool, version: int) -> DataFrame:
+    """The test lines as a DataFrame (prefix, label): the most recent `evaluate.max_test_sessions`
+    test sessions in the model's vocabulary, spread over every core by session before each is
+    exploded into its next-item steps, so the lines are built and ranked where they are."""
+    recent = recent_sessions_frame(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version)
+    sessions = known_items(recent.repartition(task_count(spark), "session_id"), n_items, collapse)
+    return lines_frame(sessions)
+
+
+def fitted_baselines(spark, cfg: Config, n_items: int, collapse: bool, version: int) -> BaselineRanker:
+    """Most popular and session-kNN for the executors: the most recent `evaluate.max_train_sessions`
+    train sessions (as the model knows them, oldest first) shipped as one file of CSR arrays, which
+    is all the driver holds of them."""
+    recent = recent_sessions_frame(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version)
+    indptr, items = sessions_csr(known_items(recent, n_items, collapse), cfg.evaluate.max_train_sessions)
+    log.info("baselines fitted on %d train sessions (%d plays)", len(indptr) - 1, len(items))
+    return BaselineRanker(ship_baselines(spark, indptr, items, n_items, cfg.evaluate), cfg.evaluate.batch_size)
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> dict[str, Any]:
     """Measure the run (default: the latest finished training run), log it, and pass its registered
-    version through the promotion gate. Returns the model's metrics, the baselines' and the
-    gate's decision (`promotion`)."""
+    version through the promotion gate. Returns the model's metrics, the baselines', the gate's
+    decision (`promotion`) and the driver's peak memory (`driver_memory`, MiB)."""
+    started = time.monotonic()
     tracking.configure(cfg.tracking)
     run_id = run_id or latest_training_run(cfg)
-    logged = load_logged(f"runs:/{run_id}/model")  # built from the installed package, no code from the artifact
-    model = logged.rnn
     spark = get_spark(cfg)
+    shipped, local = ship_model(spark, f"runs:/{run_id}/model")
+    logged = load_trusted(local)  # built from the installed package, no code from the artifact
+    n_items, collapse = logged.rnn.n_items, logged.collapse
     pin = pin_of(cfg, spark, run_id)
     version = pin.sessions_version
     # The ids must mean the same tracks in the item_index of the sessions measured on (the pinned
     # generation): a rebuilt lake or another one is refused in one line.
     check_model_ids(spark, Lake(cfg.lake), logged.track_ids, pin.item_index_version, f"run {run_id}")
-    test = known_items(recent_sessions(spark, cfg, "test", cfg.evaluate.max_test_sessions, version=version),
-                       model.n_items, logged.collapse)
-    prefixes, labels = session_lines(test)
-    if not labels:
+    lines = test_lines(spark, cfg, n_items, collapse, version)
+    if lines.isEmpty():
         raise ValueError("the sessions table has no 'test' sessions with a next item: check sessionize.test_days")
-    train = known_items(recent_sessions(spark, cfg, "train", cfg.evaluate.max_train_sessions, version=version),
-                        model.n_items, logged.collapse)
-    baselines = {"most_popular": MostPopular(),
-                 "session_knn": SessionKNN(k=cfg.evaluate.knn_neighbors, sample=cfg.evaluate.knn_sample)}
-    for b in baselines.values():
-        b.fit(train, model.n_items)
-    report = evaluate_all(model, baselines, prefixes, labels, cfg)
+    candidates = candidates_mode(cfg.evaluate.candidates, logged.has_ann_index, logged.rnn.cfg.head)
+    log.info("ranking the test lines among %s", "every track" if candidates == "exact" else
+             f"the {cfg.ann.candidates} candidates the model's index retrieves (evaluate.candidates=ann)")
+    rankers = [ModelRanker(shipped, cfg.evaluate.batch_size, candidates, cfg.ann),
+               fitted_baselines(spark, cfg, n_items, collapse, version)]
+    report = evaluate_lines(lines, rankers, cfg)
     log_evaluation(cfg, run_id, report)
-    decision = gate(cfg, run_id, logged, prefixes, labels, report.model, report.baselines)
-    return {"run_id": run_id, **report.model, "baselines": report.baselines, "promotion": decision.as_dict()}
+    MlflowClient().set_tag(run_id, CANDIDATES_TAG, candidates)
+    decision = gate(cfg, spark, run_id, logged, lines, report.model, report.baselines)
+    memory = driver_peak_memory(spark)
+    log.info("evaluate took %.1fs; driver peak memory: Python %s MiB, JVM %s MiB", time.monotonic() - started,
+             memory["python_peak_rss_mib"], memory["jvm_peak_rss_mib"])
+    return {"run_id": run_id, **report.model, "candidates": candidates, "baselines": report.baselines,
+            "promotion": decision.as_dict(), "driver_memory": memory}

@@ -9,9 +9,9 @@ of the sessions version the challenger's run pinned.
 
 The champion may come from another sessionize generation, whose item index numbers the tracks
 differently. Both models carry their own item index, so the challenger's lines are translated
-through track ids into the champion's numbering (`lines_for`), exactly as scoring maps a listener's
-history: tracks the champion never saw are dropped from a prefix, and a label it never saw stays in
-the denominator as a miss. The line count is the challenger's either way, so the two figures divide
+through track ids into the champion's numbering (`translate_lines`, on the executors that rank the
+champion), exactly as scoring maps a listener's history: tracks the champion never saw are
+dropped from a prefix, and a label it never saw stays in the denominator as a miss. The line count is the challenger's either way, so the two figures divide
 by the same number; a champion that does not know today's tracks is measured as worse, which it is.
 
 The gate never removes a champion: a refused challenger leaves it where it was. Aliases are the
@@ -20,22 +20,26 @@ only registry state used (no stages), so the local sqlite registry and Unity Cat
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import mlflow
 import numpy as np
+from pyspark.sql import DataFrame, SparkSession
 
 from nextplay import tracking
-from nextplay.config import Config, PromoteConfig
-from nextplay.metrics import evaluate_model
-from nextplay.model.pyfunc import NextTrackModel, collapse_repeats, load_logged
+from nextplay.config import AnnConfig, Config, PromoteConfig
+from nextplay.evaluate.ranking import measure
+from nextplay.metrics import rank_lines
+from nextplay.model.pyfunc import NextTrackModel, collapse_repeats, load_trusted
+from nextplay.shipping import load_cached, ship_model
 
 log = logging.getLogger(__name__)
 
 PROMOTION_TAG = "nextplay.promotion"  # "promoted: <reason>" or "refused: <reason>"
 CHAMPION_TAG = "nextplay.champion_version"  # the champion the run was compared with, "" when none
 CHAMPION_PREFIX = "champion_"  # metric names of the champion measured on the run's lines
+CHAMPION_NAME = "champion"  # its rank column on the executors
 
 
 @dataclass(frozen=True)
@@ -103,18 +107,24 @@ def remap_to(champion: NextTrackModel, challenger: NextTrackModel) -> np.ndarray
 def lines_for(champion: NextTrackModel, challenger: NextTrackModel, prefixes: Sequence[Sequence[int]],
               labels: Sequence[int]) -> tuple[list[list[int]], list[int]]:
     """The challenger's test lines in the champion's item numbering, through the track ids both models
-    carry. Unknown prefix tracks are dropped (then repeats collapsed if the champion was trained so,
-    as scoring does); an unknown label, or a prefix with no known track ([0], label 0), is a miss
-    that still counts as a line."""
+    carry (see `translate_lines`)."""
     remap = remap_to(champion, challenger)
     if remap is None:
         return [list(p) for p in prefixes], list(labels)
+    return translate_lines(remap, champion.collapse, prefixes, labels)
+
+
+def translate_lines(remap: np.ndarray, collapse: bool, prefixes: Sequence[Sequence[int]],
+                    labels: Sequence[int]) -> tuple[list[list[int]], list[int]]:
+    """Lines through `remap` (challenger item_idx -> champion item_idx, 0: unknown). Unknown prefix
+    tracks are dropped (then repeats collapsed if the champion was trained so, as scoring does); an
+    unknown label, or a prefix with no known track ([0], label 0), is a miss that still counts as a line."""
     out_prefixes: list[list[int]] = []
     out_labels: list[int] = []
     for prefix, label in zip(prefixes, labels):
         seq = remap[np.asarray(prefix, dtype=np.int64)]
         seq = seq[seq > 0]
-        if champion.collapse:
+        if collapse:
             seq = collapse_repeats(seq)
         known = len(seq) > 0
         out_prefixes.append(seq.tolist() if known else [0])
@@ -122,19 +132,42 @@ def lines_for(champion: NextTrackModel, challenger: NextTrackModel, prefixes: Se
     return out_prefixes, out_labels
 
 
-def measure_champion(cfg: Config, uri: str, challenger: NextTrackModel, prefixes: Sequence[Sequence[int]],
-                     labels: Sequence[int]) -> dict[str, float]:
-    """recall_at_K / mrr_at_K (evaluate.ks) of the model at `uri` on the challenger's lines, loaded
-    with the trusted loader (no code from the registry runs here)."""
-    champion = load_logged(uri)
-    mapped_prefixes, mapped_labels = lines_for(champion, challenger, prefixes, labels)
-    measured = evaluate_model(champion.rnn, mapped_prefixes, mapped_labels, ks=cfg.evaluate.ks,
-                              batch_size=cfg.evaluate.batch_size)
-    return {k: v for k, v in measured.items() if k != "lines"}
+@dataclass(frozen=True)
+class ChampionRanker:
+    """The shipped champion's ranks of the challenger's lines, translated on the executor through
+    `remap` (None: both number the tracks alike)."""
+
+    shipped: str
+    remap: np.ndarray | None
+    batch_size: int
+    candidates: str = "exact"  # exact, or auto: the champion's index where it has one (evaluate.candidates=ann)
+    ann: AnnConfig = field(default_factory=AnnConfig)
+    names: tuple[str, ...] = (CHAMPION_NAME,)
+
+    def __call__(self, prefixes: Sequence[np.ndarray], labels: np.ndarray) -> Mapping[str, np.ndarray]:
+        champion = load_cached(self.shipped)
+        if self.remap is not None:
+            prefixes, labels = translate_lines(self.remap, champion.collapse, prefixes, labels)
+        ranking = champion.ranking(self.candidates, self.ann)
+        return {self.names[0]: rank_lines(champion.rnn, prefixes, labels, self.batch_size, ranking=ranking)}
 
 
-def gate(cfg: Config, run_id: str, challenger: NextTrackModel, prefixes: Sequence[Sequence[int]],
-         labels: Sequence[int], model_metrics: Mapping[str, float],
+def measure_champion(cfg: Config, spark: SparkSession, uri: str, challenger: NextTrackModel,
+                     lines: DataFrame) -> dict[str, float]:
+    """recall_at_K / mrr_at_K (evaluate.ks) of the model at `uri` on the challenger's lines, ranked by
+    the executors with the model shipped to them. The driver loads it too, with the trusted loader
+    (no code from the registry runs), only for its track ids."""
+    shipped, local = ship_model(spark, uri)
+    remap = remap_to(load_trusted(local), challenger)
+    # A champion logged without an index is measured exactly when the challenger is measured by ann.
+    candidates = "auto" if cfg.evaluate.candidates == "ann" else "exact"
+    measured = measure(lines, [ChampionRanker(shipped, remap, cfg.evaluate.batch_size, candidates, cfg.ann)],
+                       cfg.evaluate.ks)
+    return {k: v for k, v in measured[CHAMPION_NAME].items() if k != "lines"}
+
+
+def gate(cfg: Config, spark: SparkSession, run_id: str, challenger: NextTrackModel, lines: DataFrame,
+         model_metrics: Mapping[str, float],
          baselines: Mapping[str, Mapping[str, float]]) -> Decision:
     """Compare, decide, move the aliases, and log the decision to the run; see the module docstring."""
     tracking.configure(cfg.tracking)
@@ -152,7 +185,7 @@ def gate(cfg: Config, run_id: str, challenger: NextTrackModel, prefixes: Sequenc
     if before == version:
         champion_metrics = {k: float(v) for k, v in model_metrics.items() if k != "lines"}
     elif before is not None:
-        champion_metrics = measure_champion(cfg, f"models:/{name}/{before}", challenger, prefixes, labels)
+        champion_metrics = measure_champion(cfg, spark, f"models:/{name}/{before}", challenger, lines)
     theirs = None if champion_metrics is None else champion_metrics[metric]
     promoted, reason = decide(cfg.promote, ours, knn, theirs, before, is_champion=before == version)
     tracking.set_alias(name, tracking.CHALLENGER, version)

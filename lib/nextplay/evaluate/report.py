@@ -1,4 +1,5 @@
-"""Measure a model beside the baselines on the same lines, and log the result to its MLflow run.
+"""Measure a model beside the baselines on the same lines (ranked on the executors), and log the
+result to its MLflow run.
 
 Metric names in MLflow: `recall_at_{k}` / `mrr_at_{k}` for the model, `{baseline}_recall_at_{k}`
 for each baseline, so a run page shows the model and what it has to beat side by side.
@@ -10,13 +11,14 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import mlflow
+from pyspark.sql import DataFrame
 
 from nextplay import tracking
 from nextplay.config import Config
-from nextplay.metrics import evaluate_model
+from nextplay.evaluate.ranking import MODEL, Ranker, measure
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +32,20 @@ class EvaluationReport:
     recall_curves: dict[str, list[float]]  # scorer name -> Recall@K for K = 1..50
 
 
-def evaluate_all(model: Any, baselines: Mapping[str, Any], prefixes: Sequence[Sequence[int]],
-                 labels: Sequence[int], cfg: Config) -> EvaluationReport:
-    """Rank every line's label against all items for the model and every baseline."""
+def evaluate_lines(lines: DataFrame, rankers: Sequence[Ranker], cfg: Config) -> EvaluationReport:
+    """Rank every line's label against all items for the model and every baseline, on the executors
+    (evaluate/ranking.py): `lines` is a DataFrame (prefix, label) that never comes to the driver."""
     ks = sorted(set(cfg.evaluate.ks) | set(CURVE_KS))
+    measured = measure(lines, rankers, ks)
 
-    def measure(scorer: Any) -> tuple[dict[str, float], list[float]]:
-        m = evaluate_model(scorer, prefixes, labels, ks=ks, batch_size=cfg.evaluate.batch_size)
-        kept = {k: v for k, v in m.items() if k == "lines" or int(k.rsplit("_", 1)[1]) in cfg.evaluate.ks}
-        return kept, [m[f"recall_at_{k}"] for k in CURVE_KS]
+    def kept(m: Mapping[str, float]) -> dict[str, float]:
+        return {k: v for k, v in m.items() if k == "lines" or int(k.rsplit("_", 1)[1]) in cfg.evaluate.ks}
 
-    model_metrics, model_curve = measure(model)
-    curves = {"model": model_curve}
-    baseline_metrics: dict[str, dict[str, float]] = {}
-    for name, scorer in baselines.items():
-        baseline_metrics[name], curves[name] = measure(scorer)
-    report = EvaluationReport(model_metrics, baseline_metrics, curves)
+    if MODEL not in measured:
+        raise ValueError(f"no ranker scores the model (scorers: {', '.join(measured)})")
+    curves = {name: [m[f"recall_at_{k}"] for k in CURVE_KS] for name, m in measured.items()}
+    report = EvaluationReport(kept(measured[MODEL]), {n: kept(m) for n, m in measured.items() if n != MODEL},
+                              curves)
     log.info("evaluation: %s", summary_line(report))
     return report
 

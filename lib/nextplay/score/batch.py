@@ -20,27 +20,22 @@ the model knows) fails before the commit rather than replace the partition with 
 """
 from __future__ import annotations
 
-import atexit
 import logging
-import shutil
-import tempfile
 import time
-import uuid
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from pyspark import SparkFiles
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from nextplay.config import AnnConfig, Config, ConfigError
 from nextplay.model import pyfunc
 from nextplay.score import history
+from nextplay.shipping import load_cached, ship_model
 from nextplay.spark import get_spark
 from nextplay.tables import ITEM_INDEX, PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake, check_dictionary
 from nextplay.tracking import ResolvedModel, configure, resolve_model
@@ -48,26 +43,6 @@ from nextplay.tracking import ResolvedModel, configure, resolve_model
 log = logging.getLogger(__name__)
 
 SCORED_SCHEMA = "user_id string, rank int, item_idx int, score float"
-
-# Per Python worker process: the one model it has loaded, by shipped name (see load_cached).
-_LOADED: dict[str, pyfunc.NextTrackModel] = {}
-
-
-def load_cached(shipped_name: str) -> pyfunc.NextTrackModel:
-    """The model Spark shipped as `shipped_name`, loaded at most once per Python worker process.
-
-    Keyed by the shipped name, which is fresh per scoring run, and not by model URI: workers
-    outlive a run, and `models:/name/1` of another tracking store (or a name deleted and
-    registered again) is another model under the same URI. Only the latest model is kept, so a
-    long-lived worker that scores several versions in turn does not hold all of them in memory.
-    """
-    model = _LOADED.get(shipped_name)
-    if model is None:
-        _LOADED.clear()
-        model = pyfunc.load_trusted(SparkFiles.get(shipped_name))  # never runs code shipped in the model
-        _LOADED[shipped_name] = model
-    return model
-
 
 def make_scorer(shipped_name: str, *, k: int, exclude_played: bool, batch_size: int, chunk_size: int,
                 candidates: str = "exact", ann: AnnConfig | None = None
@@ -105,23 +80,6 @@ def parse_score_date(value: str | None) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"score.score_date: expected a date like 2024-01-31, got {value!r}") from None
-
-
-def ship_model(spark: SparkSession, model: ResolvedModel) -> tuple[str, Path]:
-    """Download the model on the driver and register it as an archive; returns (shipped name, local dir).
-
-    `SparkFiles.get(name)` on an executor is then the unpacked model folder. The archive gets a fresh
-    name per run because Spark refuses to re-register a name with other content in one
-    SparkContext. It lives until the process exits: an executor that joins later in the same
-    SparkContext fetches every added archive, and would fail on a deleted one.
-    """
-    tmp = tempfile.mkdtemp(prefix="nextplay-score-")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    name = f"model-{uuid.uuid4().hex[:12]}"
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri, dst_path=str(Path(tmp) / name)))
-    archive = shutil.make_archive(str(Path(tmp) / name), "zip", root_dir=local)
-    spark.sparkContext.addArchive(archive)
-    return Path(archive).name, local
 
 
 def item_index_frame(spark: SparkSession, model_dir: Path) -> DataFrame:
