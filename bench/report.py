@@ -39,6 +39,7 @@ FIGURES = (
     Figure("score_users_per_second", "users/s"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
     Figure("bptt1_over_full_yoochoose1_64", "x"),
+    Figure("ann_library_recall_at_20", "recall", ">= 0.98"),
 )
 KEYS = tuple(f.key for f in FIGURES)
 
