@@ -16,7 +16,8 @@ setup(
     install_requires=["pyyaml>=6", "tqdm>=4.60"],
     extras_require={
         "local": ["pyspark>=4.0,<4.1", "delta-spark>=4.0,<4.5", "numpy>=1.24,<2", "pandas>=2,<3", "pyarrow>=12,<15"],
-        "train": ["torch>=2.1", "scipy>=1.10", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5"],
+        "train": ["torch>=2.1", "scipy>=1.10", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5",
+                  "faiss-cpu>=1.8"],
         "horovod": ["horovod==0.28.1"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
     },

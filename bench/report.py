@@ -38,11 +38,11 @@ FIGURES = (
     Figure("udf_over_inprocess", "x", "<= 1.5"),
     Figure("score_users_per_second", "users/s"),
     Figure("score_over_gemm", "x", ">= 0.5"),
-    Figure("ann_library_recall_at_20", "recall"),
     Figure("ann_recall_at_20", "recall", ">= 0.98"),
     Figure("ann_over_exact", "x", ">= 10"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
     Figure("bptt1_over_full_yoochoose1_64", "x"),
+    Figure("ann_library_recall_at_20", "recall", ">= 0.98"),
 )
 KEYS = tuple(f.key for f in FIGURES)
 

@@ -69,11 +69,12 @@ class ItemVectorIndex:
     """An HNSW graph (faiss-cpu's IndexHNSWFlat) searched by inner product itself, over item vectors
     in item order: graph position p is item p + 1, so a search answers item ids directly.
 
-    faiss won the measurement in docs/stack.md: on a trained model's vectors (whose norms spread:
-    popular items grow long vectors) it kept the best recall of the exact top 20 per query second.
-    The usual MIPS -> L2 reduction (an extra coordinate sqrt(M^2 - |x|^2)), which voyager's
-    inner-product space applies too, lost a fifth of the top 20 there: the extra coordinate dominates
-    most items, so the graph cannot tell them apart. faiss also ships wheels for numpy 1.26.
+    faiss won the measurement in docs/stack.md: it was the one library whose recall of the exact
+    top 20 held in every set of vectors measured. On a trained model's vectors (whose norms spread:
+    popular items grow long vectors) the usual MIPS -> L2 reduction (an extra coordinate
+    sqrt(M^2 - |x|^2)), and voyager's inner-product space, lost up to a fifth of the top 20: the
+    extra coordinate dominates most items, so the graph tells them apart poorly. faiss also ships
+    wheels for numpy 1.26.
 
     faiss sets its thread count process-wide (OpenMP); `build` and `search` set it for their call.
     """
