@@ -266,6 +266,7 @@ def ann_figures(b: Bench) -> dict[str, Any]:
 
     save_model(model, model_dir)
     b.inputs["ann_model"] = (model, model_dir)
+    b.inputs["ann_data"] = data
     x = item_vectors(model)
     t0 = time.perf_counter()
     fp = fingerprint(x)

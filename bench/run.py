@@ -35,11 +35,13 @@ STAGE_FIGURES = {
     "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm"),
     "yoochoose": ("train_events_per_second_yoochoose1_64", "bptt1_over_full_yoochoose1_64"),
     "ann": ("ann_library_recall_at_20",),
+    "candidates": ("ann_over_exact", "ann_recall_at_20"),
 }
 
 
 def _stages() -> dict[str, Callable[[Bench], dict[str, Any]]]:
     from bench.ann import ann_figures
+    from bench.candidates import candidates_figures
     from bench.horovod_stage import horovod_figure
     from bench.scoring import score_figures
     from bench.spark_stages import ingest_figure, sessionize_figures
@@ -48,7 +50,7 @@ def _stages() -> dict[str, Callable[[Bench], dict[str, Any]]]:
 
     return {"ingest": ingest_figure, "sessionize": sessionize_figures, "loader": loader_over_train,
             "heads": head_figures, "horovod": horovod_figure, "score": score_figures, "yoochoose": yoochoose_figure,
-            "ann": ann_figures}
+            "ann": ann_figures, "candidates": candidates_figures}
 
 
 def _skips() -> dict[str, str]:

@@ -261,7 +261,7 @@ class AnnConfig:
     # Below this catalog size the exact scorer is cheap enough that an index is not worth its build.
     min_items: int = 100_000
     m: int = 16  # graph degree of the index: more is better recall, a larger and slower build
-    ef_construction: int = 200  # breadth of the build's search
+    ef_construction: int = 100  # breadth of the build's search
     candidates: int = 200  # items retrieved per listener
     ef_search: int = 400  # breadth of the query's search; at least `candidates`
 

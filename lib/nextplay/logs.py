@@ -2,14 +2,15 @@
 
 Some libraries report normal events at INFO in words that read as failures: py4j logs each closed
 socket as "Connection reset by peer", petastorm logs "Failed loading Unischema" for every Parquet
-dataset it did not write itself. They are held to WARNING so a user reading the log sees ours.
+dataset it did not write itself, faiss logs "Could not load library" for each CPU build it probes
+before the one it loads. They are held to WARNING so a user reading the log sees ours.
 """
 from __future__ import annotations
 
 import logging
 import sys
 
-_NOISY = ("py4j", "petastorm.etl.dataset_metadata")
+_NOISY = ("py4j", "petastorm.etl.dataset_metadata", "faiss.loader")
 
 
 def configure_logging(level: int = logging.INFO, rank: int | None = None) -> None:
