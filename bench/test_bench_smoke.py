@@ -40,3 +40,20 @@ def test_tiny_run_writes_every_figure(tmp_path: Path) -> None:
         numbers = leaves(results[key])
         assert numbers and all(isinstance(v, (int, float)) and math.isfinite(v) for _, v in numbers), (key, results[key])
     assert "sessionize_over_sort" in done.stdout  # the table went to stdout
+
+
+def test_only_replaces_the_figures_of_the_stages_it_ran() -> None:
+    """`--only` merges: an earlier run's other figures and details stay, its stale errors of the rerun go."""
+    from bench.report import merged
+
+    previous = {"sessionize_over_sort": 7.0, "score_over_gemm": 0.3,
+                "context": {"mode": "full", "details": {"sessionize": {"a": 1}, "score": {"old": 1}},
+                            "errors": {"score_over_gemm": "boom"}, "skipped": {}, "stage_runs": {"sessionize": {"mode": "full"}}}}
+    rerun = {"score_over_gemm": 0.6, "udf_over_inprocess": 0.9,
+             "context": {"mode": "quick", "details": {"score": {"new": 2}}, "errors": {}, "skipped": {},
+                         "stage_runs": {"score": {"mode": "quick"}}}}
+    out = merged(previous, rerun, list(STAGE_FIGURES["score"]))
+    assert out["sessionize_over_sort"] == 7.0 and out["score_over_gemm"] == 0.6 and out["udf_over_inprocess"] == 0.9
+    assert out["context"]["details"] == {"sessionize": {"a": 1}, "score": {"new": 2}}
+    assert out["context"]["errors"] == {}
+    assert out["context"]["stage_runs"] == {"sessionize": {"mode": "full"}, "score": {"mode": "quick"}}

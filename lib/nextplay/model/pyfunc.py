@@ -279,6 +279,7 @@ def pip_requirements() -> list[str]:
         f"pyarrow=={v('pyarrow')}",
         f"pyyaml=={v('pyyaml')}",
         f"scipy=={v('scipy')}",  # the hybrid's session memory (nextplay.model.neighbors)
+        f"faiss-cpu=={v('faiss-cpu')}",  # the item-vector index, where the model carries one (nextplay.model.ann)
     ]
 
 
