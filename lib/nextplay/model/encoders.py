@@ -14,7 +14,7 @@ history's most recent items at scoring time.
 - `SASRecEncoder` (`sasrec`): causal self-attention (SASRec): learned position vectors, blocks of
   multi-head attention over earlier positions and a feed-forward layer, each with dropout, layer
   norm and a residual connection. It has no state to carry between steps, so it trains on whole
-  windows only (train.batching=buckets; config.py refuses lanes for it).
+  windows only (train.batching=buckets; the config check refuses lanes for it).
 """
 from __future__ import annotations
 

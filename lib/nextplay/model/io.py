@@ -1,7 +1,7 @@
 """One file per model: `model.pt` with the weights, the catalog size, the ModelConfig and item counts.
 
 Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
-it: loading a model never runs pickled code. The config is read back through config.py's checks, so
+it: loading a model never runs pickled code. The config is read back through the config checks, so
 a file written with keys this version does not know fails with one line naming the key.
 """
 from __future__ import annotations

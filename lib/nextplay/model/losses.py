@@ -47,7 +47,7 @@ class BPRMax:
 
 
 def make_loss(cfg: ModelConfig) -> Loss:
-    """The loss `model.loss` names (config.py checks that bpr_max comes with the sampled head)."""
+    """The loss `model.loss` names (the config check makes sure that bpr_max comes with the sampled head)."""
     if cfg.loss == "bpr_max":
         return BPRMax(cfg.bpr_reg)
     return CrossEntropy()

@@ -14,7 +14,7 @@ one target: the model recomputes the prefix with the current weights. Steps then
 of each other, so checkpoints, resuming, Horovod and the repeat pointer (which reads the whole
 prefix) work unchanged, and the prefix's state is exact rather than left over from older weights.
 Only a recurrent encoder has the one-step shortcut that makes such steps cheap (model/cells.py
-`last_step`); config.py refuses lanes for the attention encoder.
+`last_step`); the config check refuses lanes for the attention encoder.
 
 `Lanes` is the training strategy the launcher picks for train.batching=lanes: each step's loss is
 the model's `last_target_loss`, the one target per row.
