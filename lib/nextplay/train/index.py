@@ -6,6 +6,7 @@ with other weights (the fingerprint check in model/pyfunc.py refuses it anyway).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -34,6 +35,13 @@ def build_index(cfg: Config, model: SessionModel, folder: Path) -> Path | None:
     """Build and save the index into `folder` when `wants_index`; its build time and size are
     logged to the active run. Returns the folder, or None when no index is wanted."""
     if not wants_index(cfg, model.n_items):
+        return None
+    if importlib.util.find_spec("faiss") is None:
+        if cfg.ann.build == "always" or "ann" in (cfg.score.candidates, cfg.evaluate.candidates):
+            raise ModuleNotFoundError("ann: building the item-vector index needs faiss-cpu (pip install faiss-cpu; "
+                                      "docs/stack.md), which this environment lacks")
+        log.warning("faiss-cpu is not installed: the model is logged without an item-vector index and scores "
+                    "exactly (score.candidates=auto); install faiss-cpu to index catalogs of ann.min_items or more")
         return None
     started = time.monotonic()
     vectors = ann.item_vectors(model)
