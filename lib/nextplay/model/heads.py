@@ -69,8 +69,9 @@ class FullSoftmax(nn.Module):
         rows = max(1, ROW_BLOCK_ELEMENTS // max(1, items.shape[1] * s.shape[1]))
         for lo in range(0, items.shape[0], rows):
             hi = min(items.shape[0], lo + rows)
-            vectors = weight[items[lo:hi]]  # [b, M, D]
-            out[lo:hi] = torch.baddbmm(self.bias[items[lo:hi]][:, :, None], vectors, s[lo:hi, :, None])[:, :, 0]
+            ids = items[lo:hi].reshape(-1)
+            vectors = weight.index_select(0, ids).view(hi - lo, items.shape[1], -1)  # [b, M, D]
+            out[lo:hi] = torch.bmm(vectors, s[lo:hi, :, None])[:, :, 0] + self.bias.index_select(0, ids).view(hi - lo, -1)
         return out / temperature
 
     def shared_scores(self, s: torch.Tensor, weight: torch.Tensor, items: torch.Tensor,

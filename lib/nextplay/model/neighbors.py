@@ -187,13 +187,16 @@ class _QueryWeights:
         distinct = np.unique(queries.indices)
         self.local = np.full(n_items + 1, -1, dtype=np.int64)
         self.local[distinct] = np.arange(len(distinct))
-        self.dense = np.zeros((queries.shape[0], len(distinct) + 1), dtype=np.float64)  # last column: absent
+        self.width = len(distinct) + 1  # the last column: absent
+        self.dense = np.zeros(queries.shape[0] * self.width, dtype=np.float64)
         rows = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr))
-        self.dense[rows, self.local[queries.indices]] = queries.data
+        self.dense[rows * self.width + self.local[queries.indices]] = queries.data
 
     def of(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Weights [n] of (rows[j], items[j]); 0 where the query lacks the item."""
-        return self.dense[rows, self.local[items]]
+        """Weights [n] of (rows[j], items[j]); 0 where the query lacks the item (local -1: the last column)."""
+        column = np.take(self.local, items)
+        column[column < 0] = self.width - 1
+        return np.take(self.dense, rows * self.width + column)
 
 
 def _last_per_row(m: sp.csr_matrix, limit: int) -> sp.csr_matrix:

@@ -187,18 +187,20 @@ class RetrievedRanking:
         return self._sample[key]
 
     def _union(self, ctx: ScoringContext) -> torch.Tensor:
+        """[B, M] the retrieved items and the own candidates, each once, packed to the left (0 fills a
+        row's tail; M is the widest row), so the gathered item vectors are the union's and no more."""
         if ctx.head.normalized:
             raise ValueError("score.candidates=ann needs a head with item vectors: the bit tree head scores items "
                              "through its tree (use candidates=exact)")
         queries = torch.cat([ctx.session, torch.ones_like(ctx.session[:, :1])], dim=1)
         found = self.search(queries.detach().cpu().numpy().astype(np.float32), self.candidates)
         retrieved = torch.from_numpy(np.asarray(found, dtype=np.int64)).to(ctx.session.device)
-        return unique_rows(torch.cat([ctx.own_candidates(), retrieved], dim=1))
+        union = unique_rows(torch.cat([ctx.own_candidates(), retrieved], dim=1)).sort(dim=1, descending=True).values
+        return union[:, :max(1, int((union > 0).sum(dim=1).max()))]
 
-    def _log_partition(self, ctx: ScoringContext, union: torch.Tensor, n_items: int) -> torch.Tensor:
-        """log Z estimated: the union's exact terms plus (items outside it) x the mean of exp(logit) over
-        the uniform sample's items outside it."""
-        z = ctx.head.item_scores(ctx.session, ctx.weight, union.clamp_min(1), ctx.temperature)
+    def _log_partition(self, ctx: ScoringContext, union: torch.Tensor, z: torch.Tensor, n_items: int) -> torch.Tensor:
+        """log Z estimated from the union's head scores `z`: their exact terms plus (items outside it)
+        x the mean of exp(logit) over the uniform sample's items outside it."""
         inside = torch.logsumexp(z.masked_fill(union == 0, -math.inf), dim=1)
         sample = self._uniform_sample(n_items, ctx.session.device)
         z_sample = ctx.head.shared_scores(ctx.session, ctx.weight, sample, ctx.temperature)
@@ -212,15 +214,20 @@ class RetrievedRanking:
         rest = torch.where((outside > 0) & (outside_sampled > 0), rest, torch.full_like(rest, -math.inf))
         return torch.logaddexp(inside, rest)
 
-    def topk(self, ctx: ScoringContext, n_items: int, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _scores(self, ctx: ScoringContext, n_items: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The union and the whole mixture's log-probabilities of it (the head's scores gathered once)."""
         union = self._union(ctx)
-        scores = _own_scores(ctx, union, self._log_partition(ctx, union, n_items), exclude_seen)
+        z = ctx.head.item_scores(ctx.session, ctx.weight, union.clamp_min(1), ctx.temperature)
+        log_norm = self._log_partition(ctx, union, z, n_items)
+        return union, _mixed(ctx, union, z - log_norm[:, None], exclude_seen)
+
+    def topk(self, ctx: ScoringContext, n_items: int, k: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        union, scores = self._scores(ctx, n_items, exclude_seen)
         return _merge_topk(min(k, n_items), [(scores, union)])
 
     def label_ranks(self, ctx: ScoringContext, n_items: int, labels: torch.Tensor) -> torch.Tensor:
         """Rank of each label among the union; +inf (a miss) when the label is not in it."""
-        union = self._union(ctx)
-        scores = _own_scores(ctx, union, self._log_partition(ctx, union, n_items), exclude_seen=False)
+        union, scores = self._scores(ctx, n_items, exclude_seen=False)
         is_label = (union == labels[:, None]) & (labels[:, None] >= 1)
         label_score = scores.masked_fill(~is_label, -math.inf).amax(dim=1)
         higher = (scores > label_score[:, None]).sum(dim=1).to(scores.dtype)
