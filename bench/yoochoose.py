@@ -39,9 +39,8 @@ def skip_reason() -> str | None:
 
 def _sessions_parquet(path: Path, out: Path) -> tuple[int, int, np.ndarray]:
     """Item ids re-indexed 1..V by popularity; returns (sessions, V, item counts by index)."""
-    from nextplay.data.lines import read_benchmark_sessions
-
-    sessions = [s for s in read_benchmark_sessions(path) if len(s) >= 2]
+    with open(path, encoding="utf-8") as f:  # train_sessions.txt: one session a line, ids split by spaces
+        sessions = [s for s in (line.split() for line in f) if len(s) >= 2]
     popularity = Counter(t for s in sessions for t in s)
     index = {t: i for i, (t, _) in enumerate(popularity.most_common(), start=1)}
     counts = np.zeros(len(index) + 1)
