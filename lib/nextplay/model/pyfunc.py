@@ -98,6 +98,7 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         self._track_ids: pd.Index | None = None  # item_idx - 1 -> track id, read on first use
         self._ann_dir = None if ann_dir is None else Path(ann_dir)
         self._ann: ann.ItemVectorIndex | None = None
+        self._retrieved: dict[tuple[int, int], RetrievedRanking] = {}
 
     @property
     def has_ann_index(self) -> bool:
@@ -109,10 +110,13 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         other weights than this model's."""
         if candidates_mode(candidates, self.has_ann_index, self.rnn.cfg.head) == "exact":
             return ExactRanking(chunk_size)
-        if self._ann is None:
-            self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.fingerprint(ann.item_vectors(self.rnn)))
-        index, ef = self._ann, settings.ef_search
-        return RetrievedRanking(lambda queries, c: index.search(queries, c, ef), settings.candidates)
+        key = (settings.candidates, settings.ef_search)
+        if key not in self._retrieved:  # one per settings: it keeps its partition sample across batches
+            if self._ann is None:
+                self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.fingerprint(ann.item_vectors(self.rnn)))
+            index, ef = self._ann, settings.ef_search
+            self._retrieved[key] = RetrievedRanking(lambda queries, c: index.search(queries, c, ef), settings.candidates)
+        return self._retrieved[key]
 
     @property
     def track_ids(self) -> pd.Index:

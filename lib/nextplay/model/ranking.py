@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from nextplay.model.ann import query_vectors
 from nextplay.model.hybrid import ScoringContext, mixed_scores, unique_rows
 
 # Items of the shared uniform sample that estimates a retrieved row's log-partition.
@@ -192,8 +193,7 @@ class RetrievedRanking:
         if ctx.head.normalized:
             raise ValueError("score.candidates=ann needs a head with item vectors: the bit tree head scores items "
                              "through its tree (use candidates=exact)")
-        queries = torch.cat([ctx.session, torch.ones_like(ctx.session[:, :1])], dim=1)
-        found = self.search(queries.detach().cpu().numpy().astype(np.float32), self.candidates)
+        found = self.search(query_vectors(ctx.session), self.candidates)
         retrieved = torch.from_numpy(np.asarray(found, dtype=np.int64)).to(ctx.session.device)
         union = unique_rows(torch.cat([ctx.own_candidates(), retrieved], dim=1)).sort(dim=1, descending=True).values
         return union[:, :max(1, int((union > 0).sum(dim=1).max()))]
