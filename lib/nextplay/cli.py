@@ -116,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--warm-start", nargs="?", const="champion", metavar="MODEL_URI",
                            help="start from the champion's weights (or MODEL_URI's), with rows for tracks added since "
                                 "(sets train.warm_start)")
+        if name == "train":
+            p.add_argument("--daily", action="store_true",
+                           help="the nightly increment: warm start from the champion, train.daily.epochs over the newest "
+                                "train.daily.window_days (sets train.mode=daily)")
         if name == "pipeline":
             p.add_argument("--next-day", action="store_true",
-                           help="then ingest and sessionize one more generated day incrementally and score it")
+                           help="then play one more generated day: ingest, sessionize incrementally, train daily from "
+                                "the champion, evaluate, score")
         if name == "evaluate":
             p.add_argument("--run-id", help="MLflow run to evaluate (default: the latest training run)")
         if name == "score":
@@ -148,6 +153,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             overrides.append(f"{key}={value}")
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
+    if getattr(args, "daily", False):
+        overrides.append("train.mode=daily")
     if getattr(args, "warm_start", None) is not None:
         overrides.append(f"train.warm_start={args.warm_start}")
     return load_config(args.conf, overrides)
