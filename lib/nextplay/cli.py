@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, NoReturn, Sequence
 
 from nextplay.config import Config, ConfigError, load_config
 from nextplay.logs import configure_logging
+from nextplay.progress import on_terminal
 
 log = logging.getLogger("nextplay")
 
@@ -210,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nextplay: error: {e}", file=sys.stderr)
         return 2
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    if not on_terminal():  # MLflow's download bars, like ours, only where they redraw in place
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _, fn = STAGES[args.stage]
     try:
         result = fn(cfg, args)

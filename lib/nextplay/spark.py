@@ -20,6 +20,7 @@ from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
 from nextplay.config import Config
+from nextplay.progress import console_progress
 
 _DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -68,7 +69,7 @@ def get_spark(cfg: Config) -> SparkSession:
         builder = builder.master(cfg.spark.master)
         builder = builder.config("spark.driver.memory", cfg.spark.driver_memory)
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-        builder = builder.config("spark.ui.showConsoleProgress", "true")
+        builder = builder.config("spark.ui.showConsoleProgress", console_progress())  # a bar on a terminal only
         # Delta rebuilds table state with 50 tasks by default: far too many for a few local cores.
         builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
     jars = delta_jars(cfg)

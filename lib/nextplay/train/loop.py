@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from nextplay.config import TrainConfig
+from nextplay.progress import progress
 
 Batch = dict[str, torch.Tensor]
 
@@ -286,8 +286,7 @@ def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *,
         source = batches if batches is not None else _steps(strategy, epoch, steps_per_epoch)
         model.train()
         total_loss, total_events, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(source, total=n_steps, desc=f"epoch {epoch}", disable=not (cfg.progress and rank == 0),
-                   mininterval=2.0, leave=False)
+        bar = progress(source, n_steps, f"epoch {epoch}", enabled=cfg.progress and rank == 0, unit="step")
         for step, batch in enumerate(bar):
             progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
             for group in opt.param_groups:
