@@ -149,6 +149,7 @@ def story(spark, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first test of the module pays for the story: four training runs
 def test_warm_start_begins_from_the_champion_and_grows_rows_for_new_tracks(story):
     cfg = story["cfg"]
     warm, cold = _run(cfg, story["warm"]), _run(cfg, story["cold"])
