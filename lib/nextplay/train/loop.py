@@ -288,9 +288,9 @@ def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *,
         total_loss, total_events, started = 0.0, 0, time.perf_counter()
         bar = progress(source, n_steps, f"epoch {epoch}", enabled=cfg.progress and rank == 0, unit="step")
         for step, batch in enumerate(bar):
-            progress = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
+            fraction = (epoch + (step / n_steps if n_steps else 0.0)) / cfg.epochs
             for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, progress)
+                group["lr"] = group["initial_lr"] * lr_scale(cfg.lr_schedule, fraction)
             loss_sum, n = strategy.loss(model, batch, dev)
             model.zero_grad(set_to_none=True)  # Horovod's optimizer wrapper has no set_to_none
             (loss_sum / max(n, 1)).backward()
