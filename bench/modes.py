@@ -35,6 +35,8 @@ class Mode:
     # Scoring: users scored per catalog size.
     score_users: dict[int, int] = field(default_factory=lambda: {10_000: 20_000, 1_000_000: 2_000})
     memory_sessions: int = 500_000  # sessions in the hybrid's memory (model.hybrid.knn_sessions' default)
+    # The daily cycle (bench/daily.py): plays per day in lakes of 7 and 28 days.
+    daily_plays: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.ratio_events not in self.event_sizes:
@@ -48,9 +50,10 @@ class Mode:
 FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3)
 QUICK = Mode("quick", largest_events=400_000, ratio_events=100_000, repeats=3, train_batches=20,
              head_steps={10_000: 4, 100_000: 2, 1_000_000: 1}, step_steps=10, horovod_steps=20, yoochoose_steps=20,
-             score_users={10_000: 2_000, 1_000_000: 100}, memory_sessions=100_000)
+             score_users={10_000: 2_000, 1_000_000: 100}, memory_sessions=100_000, daily_plays=50_000)
 TINY = Mode("tiny", largest_events=16_000, ratio_events=4_000, repeats=1, tracks=2_000, train_batches=4,
             head_steps={10_000: 1, 100_000: 1, 1_000_000: 1}, step_steps=1, head_batch=4, head_length=5, hidden_size=8,
-            horovod_steps=4, yoochoose_steps=2, score_users={10_000: 100, 1_000_000: 20}, memory_sessions=1_000)
+            horovod_steps=4, yoochoose_steps=2, score_users={10_000: 100, 1_000_000: 20}, memory_sessions=1_000,
+            daily_plays=1_000)
 
 MODES = {m.name: m for m in (FULL, QUICK, TINY)}

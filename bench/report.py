@@ -44,6 +44,8 @@ FIGURES = (
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
     Figure("bptt1_over_full_yoochoose1_64", "x"),
     Figure("ann_library_recall_at_20", "recall", ">= 0.98"),
+    Figure("daily_28d_over_7d", "x", "<= 1.3"),
+    Figure("full_retrain_28d_over_7d", "x"),
 )
 KEYS = tuple(f.key for f in FIGURES)
 

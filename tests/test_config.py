@@ -66,13 +66,22 @@ def test_missing_or_broken_conf_file(tmp_path):
     ["train", "--set", "train.launcher=mpi"],
     ["ingest", "--set", "ingest.format=xml"],
     ["score", "--set", "score.top_k=-1"],
-    ["benchmark", "--train", "x"],  # --test missing
-    ["nosuchstage"],
 ])
 def test_cli_prints_one_line_and_exits_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nextplay")
+
+
+@pytest.mark.parametrize("argv", [
+    ["benchmark", "--train", "x"],  # --test missing
+    ["nosuchstage"],
+])
+def test_usage_errors_print_the_usage_then_one_error_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("usage: nextplay") and err[-1].startswith("nextplay")
+    assert sum(": error: " in line for line in err) == 1 and "nextplay: error: nextplay" not in err[-1]
 
 
 def test_flat_keys_cover_every_section():

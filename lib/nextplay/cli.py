@@ -1,7 +1,12 @@
 """`nextplay <stage>`: one subcommand per stage. `jobs/<stage>.py` and the Databricks wheel tasks
 call `main` with the same arguments, so every launcher runs the same code path.
 
-Exit codes: 0 done, 2 bad configuration or arguments (one line on stderr), 1 a failed stage.
+Exit codes: 0 done, 2 bad configuration or arguments, 1 a failed stage.
+
+Start-up: a person runs `nextplay --help`, a typo or a missing file many times a day, and each must
+answer at once. So this module imports only the standard library and the config (plain dataclasses
+and YAML); Spark, torch and MLflow are imported inside the stage function that needs them, after the
+arguments and the config have been checked (tests/test_cli.py keeps it so).
 """
 from __future__ import annotations
 
@@ -9,28 +14,33 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Callable, NoReturn, Sequence
 
-from nextplay.benchmark import benchmark
 from nextplay.config import Config, ConfigError, load_config
-from nextplay.data.generate import generate
-from nextplay.data.ingest import ingest
-from nextplay.data.sessionize import sessionize
-from nextplay.evaluate.evaluate import evaluate
 from nextplay.logs import configure_logging
-from nextplay.maintain import maintain
-from nextplay.pipeline import run_pipeline, summary
-from nextplay.score.batch import score
-from nextplay.spark import get_spark
-from nextplay.sql import run_sql
-from nextplay.train.launch import train
 
 log = logging.getLogger("nextplay")
 
 
+class UsageError(Exception):
+    """A command line argparse refused; its usage and message are already on stderr."""
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's default prints usage; keep it to one line
-        raise ConfigError(f"{self.prog}: {message}")
+    def error(self, message: str) -> NoReturn:
+        """argparse's own report (the usage line, then `prog: error: message`), returned as exit code 2
+        by `main` rather than by SystemExit, so callers of `main` get a code back."""
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise UsageError(message)
+
+
+def _version() -> str:
+    try:
+        return version("nextplay")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,43 +53,71 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def _spark(cfg: Config):
+    from nextplay.spark import get_spark
+
+    return get_spark(cfg)
+
+
 def _stage_generate(cfg: Config, args: argparse.Namespace) -> object:
-    return generate(get_spark(cfg), cfg)
+    from nextplay.data.generate import generate
+
+    return generate(_spark(cfg), cfg)
 
 
 def _stage_ingest(cfg: Config, args: argparse.Namespace) -> object:
-    return ingest(get_spark(cfg), cfg)
+    from nextplay.data.ingest import ingest
+
+    return ingest(_spark(cfg), cfg)
 
 
 def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
-    return sessionize(get_spark(cfg), cfg, full=args.full)
+    from nextplay.data.sessionize import sessionize
+
+    return sessionize(_spark(cfg), cfg, full=args.full)
 
 
 def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.train.launch import train
+
     return train(cfg)
 
 
 def _stage_evaluate(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.evaluate.evaluate import evaluate
+
     return evaluate(cfg, run_id=args.run_id)
 
 
 def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.score.batch import score
+
     return score(cfg)
 
 
 def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
-    return run_pipeline(cfg, next_day=getattr(args, "next_day", False))
+    from nextplay.pipeline import run_pipeline, summary
+
+    result = run_pipeline(cfg, next_day=getattr(args, "next_day", False))
+    print(summary(result))
+    return None
 
 
 def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.benchmark import benchmark
+
     return benchmark(cfg, train_path=args.train, test_path=args.test, out_path=args.out)
 
 
 def _stage_maintain(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.maintain import maintain
+
     return maintain(cfg)
 
 
 def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
+    from nextplay.sql import run_sql
+
     run_sql(cfg, args.query, fmt=args.format, limit=args.limit)
     return None
 
@@ -100,6 +138,7 @@ STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nextplay", description="Predict the next track a listener will play.")
+    parser.add_argument("--version", action="version", version=f"nextplay {_version()}")
     sub = parser.add_subparsers(dest="stage", required=True, parser_class=_Parser)
     for name, (help_text, _) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -116,9 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--warm-start", nargs="?", const="champion", metavar="MODEL_URI",
                            help="start from the champion's weights (or MODEL_URI's), with rows for tracks added since "
                                 "(sets train.warm_start)")
+        if name == "train":
+            p.add_argument("--daily", action="store_true",
+                           help="the nightly increment: warm start from the champion, train.daily.epochs over the newest "
+                                "train.daily.window_days (sets train.mode=daily)")
         if name == "pipeline":
             p.add_argument("--next-day", action="store_true",
-                           help="then ingest and sessionize one more generated day incrementally and score it")
+                           help="then play one more generated day: ingest, sessionize incrementally, train daily from "
+                                "the champion, evaluate, score")
         if name == "evaluate":
             p.add_argument("--run-id", help="MLflow run to evaluate (default: the latest training run)")
         if name == "score":
@@ -148,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             overrides.append(f"{key}={value}")
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
+    if getattr(args, "daily", False):
+        overrides.append("train.mode=daily")
     if getattr(args, "warm_start", None) is not None:
         overrides.append(f"train.warm_start={args.warm_start}")
     return load_config(args.conf, overrides)
@@ -158,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg = config_from_args(args)
+    except UsageError:
+        return 2
     except ConfigError as e:
         print(f"nextplay: error: {e}", file=sys.stderr)
         return 2
@@ -173,9 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("stage failed", exc_info=True)
         print(f"nextplay {args.stage}: {e}", file=sys.stderr)
         return 1
-    if args.stage == "pipeline":
-        print(summary(result))
-    elif result is not None:
+    if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

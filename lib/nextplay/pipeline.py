@@ -9,7 +9,8 @@ newest model.
 With `next_day` (`nextplay pipeline --next-day`, what `make demo` runs) it then plays the nightly
 routine once more: a day of plays after the history is generated, ingested and sessionized
 incrementally (only the days it touched are re-cut; tracks that reached their count get new ids, every
-old id keeps its track), and the champion scores again: it ranks only the tracks it was trained on.
+old id keeps its track), a daily run warm-starts from the champion and trains on the newest days
+(`train.mode: daily`), the gate measures it against the champion, and the champion scores again.
 """
 from __future__ import annotations
 
@@ -54,11 +55,16 @@ def next_day_config(cfg: Config) -> Config:
 
 
 def run_next_day(spark, cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
-    """generate one more day -> ingest -> sessionize (incremental) -> score with the champion."""
+    """generate one more day -> ingest -> sessionize (incremental) -> train (daily, from the champion)
+    -> evaluate (the gate) -> score with the champion."""
     day = next_day_config(cfg)
+    day.train.mode = "daily"
     out: dict[str, Any] = {"generate": _timed("next-day generate", timings, lambda: generate(spark, day))}
     out["ingest"] = _timed("next-day ingest", timings, lambda: ingest(spark, day))
     out["sessionize"] = _timed("next-day sessionize", timings, lambda: sessionize(spark, day))
+    trained = _timed("next-day train", timings, lambda: train(day))
+    out["train"] = trained
+    out["evaluate"] = _timed("next-day evaluate", timings, lambda: evaluate(day, run_id=trained["run_id"]))
     out["score"] = _timed("next-day score", timings, lambda: score(day))
     return out
 
@@ -109,7 +115,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def next_day_summary(first: dict[str, Any], day: dict[str, Any]) -> list[str]:
     """What the second day changed: plays, new tracks, the days re-cut, and who scored."""
-    ing, ses, sc = day["ingest"], day["sessionize"], day["score"]
+    ing, ses, sc, tr, ev = day["ingest"], day["sessionize"], day["score"], day["train"], day["evaluate"]
     recut = ("every day (full)" if ses["days_recut"] is None else
              f"{ses['days_recut']} days re-cut ({ses['first_recut_day']} .. {ses['last_recut_day']})"
              if ses["days_recut"] else "nothing re-cut")
@@ -119,6 +125,8 @@ def next_day_summary(first: dict[str, Any], day: dict[str, Any]) -> list[str]:
         f"  item dictionary {first['items']} -> {ses['items']} tracks ({ses['new_items']} new ids; every old id kept its "
         f"track); sessions train/valid/test {first['sessions_train']}/{first['sessions_valid']}/{first['sessions_test']}"
         f" -> {ses['sessions_train']}/{ses['sessions_valid']}/{ses['sessions_test']}",
+        f"  trained daily ({tr['train_mode']}, {tr['train_sessions']} sessions in {tr['epochs']} epoch(s), "
+        f"{tr['train_seconds']}s); Recall@20 {100 * ev['recall_at_20']:.2f}%; promotion: {ev['promotion']['decision']}",
         f"  scored with {sc['model_uri']} ({sc['model_name']} version {sc['model_version']}; it ranks only the tracks "
         f"it was trained on): {sc['rows']} predictions for {sc['scored_users']} users",
     ]

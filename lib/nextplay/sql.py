@@ -12,6 +12,7 @@ can be piped straight into `json.loads` or `jq`.
 """
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, TextIO
@@ -21,6 +22,7 @@ from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from nextplay import sql_describe
 from nextplay.config import Config, ConfigError
 from nextplay.spark import get_spark
 from nextplay.tables import Lake
@@ -95,6 +97,13 @@ def _expressions(node: Any) -> Iterator[Any]:
         stack.extend(_seq(expr.children()))
 
 
+def _statement(node_name: str) -> str:
+    """A refused plan node as a person reads it: `DropTable` -> `DROP TABLE`, `InsertIntoStatement` ->
+    `INSERT INTO` (the node class is Spark's, not the user's word)."""
+    words = re.findall(r"[A-Z][a-z]+|[A-Z]+(?![a-z])", re.sub(r"(Command|Statement|Exec)$", "", node_name))
+    return " ".join(words).upper() or node_name
+
+
 def _first_line(message: str) -> str:
     return next((line.strip() for line in message.splitlines() if line.strip()), "invalid SQL")
 
@@ -119,7 +128,7 @@ def check_parsed(plan: Any, tables: Iterable[str]) -> None:
     for node in _plan_nodes(plan):
         cls, name = node.getClass().getName(), _simple_name(node)
         if not cls.startswith(_CATALYST) or name not in _QUERY_NODES:
-            raise SqlRefused(f"only read-only queries are allowed, not {name or cls}")
+            raise SqlRefused(f"only read-only queries are allowed, not {_statement(name or cls)}")
         if name == "UnresolvedWith":
             ctes.update(str(rel._1()) for rel in _seq(node.cteRelations()))
         if name == "UnresolvedRelation":
@@ -193,13 +202,22 @@ def read_only_session(spark: SparkSession, lake: Lake) -> tuple[SparkSession, li
 
 
 def read_only_query(spark: SparkSession, lake: Lake, query: str) -> DataFrame:
-    """`query` as a DataFrame over the lake's tables, after every check; raises SqlRefused."""
+    """`query` as a DataFrame over the lake's tables, after every check; raises SqlRefused. The
+    statements that describe the lake (SHOW TABLES, DESCRIBE, EXPLAIN, ...) are answered by
+    nextplay/sql_describe.py, never run as Spark commands."""
     session, tables, allowed = read_only_session(spark, lake)
     with _quiet_query_errors():
         try:
             plan = session._jsparkSession.sessionState().sqlParser().parsePlan(query)
         except PySparkException as e:  # Spark's ParseException
             raise SqlRefused(_first_line(str(e))) from None
+        if sql_describe.answers(plan):
+            try:
+                return sql_describe.answer(session, lake, query, plan, tables, lambda inner: check_parsed(inner, tables))
+            except sql_describe.Refused as e:
+                raise SqlRefused(str(e)) from None
+            except PySparkException as e:
+                raise SqlRefused(_first_line(str(e))) from None
         check_parsed(plan, tables)
         try:
             df = session.sql(query)  # a query plan only: analysed here, nothing runs until it is read

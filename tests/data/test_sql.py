@@ -114,10 +114,21 @@ def test_writes_outside_the_lake_are_refused(spark, cfg, small_lake, capsys, tmp
     "CREATE TEMPORARY VIEW v AS SELECT * FROM sessions",
     "CREATE FUNCTION f AS 'java.lang.String'",
     "REFRESH TABLE sessions",
-    "SHOW TABLES",
-    "DESCRIBE sessions",
-    "EXPLAIN SELECT * FROM sessions",
     "USE other",
+    "SHOW CREATE TABLE sessions",
+    "SHOW PARTITIONS sessions",
+    "DESCRIBE default.sessions",
+    "DESCRIBE not_a_lake_table",
+    "DESCRIBE DETAIL '/etc'",
+    "DESCRIBE HISTORY delta.`/tmp`",
+    "DESCRIBE DETAIL spark_catalog.default.sessions",
+    "SHOW COLUMNS IN sessions IN other",
+    "EXPLAIN SELECT * FROM csv.`/etc/hostname`",
+    "EXPLAIN SELECT * FROM default.sessions",
+    "EXPLAIN DELETE FROM sessions",
+    "EXPLAIN INSERT OVERWRITE DIRECTORY '/tmp/nextplay-explain' USING parquet SELECT * FROM sessions",
+    "DESCRIBE QUERY SELECT * FROM text.`/etc/hostname`",
+    "DESCRIBE QUERY SELECT reflect('java.lang.System', 'getenv', 'HOME')",
     "SELECT * FROM sessions VERSION AS OF 0",
     "SELECT * FROM IDENTIFIER('sessions')",
     "SELECT * FROM range(10)",
@@ -211,3 +222,43 @@ def test_a_catalog_table_hidden_behind_a_cte_name_is_refused(spark, cfg, small_l
         refused("SELECT id FROM outside_lake", cfg.lake.root, capsys)
     finally:
         spark.sql("DROP TABLE outside_lake")
+
+
+def _json(cfg, query: str, capsys) -> list[dict]:
+    capsys.readouterr()
+    assert main(["sql", "--lake", cfg.lake.root, "--format", "json", query]) == 0, query
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_statements_that_describe_the_lake_answer_and_write_nothing(spark, cfg, small_lake, capsys):
+    version = small_lake.delta_table(spark, SESSIONS).history(1).first()["version"]
+    shown = _json(cfg, "SHOW TABLES", capsys)
+    assert [t["tableName"] for t in shown] == ["item_index", "sessions"] and all(t["description"] for t in shown)
+    assert [t["tableName"] for t in _json(cfg, "SHOW TABLES LIKE 'sess*'", capsys)] == ["sessions"]
+
+    columns = _json(cfg, "DESCRIBE sessions", capsys)
+    assert [c["col_name"] for c in columns] == [f.name for f in SESSIONS_SCHEMA.fields]
+    assert all(c["comment"] for c in columns)  # the column comments the table was created with
+    assert {c["col_name"]: c["data_type"] for c in columns}["items"] == "array<int>"
+    extended = _json(cfg, "DESCRIBE TABLE EXTENDED sessions", capsys)
+    assert {"col_name": "Partition columns", "data_type": "event_date", "comment": None} in extended
+    assert _json(cfg, "DESC sessions length", capsys)[:2] == [{"info_name": "col_name", "info_value": "length"},
+                                                             {"info_name": "data_type", "info_value": "int"}]
+    assert [c["col_name"] for c in _json(cfg, "SHOW COLUMNS IN item_index", capsys)] == [f.name for f in ITEM_INDEX_SCHEMA.fields]
+
+    detail = _json(cfg, "DESCRIBE DETAIL sessions", capsys)
+    assert detail[0]["format"] == "delta" and detail[0]["partitionColumns"] == ["event_date"]
+    history = _json(cfg, "DESCRIBE HISTORY sessions LIMIT 1", capsys)
+    assert len(history) == 1 and history[0]["version"] == version
+
+    plan = _json(cfg, "EXPLAIN FORMATTED SELECT user_id, count(*) FROM sessions GROUP BY user_id", capsys)
+    assert "HashAggregate" in plan[0]["plan"]
+    described = _json(cfg, "DESCRIBE QUERY SELECT user_id, length FROM sessions", capsys)
+    assert [(c["col_name"], c["data_type"]) for c in described] == [("user_id", "string"), ("length", "int")]
+    assert small_lake.delta_table(spark, SESSIONS).history(1).first()["version"] == version
+
+
+def test_a_refused_command_is_named_in_sql_words_not_by_spark_class(cfg, small_lake, capsys):
+    text = refused("CREATE TEMPORARY VIEW v AS SELECT * FROM sessions", cfg.lake.root, capsys)
+    assert "CREATE VIEW" in text and "Command" not in text
+    assert "DROP TABLE" in refused("DROP TABLE sessions", cfg.lake.root, capsys)

@@ -142,7 +142,10 @@ def story(spark, tmp_path_factory):
     warm = _latest_run_id(cfg)
     assert main(["train", *_train_args(cfg, "train.epochs=1")]) == 0
     cold = _latest_run_id(cfg)
-    return {"cfg": cfg, "first": first, "second": second, "champion_run": champion_run, "warm": warm, "cold": cold}
+    assert main(["train", "--daily", *_train_args(cfg, "train.epochs=4")]) == 0
+    daily = _latest_run_id(cfg)
+    return {"cfg": cfg, "first": first, "second": second, "champion_run": champion_run, "warm": warm, "cold": cold,
+            "daily": daily}
 
 
 @pytest.mark.slow
@@ -168,6 +171,21 @@ def test_warm_start_begins_from_the_champion_and_grows_rows_for_new_tracks(story
     assert warm.data.params["valid_lines"] == cold.data.params["valid_lines"]
     # Its checkpoint folder (warm-start weights included) is gone once the model is logged.
     assert not (Path(cfg.train.checkpoint_dir) / story["warm"]).exists()
+
+
+@pytest.mark.slow
+def test_a_daily_run_trains_from_the_champion_on_the_newest_day_only(spark, story):
+    cfg = story["cfg"]
+    daily = _run(cfg, story["daily"])
+    champion = MlflowClient(cfg.tracking.uri).get_model_version_by_alias(cfg.tracking.model_name, "champion")
+    assert daily.data.tags["nextplay.warm_start_from"] == f"models:/{cfg.tracking.model_name}/{champion.version}"
+    params = daily.data.params
+    assert (params["train.mode"], params["train.window_days"], params["train.epochs"]) == ("daily", "1", "1")
+    sessions = Lake(cfg.lake).read(spark, tables.SESSIONS).where("split = 'train'")
+    newest = sessions.agg(F.max("event_date")).first()[0]
+    in_day = sessions.where(F.col("event_date") == F.lit(newest)).count()
+    assert int(params["train_sessions"]) == in_day < sessions.count()
+    assert daily.data.metrics["valid_recall_at_20"] > 0
 
 
 @pytest.mark.slow

@@ -183,6 +183,16 @@ class ModelConfig:
 
 
 @dataclass
+class DailyConfig:
+    """`train.daily.*`: what `train.mode: daily` trains, the nightly increment of a model that is
+    already serving. The champion already holds what older days taught it; the night adds the newest
+    days, so the run costs the day, not the history."""
+
+    window_days: int = 1  # the newest UTC days of the training split it trains on
+    epochs: int = 1  # passes over them
+
+
+@dataclass
 class TrainConfig:
     launcher: Literal["local", "horovod", "spark", "torch_distributor"] = "local"
     num_proc: int = 1
@@ -227,6 +237,14 @@ class TrainConfig:
     # the configured ones; tracks added since get new rows, initialised as in a fresh model.
     # None: a fresh model. Not with `resume`, which continues a run from that run's own checkpoint.
     warm_start: str | None = None
+    # Train on the sessions that started in the last `window_days` UTC days of the training split
+    # (the days just before the validation window); None: every training session, all history.
+    window_days: int | None = None
+    # `full`: train as configured. `daily`: warm start from the champion and `daily.epochs` passes over
+    # its `daily.window_days` (these replace warm_start, window_days and epochs); with no champion yet the
+    # run trains as `full` and says so. The nightly job trains daily; a full retrain stays a command away.
+    mode: Literal["full", "daily"] = "full"
+    daily: DailyConfig = field(default_factory=DailyConfig)
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True
 

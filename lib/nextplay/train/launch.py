@@ -58,6 +58,7 @@ from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate
                                    plan_snapshot)
 from nextplay.train.lanes import Lanes
 from nextplay.train.loop import Buckets, build_optimizer, fit
+from nextplay.train.window import in_window, run_config, window_start
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +257,14 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
     lake = Lake(cfg.lake)
     pin = pin or lake.pin_generation(spark)
     sessions = lake.read_at(spark, tables.SESSIONS, pin.sessions_version)
-    snapshot, counts = plan_snapshot(sessions, "train", Storage.of(cfg.lake), pin.sessions_version)
+    since = window_start(sessions, "train", cfg.train.window_days)
+    snapshot, counts = plan_snapshot(in_window(sessions, since), "train", Storage.of(cfg.lake), pin.sessions_version)
     if snapshot.n_sessions == 0:
         raise ValueError("the sessions table has no 'train' sessions: run sessionize on more data, "
                          "or check sessionize.test_days / valid_days against the data's time span")
+    if since is not None:
+        log.info("training window: the 'train' sessions from %s on (train.window_days=%d): %d sessions",
+                 since, cfg.train.window_days, snapshot.n_sessions)
 
     index = lake.read_at(spark, tables.ITEM_INDEX, pin.item_index_version).select("item_idx", "play_count")
     n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
@@ -422,6 +427,8 @@ class TrainedModel:
     epochs: int
     world_size: int
     history: list[dict[str, Any]]
+    mode: str = "full"  # how it trained (train.mode after `run_config`: a daily run without a champion is full)
+    sessions: int = 0  # training sessions in its snapshot (its window's, with one)
 
 
 def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedModel:
@@ -435,6 +442,8 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
         log.info("train.resume: no interrupted training run with checkpoints in %s; starting a new run",
                  cfg.train.checkpoint_dir)
     pin = _pin_of(resumed) if resumed else Lake(cfg.lake).pin_generation(spark)
+    cfg = run_config(cfg, lambda: tracking.alias_version(cfg.tracking.model_name, tracking.CHAMPION) is not None,
+                     resumed=resumed is not None)
     snapshot, n_items, item_counts, _ = snapshot_training_data(spark, cfg, pin)
     warm = warm_start_model(spark, cfg, pin)
     if resumed:
@@ -483,7 +492,7 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             version = log_trained_model(spark, cfg, local_dir, item_index_version=pin.item_index_version, model=model)
             remove_run_checkpoints(checkpoints, snapshot.storage)  # the model is logged: nothing is left to resume
         return TrainedModel(run_id, model, version, seconds, events_per_second,
-                            len(history), int(result["world_size"]), history)
+                            len(history), int(result["world_size"]), history, cfg.train.mode, snapshot.n_sessions)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
         for folder in (shared_dir, copies, initial):  # the model now lives in MLflow; a failed run leaves nothing either
@@ -511,6 +520,6 @@ def train(cfg: Config) -> dict[str, Any]:
     """The `train` stage."""
     trained = train_and_log(get_spark(cfg), cfg)
     return {"run_id": trained.run_id, "model_version": trained.model_version, "world_size": trained.world_size,
-            "epochs": trained.epochs, "train_seconds": round(trained.seconds, 1),
+            "train_mode": trained.mode, "train_sessions": trained.sessions, "epochs": trained.epochs, "train_seconds": round(trained.seconds, 1),
             "train_events_per_second": round(trained.events_per_second),
             "final_loss": trained.history[-1].get("loss") if trained.history else None}

@@ -146,7 +146,10 @@ def plan_snapshot(sessions: DataFrame, split: str, storage: Storage = Storage(),
             has_split.add(name)
         n, events = counts.get(row["split"], (0, 0))
         counts[row["split"]] = (n + row["n"], events + (row["events"] or 0))
-    deleted = {f for f in files if live.get(f, 0) < footer_rows(f, storage)}
+    # Only files that hold a live row of `sessions` take part: a filtered `sessions` (a training window)
+    # leaves out the other days' files, whose footers are then never opened.
+    files = [f for f in files if f in live]
+    deleted = {f for f in files if live[f] < footer_rows(f, storage)}
     read = time_ordered([f for f in files if f not in deleted or f in has_split], storage)
     places = tuple(i for i, f in enumerate(read) if f in deleted)
     n_split, n_events = counts.get(split, (0, 0))
