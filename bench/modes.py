@@ -28,6 +28,7 @@ class Mode:
     head_steps: dict[int, int] = field(default_factory=lambda: {10_000: 20, 100_000: 10, 1_000_000: 4})
     head_batch: int = 32  # sessions per step of the head sweep; 32 x 10 items keeps V = 1M in memory
     head_length: int = 10
+    step_steps: int = 20  # sampled-head steps per timed run of step_1m_over_10k (repeated, interleaved)
     hidden_size: int | None = None  # None: the configured default
     horovod_steps: int = 120  # total steps at np=1; np=2 runs half as many per process
     yoochoose_steps: int = 200
@@ -48,10 +49,10 @@ class Mode:
 
 FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3)
 QUICK = Mode("quick", largest_events=400_000, ratio_events=100_000, repeats=3, train_batches=20,
-             head_steps={10_000: 4, 100_000: 2, 1_000_000: 1}, horovod_steps=20, yoochoose_steps=20,
+             head_steps={10_000: 4, 100_000: 2, 1_000_000: 1}, step_steps=10, horovod_steps=20, yoochoose_steps=20,
              score_users={10_000: 2_000, 1_000_000: 100}, memory_sessions=100_000, daily_plays=50_000)
 TINY = Mode("tiny", largest_events=16_000, ratio_events=4_000, repeats=1, tracks=2_000, train_batches=4,
-            head_steps={10_000: 1, 100_000: 1, 1_000_000: 1}, head_batch=4, head_length=5, hidden_size=8,
+            head_steps={10_000: 1, 100_000: 1, 1_000_000: 1}, step_steps=1, head_batch=4, head_length=5, hidden_size=8,
             horovod_steps=4, yoochoose_steps=2, score_users={10_000: 100, 1_000_000: 20}, memory_sessions=1_000,
             daily_plays=1_000)
 

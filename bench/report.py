@@ -34,6 +34,7 @@ FIGURES = (
     Figure("train_events_per_second", "events/s"),
     Figure("sampled_over_full", "x", ">= 20"),
     Figure("bit_tree_over_full", "x", ">= 20"),
+    Figure("step_1m_over_10k", "x", "<= 1.5"),
     Figure("horovod_np2_over_np1", "x"),
     Figure("udf_over_inprocess", "x", "<= 1.5"),
     Figure("score_users_per_second", "users/s"),

@@ -30,7 +30,7 @@ STAGE_FIGURES = {
     "ingest": ("ingest_events_per_second_per_core",),
     "sessionize": ("sessionize_over_sort", "sessionize_scaling_exponent"),
     "loader": ("loader_over_train",),
-    "heads": ("train_events_per_second", "sampled_over_full", "bit_tree_over_full"),
+    "heads": ("train_events_per_second", "sampled_over_full", "bit_tree_over_full", "step_1m_over_10k"),
     "horovod": ("horovod_np2_over_np1",),
     "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm"),
     "yoochoose": ("train_events_per_second_yoochoose1_64", "bptt1_over_full_yoochoose1_64"),

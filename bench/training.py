@@ -1,5 +1,5 @@
-"""Training figures: does Petastorm keep the trainer fed, and what each output head costs per event
-as the catalog grows.
+"""Training figures: does Petastorm keep the trainer fed, what each output head costs per event as
+the catalog grows, and whether a sampled-head step costs the batch rather than the catalog.
 
 Both run the project's own `fit` (windowing, clipping, optimizer, learning-rate schedule) on batches
 held in memory, so the figure is the trainer's speed alone; the loader is timed on its own.
@@ -155,10 +155,44 @@ def head_figures(b: Bench) -> dict[str, Any]:
             del trainer
             gc.collect()
     top = vocab_label(VOCABS[-1])
+    step = step_over_catalog(b)
     b.details["train_heads"] = {"batch_sessions": b.mode.head_batch, "session_length": b.mode.head_length,
                                 "steps": {vocab_label(v): s for v, s in b.mode.head_steps.items()},
                                 "threads": threads, "optimizer": cfg.train.optimizer,
                                 "model": _model_summary(cfg.model), "events_per_second_runs": raw}
     return {"train_events_per_second": rates,
             "sampled_over_full": rates["sampled"][top] / rates["full"][top],
-            "bit_tree_over_full": rates["bit_tree"][top] / rates["full"][top]}
+            "bit_tree_over_full": rates["bit_tree"][top] / rates["full"][top],
+            "step_1m_over_10k": step}
+
+
+def step_over_catalog(b: Bench) -> float:
+    """Seconds per sampled-head training step at the largest catalog over the smallest (1M / 10k):
+    the same batches (Zipf items below 10k, so both catalogs see the same sessions), hidden size and
+    negatives. Both models are built and warmed up first, then timed in interleaved runs of
+    `step_steps` steps, so a change in the machine's load lands on both sides alike."""
+    cfg: Config = b.cfg
+    small, large = VOCABS[0], VOCABS[-1]
+    batches = zipf_batches(zipf_popularity(small), b.mode.head_batch, b.mode.head_length, 4, seed=small)
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.head = "sampled"
+    steps = b.mode.step_steps
+    trainers = {}
+    for v in (small, large):
+        trainers[v] = Trainer(v, model_cfg, cfg.train, np.round(zipf_popularity(v) * 1e9))
+        trainers[v].run(batches, WARMUP_STEPS)
+    per_step: dict[int, list[float]] = {small: [], large: []}
+
+    def timed(v: int) -> Callable[[], None]:
+        return lambda: per_step[v].append(trainers[v].run(batches, steps)["seconds"] / steps)
+
+    interleaved({vocab_label(v): timed(v) for v in (small, large)}, b.mode.repeats)
+    ratio = median(per_step[large]) / median(per_step[small])
+    log(f"sampled step: {median(per_step[small]) * 1e3:.1f} ms at V={vocab_label(small)}, "
+        f"{median(per_step[large]) * 1e3:.1f} ms at V={vocab_label(large)} ({steps} steps a run): {ratio:.2f}x")
+    b.details["train_step"] = {"steps_per_run": steps, "batch_sessions": b.mode.head_batch,
+                               "session_length": b.mode.head_length, "model": _model_summary(model_cfg),
+                               "seconds_per_step": {vocab_label(v): s for v, s in per_step.items()}}
+    del trainers
+    gc.collect()
+    return ratio

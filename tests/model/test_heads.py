@@ -109,3 +109,91 @@ def test_attention_encoder_scores_a_long_history_by_its_most_recent_items() -> N
     torch.testing.assert_close(model.score_all(long, lengths), model.score_all(recent, lengths.clamp_max(3)))
     with pytest.raises(ValueError, match="model.sasrec.max_positions"):
         model.loss(torch.tensor([[1, 2, 3, 4, 5]]), torch.tensor([5]))  # training windows must fit
+
+
+def test_alias_table_draws_exactly_the_negative_distribution() -> None:
+    """The sampled head's negatives come from its alias table: the table's implied distribution is
+    neg_probs (the log-q correction's probabilities) to float rounding, and 200k draws pass a
+    chi-square test against it; items of probability 0 (padding, unplayed items) are never drawn."""
+    from scipy.stats import chisquare
+
+    from nextplay.model.heads import SampledSoftmax
+
+    counts = np.array([0, 500, 0, 3, 40, 1, 1, 0, 90, 7, 1200, 2])
+    head = SampledSoftmax(11, counts, n_negatives=16, alpha=0.7, logq=True)
+    expected = head.neg_probs.double()
+    torch.testing.assert_close(head.negatives.distribution(), expected, atol=1e-7, rtol=1e-6)
+    torch.manual_seed(7)
+    draws = torch.cat([head.negatives.sample(10_000) for _ in range(20)])
+    freq = torch.bincount(draws, minlength=12).double()
+    assert freq[expected == 0].sum() == 0
+    positive = expected > 0
+    share = expected[positive] / expected[positive].sum()  # float32 neg_probs sum to 1 within 1e-7
+    result = chisquare(freq[positive].numpy(), (share * draws.numel()).numpy())
+    assert result.pvalue > 1e-3, result
+
+
+@pytest.mark.parametrize("probs", [
+    [0.0, 1.0, 1.0, 1.0],  # uniform over the items: every column its own
+    [0.0, 0.0, 1.0, 0.0, 0.0],  # one item holds all the mass
+    [3.0, 1e-9, 1.0, 0.5, 0.0, 7.0, 2.0, 2.0],
+    list(np.random.default_rng(0).pareto(0.8, 500) * (np.random.default_rng(1).random(500) < 0.6)),
+])
+def test_alias_table_is_exact_on_skewed_and_degenerate_distributions(probs: list[float]) -> None:
+    from nextplay.model.heads import AliasTable
+
+    p = torch.tensor(probs, dtype=torch.float64)
+    table = AliasTable(p)
+    assert ((table.prob >= 0) & (table.prob <= 1)).all()
+    torch.testing.assert_close(table.distribution(), p / p.sum(), atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("probs", [[0.0, 0.0], [1.0, -1.0], [1.0, float("nan")], []])
+def test_alias_table_refuses_what_is_not_a_distribution(probs: list[float]) -> None:
+    from nextplay.model.heads import AliasTable
+
+    with pytest.raises(ValueError, match="alias table"):
+        AliasTable(torch.tensor(probs, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("head", ["sampled", "bit_tree"])
+def test_sparse_heads_send_only_the_touched_rows(head: str) -> None:
+    """A sampled or bit-tree step gives every catalog-sized parameter (item vectors, output biases,
+    tree nodes) a row-sparse gradient: the optimizer and the all-reduce see the rows the batch and
+    its negatives touched, never V. Densified, it equals the gradient of the same step gathered densely."""
+    n_items = 200
+    cfg = ModelConfig(head=head, hidden_size=8, n_negatives=5, init_std=0.5, tie_embeddings=False)
+    torch.manual_seed(8)
+    model = SessionModel(n_items, cfg, np.arange(n_items + 1))
+    items, lengths = _batch()
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(9)  # the same dropout and negatives in both passes
+        loss, n = model.loss(items, lengths)
+        (loss / n).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+    sparse = grads()
+    catalog = {name for name, p in model.named_parameters() if p.shape[0] >= n_items}
+    assert catalog >= ({"embedding.weight", "output_items", "head.bias"} if head == "sampled"
+                       else {"embedding.weight", "head.node_weight", "head.node_bias"})
+    for name in catalog:
+        assert sparse[name].is_sparse, f"{name}: dense gradient over the catalog"
+        touched = sparse[name].coalesce().indices()[0].unique().numel()
+        assert 0 < touched < n_items // 4, f"{name}: {touched} rows"
+    model.head.sparse = False
+    model.embedding.sparse = False
+    dense = grads()
+    assert not any(g.is_sparse for g in dense.values())
+    for name, g in sparse.items():
+        torch.testing.assert_close(g.to_dense() if g.is_sparse else g, dense[name], atol=1e-6, rtol=1e-5)
+
+
+def test_sampled_model_state_has_no_sampler_entries() -> None:
+    """The alias table is rebuilt from item counts, never saved: a sampled model's state (model.pt)
+    holds the same entries, with the bias a [V + 1] vector, as before the table existed."""
+    model = SessionModel(11, ModelConfig(head="sampled", hidden_size=8, n_negatives=4), np.arange(12))
+    state = model.state_dict()
+    assert not [k for k in state if k.startswith("head.") and k != "head.bias"]
+    assert state["head.bias"].shape == (12,)

@@ -16,10 +16,12 @@ which one is configured:
 `weight` is the output item matrix [V + 1, D] owned by the model (tied to the input embedding or
 not); the bit tree has its own node vectors and ignores it.
 
-With `sparse`, the sampled and bit-tree heads gather the rows they train with `F.embedding(...,
-sparse=True)`: their gradient then holds only the rows a batch touched, so a step costs the batch
-and its negatives instead of the whole catalog (a dense [V, D] gradient and optimizer pass per step
-is what made 1M-item training slow; `sampled_over_full` in docs/benchmarks.md measures the gap).
+With `sparse`, the sampled and bit-tree heads gather the rows they train, item vectors and biases
+alike, with `gather_rows`: their gradient then holds only the rows a batch touched, so a step costs
+the batch and its negatives instead of the whole catalog, in the optimizer and in the distributed
+reduction (a dense [V, D] gradient and optimizer pass per step is what made 1M-item training slow;
+`sampled_over_full` and `step_1m_over_10k` in docs/benchmarks.md measure it). The sampled head draws
+its negatives from an alias table (`AliasTable`), O(1) per draw whatever the catalog size.
 """
 from __future__ import annotations
 
@@ -34,6 +36,91 @@ from torch import nn
 
 # Elements of gathered vectors [rows, M, D] that item_scores holds at once (64 MB of float32).
 ROW_BLOCK_ELEMENTS = 16 * 2**20
+
+
+class _SparseRowGather(torch.autograd.Function):
+    """table[ids] for a 1-D table, whose gradient is a sparse [len(table)] tensor holding only `ids`
+    (F.embedding gives 2-D tables that; a 1-D table seen as [n, 1] cannot take a sparse gradient
+    back through the view)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+        return table[ids]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(ids.reshape(1, -1), grad.reshape(-1), (ctx.rows,),
+                                       check_invariants=False), None
+
+
+def gather_rows(table: torch.Tensor, ids: torch.Tensor, sparse: bool) -> torch.Tensor:
+    """Rows `ids` (any shape) of a [n, D] or [n] table; with `sparse`, the table's gradient is row-sparse
+    (only `ids`, repeated ids not yet summed), so the optimizer and the all-reduce see the rows a
+    step touched instead of all n."""
+    if table.dim() == 2:
+        return F.embedding(ids, table, sparse=sparse)
+    if sparse:
+        return _SparseRowGather.apply(table, ids)
+    return table[ids]
+
+
+class AliasTable(nn.Module):
+    """Draws item ids from a fixed distribution in O(1) per draw (Walker's alias method, built by
+    Vose's pairing as one vectorised sweep).
+
+    Each of the n columns holds `prob[c]` of its own id and the rest of one other id (`alias[c]`): a
+    draw is a uniform column and a biased coin. Built once, O(n log n) on tensors: light columns
+    (scaled mass n * p < 1) in index order are topped up by the heavy ones in index order; a heavy
+    one that has given so much that it turns light is topped up by the next heavy. Every column's
+    donor follows from prefix sums of the light columns' deficits and the heavy ones' excesses,
+    which is what makes the sweep one `searchsorted` instead of a Python loop over the catalog.
+    """
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        prob, alias = self.build(probs)
+        self.register_buffer("prob", prob.float(), persistent=False)
+        self.register_buffer("alias", alias, persistent=False)
+
+    @staticmethod
+    def build(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prob [n] float64, alias [n] int64) for the distribution `probs` (>= 0, any positive sum)."""
+        q = probs.double().flatten()
+        n = q.numel()
+        if n == 0 or not bool(torch.isfinite(q).all()) or bool((q < 0).any()) or float(q.sum()) <= 0:
+            raise ValueError("an alias table needs finite, non-negative probabilities with a positive sum")
+        q = q * (n / q.sum())
+        heavy_mask = q >= 1
+        if not bool(heavy_mask.any()):  # rounding: every column a hair under 1
+            heavy_mask[q.argmax()] = True
+        heavy, light = heavy_mask.nonzero().squeeze(1), (~heavy_mask).nonzero().squeeze(1)
+        deficit = torch.cat([q.new_zeros(1), torch.cumsum(1 - q[light], 0)])  # before light i: deficit[i]
+        excess = torch.cumsum(q[heavy] - 1, 0)  # through heavy j
+        prob, alias = q.clone(), torch.arange(n)
+        # Light i is topped up by the first heavy whose excess so far exceeds the deficits before i.
+        donor = torch.searchsorted(excess, deficit[:-1], right=True).clamp_max(heavy.numel() - 1)
+        alias[light] = heavy[donor]
+        # Heavy j keeps what is left once it has topped up every light column it serves (and the
+        # previous heavy's column): 1 + its excess so far - the deficits it covered.
+        served = torch.searchsorted(deficit[:-1], excess, right=False)
+        prob[heavy] = 1 + excess - deficit[served]
+        alias[heavy[:-1]] = heavy[1:]
+        prob[heavy[-1]] = 1.0
+        return prob.clamp_(0.0, 1.0), alias
+
+    def distribution(self) -> torch.Tensor:
+        """The probability of each id that the table draws with (what `build` was given, up to rounding)."""
+        p = self.prob.double()
+        return (p.clone().index_add_(0, self.alias, 1 - p)) / p.numel()
+
+    def sample(self, n: int) -> torch.Tensor:
+        """`n` ids drawn independently (from torch's global generator)."""
+        column = torch.randint(self.prob.numel(), (n,), device=self.prob.device)
+        keep = torch.rand(n, device=self.prob.device) < self.prob[column]
+        return torch.where(keep, column, self.alias[column])
 
 
 class FullSoftmax(nn.Module):
@@ -85,10 +172,12 @@ class SampledSoftmax(FullSoftmax):
 
     Each row's target competes with a shared candidate set: the batch's targets (drawn, in effect,
     from item popularity; a random `n_negatives` of them when the batch has more, so a batch of long
-    sessions does not cost O(targets^2)) plus `n_negatives` items drawn from popularity ** alpha. Every
-    logit, the target's included, is corrected by the log of that item's expected number of draws
-    (log-q), without which the sampled objective favours popular items; a candidate equal to the
-    row's own target ("accidental hit") is removed.
+    sessions does not cost O(targets^2)) plus `n_negatives` items drawn from popularity ** alpha
+    (`neg_probs`, through an alias table: O(1) a draw, where a draw over all V items cost O(V) a
+    step). Every logit, the target's included, is corrected by the log of that item's expected number
+    of draws (log-q, from the same `neg_probs`), without which the sampled objective favours popular
+    items; a candidate equal to the row's own target ("accidental hit") is removed. With `sparse`, the
+    candidates' vectors and biases get row-sparse gradients (`gather_rows`).
     """
 
     def __init__(self, n_items: int, item_counts: np.ndarray | None, n_negatives: int,
@@ -108,6 +197,7 @@ class SampledSoftmax(FullSoftmax):
         self.logq = logq
         self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
         self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
+        self.negatives = AliasTable(smoothed)  # draws from neg_probs, the probabilities log-q corrects by
 
     def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -117,17 +207,17 @@ class SampledSoftmax(FullSoftmax):
         when not corrected, the correction [N + C] for a caller that needs both kinds."""
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
-        cand = torch.cat([in_batch, torch.multinomial(self.neg_probs, self.n_negatives, replacement=True)])
+        cand = torch.cat([in_batch, self.negatives.sample(self.n_negatives)])
         both = torch.cat([targets, cand])
         log_q = None
         if self.logq:
             expected = in_batch.shape[0] * self.pop_probs[both] + self.n_negatives * self.neg_probs[both]
             log_q = torch.log(expected.clamp_min(1e-12))
-        bias = self.bias[both]
+        bias = gather_rows(self.bias, both, self.sparse)
         if corrected and log_q is not None:
             bias, log_q = bias - log_q, None
-        positive = (s * F.embedding(targets, weight, sparse=self.sparse)).sum(dim=1) + bias[:n]
-        z = torch.addmm(bias[n:], s, F.embedding(cand, weight, sparse=self.sparse).t())
+        positive = (s * gather_rows(weight, targets, self.sparse)).sum(dim=1) + bias[:n]
+        z = torch.addmm(bias[n:], s, gather_rows(weight, cand, self.sparse).t())
         hit = cand[None, :] == targets[:, None]
         return positive, z, hit, log_q
 
@@ -199,7 +289,8 @@ class BitTreeSoftmax(nn.Module):
         leaf = code + (1 << self.depth)
         nodes = leaf[:, None] >> (self.shifts + 1)[None, :]  # ancestors, root first: [N, D]
         bits = (code[:, None] >> self.shifts[None, :]) & 1
-        z = torch.einsum("nd,nkd->nk", s, F.embedding(nodes, self.node_weight, sparse=self.sparse)) + self.node_bias[nodes]
+        z = torch.einsum("nd,nkd->nk", s, gather_rows(self.node_weight, nodes, self.sparse)) \
+            + gather_rows(self.node_bias, nodes, self.sparse)
         left, right = self._branch_log_probs(z, nodes)
         return torch.where(bits.bool(), right, left).sum(dim=1)
 

@@ -40,8 +40,8 @@ class SessionModel(nn.Module):
         self.cfg = cfg
         self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.int64)
         dim = cfg.embedding_size or cfg.hidden_size
-        # Row-sparse item gradients wherever a step touches only some rows: not with the full
-        # softmax (every row, every step).
+        # Row-sparse gradients for everything with a row per item (vectors, output biases, tree
+        # nodes) wherever a step touches only some rows: not with the full softmax (every row, every step).
         self.sparse_items = cfg.head in ("sampled", "bit_tree")
         self.embedding = nn.Embedding(n_items + 1, dim, padding_idx=0, sparse=self.sparse_items)
         nn.init.normal_(self.embedding.weight, std=cfg.init_std)

@@ -3,6 +3,13 @@
 `fit` only ever talks to this small interface, so the same loop runs in one process, under
 `horovod.run` / `horovod.spark.run` (Horovod over Gloo or NCCL), and under Spark's
 `TorchDistributor` (torch.distributed over Gloo or NCCL).
+
+Row-sparse gradients (the sampled and bit-tree heads' item vectors, output biases and tree nodes:
+model/heads.py `gather_rows`) cross the wire as their rows alone on both paths, by all-gathering
+indices and values, on Gloo and NCCL alike: a step sends world_size x the rows it touched, never a
+[V, D] matrix or a [V] bias. NCCL has no sparse collectives (DDP cannot reduce a sparse gradient
+over it) and Gloo's sparse all-reduce is itself a gather, hence the gather on both. With the full
+softmax every gradient is dense and all-reduced whole, as its step touches every row anyway.
 """
 from __future__ import annotations
 
@@ -29,7 +36,13 @@ class Collective(Protocol):
 
 
 class HorovodCollective:
-    """Horovod: gradients averaged by `hvd.DistributedOptimizer` (sparse ones as allgather)."""
+    """Horovod: gradients averaged by `hvd.DistributedOptimizer`, sparse ones by allgather
+    (`sparse_as_dense=False`: densified, the output bias alone would be V floats a step).
+
+    Horovod sends a dense zero tensor for a parameter that got no gradient on a rank, which cannot
+    meet the other ranks' sparse gather: every step of the sampled and bit-tree heads touches their
+    sparse parameters (targets are always gathered), so that never happens.
+    """
 
     def __init__(self) -> None:
         import horovod.torch as hvd  # deferred: an optional extra, needed by the horovod launchers only
@@ -42,7 +55,8 @@ class HorovodCollective:
     def wrap_optimizer(self, optimizer, named_parameters):
         # Horovod builds a new optimizer from the param groups: carry over resumed state, and keep
         # the wrapper reachable, since its state (not the original's) is what gets checkpointed.
-        wrapped = self._hvd.DistributedOptimizer(optimizer, named_parameters=list(named_parameters))
+        wrapped = self._hvd.DistributedOptimizer(optimizer, named_parameters=list(named_parameters),
+                                                 sparse_as_dense=False)
         wrapped.load_state_dict(optimizer.state_dict())
         self.optimizer = wrapped
         return wrapped
@@ -62,9 +76,10 @@ class _AllreduceGradients(torch.optim.Optimizer):
     """Averages every gradient over the process group before the wrapped optimizer steps.
 
     Plain DDP wraps the module instead; wrapping the optimizer keeps the model object the same in
-    every launcher, which the loop and the checkpoints rely on. Sparse gradients (the item vectors'
-    rows a batch touched) are averaged sparsely, as Horovod does: every rank gathers the others'
-    rows, so a step sends world_size x touched rows rather than the whole V x H matrix.
+    every launcher, which the loop and the checkpoints rely on (and DDP cannot reduce sparse
+    gradients over NCCL). Sparse gradients (the item vectors' and output biases' rows a batch touched)
+    are averaged sparsely, as Horovod does: every rank gathers the others' rows, so a step sends
+    world_size x touched rows rather than the whole V x H matrix and V biases.
     """
 
     def __init__(self, inner: torch.optim.Optimizer, size: int, device: torch.device) -> None:

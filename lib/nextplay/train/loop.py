@@ -79,7 +79,7 @@ class IndexedAdagrad(torch.optim.Optimizer):
 
 
 class RowAdam(torch.optim.Optimizer):
-    """Adam for models whose item matrices get row-sparse gradients (`SessionModel.sparse_items`).
+    """Adam for models whose item matrices and biases get row-sparse gradients (`SessionModel.sparse_items`).
 
     A sparse gradient updates only its rows' moments and values ("lazy" Adam): rows a step did not
     touch keep their moments instead of decaying them, which is what makes a step cost the batch
@@ -148,8 +148,9 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """`adam`: Adam on everything (row-wise where item gradients are sparse). `adagrad`: indexed
-    Adagrad with momentum cfg.momentum on every parameter, as the official GRU4Rec code trains."""
+    """`adam`: Adam on everything (row-wise where item gradients are sparse: then no step touches
+    all V rows of anything). `adagrad`: indexed Adagrad with momentum cfg.momentum on every
+    parameter, as the official GRU4Rec code trains."""
     params = list(model.parameters())
     if cfg.optimizer == "adagrad":
         return IndexedAdagrad(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
