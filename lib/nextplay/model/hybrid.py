@@ -68,11 +68,12 @@ class ScoringContext:
             out = out + self.log_knn_weight[:, 1]
         return out
 
-    def own_candidates(self) -> torch.Tensor:
-        """[B, S + L] each row's support and prefix items, each once (0 fills the rest): the only items
-        whose score is more than the head's plus `offset`."""
+    def own_candidates(self, *extra: torch.Tensor) -> torch.Tensor:
+        """[B, S + L (+ extra's widths)] each row's support and prefix items, and the items of `extra`
+        [B, *] (0: none), each once (0 fills the rest): the support and prefix are the only items whose
+        score is more than the head's plus `offset`."""
         support = torch.where(self.support == SUPPORT_PAD, 0, self.support)
-        return unique_rows(torch.cat([support, self.items], dim=1))
+        return unique_rows(torch.cat([support, self.items, *extra], dim=1))
 
 
 SUPPORT_PAD = torch.iinfo(torch.int64).max  # sorts after every item id

@@ -60,8 +60,8 @@ class SessionNeighbors:
         self.sessions = m
         sessions_t = m.T.tocsr()
         df = np.diff(sessions_t.indptr)
-        self.idf = np.log1p(m.shape[0] / np.maximum(df, 1))
-        self.recent_t = _last_per_row(sessions_t, self.sample)
+        self.item_weight = 1.0 + self.idf_weight * np.log1p(m.shape[0] / np.maximum(df, 1))  # 1 + w idf
+        self.recent_t = _last_per_row(sessions_t, self.sample)  # values 1: sessions_t is binary
         return self
 
     def queries(self, prefixes: Sequence[Sequence[int]]) -> sp.csr_matrix:
@@ -83,7 +83,9 @@ class SessionNeighbors:
     @staticmethod
     def _keep_per_row(sim: sp.csr_matrix, key: np.ndarray, limit: int) -> np.ndarray:
         """Mask of the `limit` entries with the largest `key` in each row of `sim`; among equal keys
-        at the cut, the later entries (more recent sessions: rows hold sessions in ascending order) stay.
+        at the cut, those of the larger columns (more recent sessions) stay, whatever the order of
+        the row's entries (a sparse product leaves them unsorted, and sorting them cost more than
+        the product).
 
         Only rows longer than `limit` are touched, each with one partition: a sort of every entry
         of the batch cost 80% of the scoring time on long music sessions.
@@ -95,8 +97,9 @@ class SessionNeighbors:
             cut = np.partition(seg, len(seg) - limit)[len(seg) - limit]  # the limit-th largest
             row_keep = seg > cut
             need = limit - int(row_keep.sum())
-            ties = np.flatnonzero(seg == cut)[-need:] if need > 0 else np.zeros(0, dtype=np.int64)
-            row_keep[ties] = True
+            if need > 0:
+                ties = np.flatnonzero(seg == cut)
+                row_keep[ties[np.argsort(sim.indices[lo:hi][ties], kind="stable")[-need:]]] = True
             keep[lo:hi] = row_keep
         return keep
 
@@ -106,42 +109,28 @@ class SessionNeighbors:
     def score_queries(self, queries: sp.csr_matrix) -> sp.csr_matrix:
         """Scores for query vectors from `queries` (the memory keeps them to find each prefix's items)."""
         sim = self._recent_similarities(queries)
-        nearest = self._keep_per_row(sim, sim.data.astype(np.float64), self.k)
-        sim.data[~nearest] = 0.0
-        sim.eliminate_zeros()
+        sim = _kept(sim, self._keep_per_row(sim, sim.data, self.k))
         if self.position_decay > 0:
             scores = self._positional_scores(queries, sim)
         else:
             scores = (sim @ self.sessions).tocsr()
-        scores = scores.multiply(1.0 + self.idf_weight * self.idf[None, :]).tocsr()
+        scores = scores.tocsr()
+        scores.data *= np.take(self.item_weight, scores.indices)
         scores.eliminate_zeros()
         return scores
 
     def _recent_similarities(self, queries: sp.csr_matrix) -> sp.csr_matrix:
         """[B, sessions] similarity of each query with its `sample` most recent sessions sharing an item.
 
-        Those sessions are each among the `sample` most recent holders of one of the query's items
-        (a session in the most recent `sample` of the larger set is in the most recent `sample` of
-        every subset holding it), so the candidates come from posting lists cut to their last
-        `sample` sessions (`recent_t`) instead of every holder of a popular track: at a million
-        tracks and half a million stored sessions the uncut product was most of the scoring time. A
-        cut list can miss a candidate's other shared items, so the similarity of each kept
-        candidate is then computed from its own items."""
+        One sparse product with the posting lists cut to their last `sample` sessions (`recent_t`)
+        instead of every holder of a popular track (at a million tracks and half a million stored
+        sessions the uncut product was most of the scoring time), and its values are already the
+        exact similarities of the sessions kept: a kept session s is among the `sample` most recent
+        sessions holding any of the query's items, so for each query item i it holds, fewer than
+        `sample` holders of i are more recent than s, and s is in i's cut list. The same argument
+        makes the kept sessions those of the uncut search."""
         touched = (queries @ self.recent_t).tocsr()
-        keep = self._keep_per_row(touched, touched.indices.astype(np.float64), self.sample)
-        rows = np.repeat(np.arange(touched.shape[0]), np.diff(touched.indptr))[keep]
-        cands = touched.indices[keep].astype(np.int64)
-        starts = self.sessions.indptr[cands]
-        counts = self.sessions.indptr[cands + 1] - starts
-        pair = np.repeat(np.arange(len(cands)), counts)
-        offset = np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts)
-        item = self.sessions.indices[starts[pair] + offset]
-        weight = _QueryWeights(queries, self.n_items).of(rows[pair], item)
-        sim = np.bincount(pair, weights=weight, minlength=len(cands))
-        out = sp.csr_matrix((sim, (rows, cands)), shape=touched.shape)
-        out.sort_indices()  # sessions ascending: the nearest-k cut keeps the most recent among equal similarities
-        out.eliminate_zeros()
-        return out
+        return _kept(touched, self._keep_per_row(touched, touched.indices, self.sample))
 
     def _positional_scores(self, queries: sp.csr_matrix, sim: sp.csr_matrix) -> sp.csr_matrix:
         """Neighbour items weighted by exp(-distance / position_decay) from the neighbour's anchor:
@@ -177,48 +166,31 @@ class SessionNeighbors:
         return scores
 
 
-class _QueryWeights:
-    """Each query's weight of an item, looked up in O(1): the batch's query items are numbered
-    locally (a catalog-sized map, filled for them alone) and their weights laid out dense,
-    [queries, distinct query items]. A binary search over (query, item) keys was a fifth of the
-    neighbour search at a million tracks."""
-
-    def __init__(self, queries: sp.csr_matrix, n_items: int) -> None:
-        distinct = np.unique(queries.indices)
-        self.local = np.full(n_items + 1, -1, dtype=np.int64)
-        self.local[distinct] = np.arange(len(distinct))
-        self.width = len(distinct) + 1  # the last column: absent
-        self.dense = np.zeros(queries.shape[0] * self.width, dtype=np.float64)
-        rows = np.repeat(np.arange(queries.shape[0]), np.diff(queries.indptr))
-        self.dense[rows * self.width + self.local[queries.indices]] = queries.data
-
-    def of(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Weights [n] of (rows[j], items[j]); 0 where the query lacks the item (local -1: the last column)."""
-        column = np.take(self.local, items)
-        column[column < 0] = self.width - 1
-        return np.take(self.dense, rows * self.width + column)
+def _kept(m: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
+    """The entries of `m` where `keep` [nnz] is set, each row's in their order."""
+    kept_before = np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])  # kept entries before each position
+    indptr = kept_before[m.indptr]
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
 
 
 def _last_per_row(m: sp.csr_matrix, limit: int) -> sp.csr_matrix:
-    """`m` with each row cut to its last `limit` entries (columns ascending), values set to 1."""
+    """`m` with each row cut to its last `limit` entries (columns ascending), values kept."""
     m.sort_indices()
     counts = np.diff(m.indptr)
     kept = np.minimum(counts, limit)
-    ends = m.indptr[1:]
     offset = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
-    take = np.repeat(ends - kept, kept) + offset
+    take = np.repeat(m.indptr[1:] - kept, kept) + offset
     indptr = np.concatenate([[0], np.cumsum(kept)])
-    return sp.csr_matrix((np.ones(len(take), dtype=np.float32), m.indices[take], indptr), shape=m.shape)
+    return sp.csr_matrix((m.data[take], m.indices[take], indptr), shape=m.shape)
 
 
 @dataclass
 class MemoryDistributions:
-    """The memory's two views of a batch of prefixes, [B, n_items + 1] CSC each (column slices are
-    the scorer's item chunks). A row with no mass (no neighbour, or neighbours holding only the
+    """The memory's two views of a batch of prefixes, [B, n_items + 1] CSR each. A row with no mass (no neighbour, or neighbours holding only the
     prefix's own items) is all zero; the model then leaves that row to the network."""
 
-    everything: sp.csc_matrix  # neighbour scores scaled to sum 1
-    novel: sp.csc_matrix  # the same without the prefix's own items, scaled to sum 1
+    everything: sp.csr_matrix  # neighbour scores scaled to sum 1
+    novel: sp.csr_matrix  # the same without the prefix's own items, scaled to sum 1
 
 
 class SessionMemory(nn.Module):
@@ -273,6 +245,8 @@ class SessionMemory(nn.Module):
         return MemoryDistributions(_rows_summing_to_one(scores), _rows_summing_to_one(novel))
 
 
-def _rows_summing_to_one(m: sp.csr_matrix) -> sp.csc_matrix:
+def _rows_summing_to_one(m: sp.csr_matrix) -> sp.csr_matrix:
     total = np.asarray(m.sum(axis=1)).ravel()
-    return sp.diags(1.0 / np.where(total > 0, total, 1.0)).dot(m).tocsc()
+    out = m.copy()
+    out.data /= np.repeat(np.where(total > 0, total, 1.0), np.diff(m.indptr))
+    return out

@@ -25,10 +25,15 @@ import numpy as np
 import torch
 
 from nextplay.model.ann import query_vectors
-from nextplay.model.hybrid import ScoringContext, mixed_scores, unique_rows
+from nextplay.model.hybrid import ScoringContext, mixed_scores
 
 # Items of the shared uniform sample that estimates a retrieved row's log-partition.
 PARTITION_SAMPLE = 4096
+# Bytes of item vectors `_item_scores` gathers at once on a CPU: a block small enough to stay in the
+# core's cache from the gather to the product, in one buffer reused block after block. Fresh
+# tens-of-megabytes blocks cost more in page faults than the gather itself (an ann listener's
+# largest part at a million tracks).
+GATHER_BLOCK_BYTES = 2 * 2**20
 
 
 def _chunks(n_items: int, size: int) -> Iterator[tuple[int, int]]:
@@ -36,11 +41,47 @@ def _chunks(n_items: int, size: int) -> Iterator[tuple[int, int]]:
         yield lo, min(n_items + 1, lo + size)
 
 
+def _item_scores(ctx: ScoringContext, items: torch.Tensor) -> torch.Tensor:
+    """The head's scores [B, M] of `items` [B, M] (each row its own; 0: an empty slot, scored as
+    anything finite), as `head.item_scores` gives them.
+
+    For a head with item vectors the logits are s . W[i] + bias[i], gathered here in blocks of
+    rows of about GATHER_BLOCK_BYTES into one reused buffer, the rows taken widest first so that a
+    block is only as wide as its widest row's last item (a packed union's tail of empty slots is
+    not gathered). The bit tree scores along its paths (`item_scores`)."""
+    if ctx.weight is None:
+        return ctx.head.item_scores(ctx.session, ctx.weight, items.clamp_min(1), ctx.temperature)
+    weight, bias, session = ctx.weight, ctx.head.bias, ctx.session
+    batch, width = items.shape
+    out = torch.zeros(items.shape, dtype=session.dtype, device=session.device)
+    if batch == 0 or width == 0:
+        return out
+    # each row's extent: its last item's column + 1 (a packed row's number of items)
+    extent = torch.where(items > 0, torch.arange(1, width + 1, device=items.device), 0).amax(dim=1)
+    extent, order = extent.sort(descending=True)
+    widest = int(extent[0])
+    if widest == 0:
+        return out
+    row_bytes = widest * weight.shape[1] * weight.element_size()
+    block = max(1, GATHER_BLOCK_BYTES // row_bytes) if weight.device.type == "cpu" else batch
+    buffer = torch.empty((min(block, batch) * widest, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+    extents = extent.tolist()
+    for lo in range(0, batch, block):
+        cols = extents[lo]
+        if cols == 0:
+            break
+        rows = order[lo:lo + block]
+        ids = items[rows, :cols]
+        vectors = torch.index_select(weight, 0, ids.reshape(-1), out=buffer[:ids.numel()])
+        dots = torch.bmm(vectors.view(rows.numel(), cols, -1), session[rows, :, None])[:, :, 0]
+        out[rows, :cols] = dots + bias.index_select(0, ids.reshape(-1)).view(ids.shape)
+    return out if ctx.temperature == 1.0 else out / ctx.temperature
+
+
 def _own_scores(ctx: ScoringContext, own: torch.Tensor, log_norm: torch.Tensor, exclude_seen: bool) -> torch.Tensor:
     """The whole mixture's log-probabilities of `own` [B, M] (0: an empty slot, scored -inf), the
     head's scores turned into log-probabilities by the per-row `log_norm` [B]."""
-    head_scores = ctx.head.item_scores(ctx.session, ctx.weight, own.clamp_min(1), ctx.temperature)
-    return _mixed(ctx, own, head_scores - log_norm[:, None], exclude_seen)
+    return _mixed(ctx, own, _item_scores(ctx, own) - log_norm[:, None], exclude_seen)
 
 
 def _mixed(ctx: ScoringContext, own: torch.Tensor, head_log_prob: torch.Tensor, exclude_seen: bool) -> torch.Tensor:
@@ -119,7 +160,7 @@ class ExactRanking:
             best_s, best_i = _merge_topk(k, [(best_s, best_i), (top_s, top_pos + lo)])
             if partition is not None:
                 partition.add(raw, top_s[:, 0])
-        own_head = head.item_scores(ctx.session, ctx.weight, own.clamp_min(1), ctx.temperature)
+        own_head = _item_scores(ctx, own)
         if partition is None:
             norm = torch.zeros(batch, device=device)
         else:
@@ -195,8 +236,8 @@ class RetrievedRanking:
                              "through its tree (use candidates=exact)")
         found = self.search(query_vectors(ctx.session), self.candidates)
         retrieved = torch.from_numpy(np.asarray(found, dtype=np.int64)).to(ctx.session.device)
-        union = unique_rows(torch.cat([ctx.own_candidates(), retrieved], dim=1)).sort(dim=1, descending=True).values
-        return union[:, :max(1, int((union > 0).sum(dim=1).max()))]
+        union = ctx.own_candidates(retrieved).sort(dim=1, descending=True).values
+        return union[:, :max(1, int((union > 0).sum(dim=1).max()))].contiguous()
 
     def _log_partition(self, ctx: ScoringContext, union: torch.Tensor, z: torch.Tensor, n_items: int) -> torch.Tensor:
         """log Z estimated from the union's head scores `z`: their exact terms plus (items outside it)
@@ -204,9 +245,10 @@ class RetrievedRanking:
         inside = torch.logsumexp(z.masked_fill(union == 0, -math.inf), dim=1)
         sample = self._uniform_sample(n_items, ctx.session.device)
         z_sample = ctx.head.shared_scores(ctx.session, ctx.weight, sample, ctx.temperature)
-        members = torch.where(union > 0, union, torch.iinfo(torch.int64).max).sort(dim=1).values
-        at = torch.searchsorted(members, sample.expand(union.shape[0], -1).contiguous()).clamp_max(members.shape[1] - 1)
-        in_union = members.gather(1, at) == sample
+        at = torch.searchsorted(sample, union).clamp_max(sample.numel() - 1)
+        sampled = (sample[at] == union) & (union > 0)
+        in_union = torch.zeros(z_sample.shape, dtype=torch.bool, device=z.device)
+        in_union[sampled.nonzero()[:, 0], at[sampled]] = True
         outside_sampled = (~in_union).sum(dim=1)
         outside = n_items - (union > 0).sum(dim=1)
         scale = torch.log(outside.clamp_min(1).to(z.dtype)) - torch.log(outside_sampled.clamp_min(1).to(z.dtype))
@@ -217,7 +259,7 @@ class RetrievedRanking:
     def _scores(self, ctx: ScoringContext, n_items: int, exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The union and the whole mixture's log-probabilities of it (the head's scores gathered once)."""
         union = self._union(ctx)
-        z = ctx.head.item_scores(ctx.session, ctx.weight, union.clamp_min(1), ctx.temperature)
+        z = _item_scores(ctx, union)
         log_norm = self._log_partition(ctx, union, z, n_items)
         return union, _mixed(ctx, union, z - log_norm[:, None], exclude_seen)
 
