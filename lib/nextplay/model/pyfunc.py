@@ -114,7 +114,7 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         key = (settings.candidates, settings.ef_search)
         if key not in self._retrieved:  # one per settings: it keeps its partition sample across batches
             if self._ann is None:
-                self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.fingerprint(ann.item_vectors(self.rnn)))
+                self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.model_fingerprint(self.rnn))
             index, ef = self._ann, settings.ef_search
             self._retrieved[key] = RetrievedRanking(lambda queries, c: index.search(queries, c, ef), settings.candidates)
         return self._retrieved[key]
