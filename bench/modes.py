@@ -35,6 +35,7 @@ class Mode:
     # Scoring: users scored per catalog size.
     score_users: dict[int, int] = field(default_factory=lambda: {10_000: 20_000, 1_000_000: 2_000})
     memory_sessions: int = 500_000  # sessions in the hybrid's memory (model.hybrid.knn_sessions' default)
+    memory_vocabs: tuple[int, ...] = (1_000_000,)  # catalog sizes of score_memory_over_model
     # The daily cycle (bench/daily.py): plays per day in lakes of 7 and 28 days.
     daily_plays: int = 1_000_000
 
@@ -47,7 +48,8 @@ class Mode:
         return (self.largest_events // 16, self.largest_events // 4, self.largest_events)
 
 
-FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3)
+FULL = Mode("full", largest_events=16_000_000, ratio_events=1_000_000, repeats=3,
+            memory_vocabs=(1_000_000, 10_000_000))
 QUICK = Mode("quick", largest_events=400_000, ratio_events=100_000, repeats=3, train_batches=20,
              head_steps={10_000: 4, 100_000: 2, 1_000_000: 1}, step_steps=10, horovod_steps=20, yoochoose_steps=20,
              score_users={10_000: 2_000, 1_000_000: 100}, memory_sessions=100_000, daily_plays=50_000)

@@ -39,6 +39,7 @@ FIGURES = (
     Figure("udf_over_inprocess", "x", "<= 1.5"),
     Figure("score_users_per_second", "users/s"),
     Figure("score_over_gemm", "x", ">= 0.5"),
+    Figure("score_memory_over_model", "x", "<= 1.3"),
     Figure("ann_recall_at_20", "recall", ">= 0.98"),
     Figure("ann_over_exact", "x", ">= 10"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),

@@ -32,7 +32,7 @@ STAGE_FIGURES = {
     "loader": ("loader_over_train",),
     "heads": ("train_events_per_second", "sampled_over_full", "bit_tree_over_full", "step_1m_over_10k"),
     "horovod": ("horovod_np2_over_np1",),
-    "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm"),
+    "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm", "score_memory_over_model"),
     "yoochoose": ("train_events_per_second_yoochoose1_64", "bptt1_over_full_yoochoose1_64"),
     "ann": ("ann_library_recall_at_20",),
     "candidates": ("ann_over_exact", "ann_recall_at_20"),

@@ -2,10 +2,13 @@
 
 The model is downloaded once on the driver and shipped as a zip with `SparkContext.addArchive`
 (Spark ships a local folder only to in-process executors: a cluster's get the archive and unpack it
-on their own disk), then loaded once per executor Python process (Python workers are reused across
-tasks). Executors never talk to the tracking server, which on a cluster they often cannot reach or
-authenticate to. `nextplay score` ranks listeners' histories this way and `nextplay evaluate` its
-test lines, so both measure and serve the model through the same loading.
+on their own disk, once per executor), then loaded once per executor Python process (Python workers
+are reused across tasks). Loading memory-maps the weights (model/io.py), so every Python worker of
+an executor reads the item matrix from the same unpacked file through the page cache: an executor
+holds the model once, not once per worker. Executors never talk to the tracking server, which on a
+cluster they often cannot reach or authenticate to. `nextplay score` ranks listeners' histories this
+way and `nextplay evaluate` its test lines, so both measure and serve the model through the same
+loading.
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def load_cached(shipped_name: str) -> pyfunc.NextTrackModel:
     Keyed by the shipped name, which is fresh per run, and not by model URI: workers outlive a
     run, and `models:/name/1` of another tracking store (or a name deleted and registered again)
     is another model under the same URI. Only the latest model is kept, so a long-lived worker
-    that ranks with several versions in turn does not hold all of them in memory.
+    that ranks with several versions in turn does not map all of them.
     """
     model = _LOADED.get(shipped_name)
     if model is None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig, TrainConfig
-from nextplay.model.ann import ItemVectorIndex, fingerprint, item_vectors, query_vectors
+from nextplay.model.ann import ItemVectorIndex, fingerprint, item_vectors, model_fingerprint, query_vectors
 from nextplay.model.session import SessionModel
 from nextplay.train.loop import build_optimizer
 
@@ -88,6 +88,24 @@ def test_save_and_load_answer_alike(trained, tmp_path: Path) -> None:
                                                                                     fingerprint(x))
     loaded = ItemVectorIndex.load(tmp_path / "index", fingerprint(x))
     np.testing.assert_array_equal(loaded.search(q, 20, ef=50), built.search(q, 20, ef=50))
+
+
+def test_a_models_fingerprint_is_that_of_its_item_vectors(trained) -> None:
+    """Streamed in blocks, so checking a loaded index never copies the item table."""
+    model, _ = trained
+    expected = fingerprint(item_vectors(model))
+    assert model_fingerprint(model) == model_fingerprint(model, rows=7) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc (Linux)")
+def test_a_loaded_index_is_the_mapped_file(trained, tmp_path: Path) -> None:
+    """Every Python worker of an executor maps the one unpacked index instead of reading its own copy."""
+    x = item_vectors(trained[0])
+    ItemVectorIndex.build(x, m=8, ef_construction=50, threads=1).save(tmp_path)
+    loaded = ItemVectorIndex.load(tmp_path, fingerprint(x))
+    maps = Path("/proc/self/maps").read_text()
+    assert str(tmp_path / ItemVectorIndex.INDEX_FILE) in maps
+    assert loaded.search(query_vectors(x[:3, :-1]), 5, ef=50).shape == (3, 5)
 
 
 def test_an_index_of_other_vectors_is_refused(trained, tmp_path: Path) -> None:

@@ -54,6 +54,21 @@ def test_memory_views_are_the_neighbour_scores_as_distributions() -> None:
     assert novel[0, 3] > novel[0, 4] > 0 and novel[0, 9] == 0 and novel[0, 1] == novel[0, 2] == 0
 
 
+def test_a_batch_searched_in_blocks_answers_every_row_as_alone(monkeypatch) -> None:
+    """The memory searches a long batch a block of prefixes at a time; no row's view depends on the others."""
+    from nextplay.model import neighbors
+
+    memory = SessionMemory(N_ITEMS)
+    memory.remember(SESSIONS)
+    monkeypatch.setattr(neighbors, "QUERY_BLOCK", 2)
+    views = memory.distributions(prefixes())
+    assert views.everything.shape == (len(LENGTHS), N_ITEMS + 1)
+    for row, prefix in enumerate(prefixes()):
+        alone = memory.distributions([prefix])
+        np.testing.assert_array_equal(views.everything.toarray()[row], alone.everything.toarray()[0])
+        np.testing.assert_array_equal(views.novel.toarray()[row], alone.novel.toarray()[0])
+
+
 def test_memory_keeps_the_play_order() -> None:
     memory = SessionMemory(N_ITEMS, position_decay=1.0)
     memory.remember([[5, 1, 2, 7, 7]])

@@ -44,6 +44,22 @@ def item_vectors(model: nn.Module) -> np.ndarray:
     return np.ascontiguousarray(rows.detach().cpu().numpy(), dtype=np.float32)
 
 
+def model_fingerprint(model: nn.Module, rows: int = 65536) -> str:
+    """`fingerprint(item_vectors(model))` without building the [V, D + 1] matrix: the same bytes hashed
+    `rows` items at a time, so checking a loaded index costs a block, not a copy of the item table."""
+    if model.cfg.head == "bit_tree":
+        item_vectors(model)  # refused there, in its words
+    weight, bias = model._output_weight(), model.head.bias
+    n_items, dim = weight.shape[0] - 1, weight.shape[1] + 1
+    digest = hashlib.sha256(f"{(n_items, dim)}".encode())
+    with torch.no_grad():
+        for lo in range(1, n_items + 1, rows):
+            hi = min(n_items + 1, lo + rows)
+            block = torch.cat([weight[lo:hi], bias[lo:hi, None]], dim=1).detach().cpu().numpy()
+            digest.update(memoryview(np.ascontiguousarray(block, dtype=np.float32)).cast("B"))
+    return digest.hexdigest()
+
+
 def query_vectors(session: np.ndarray | torch.Tensor) -> np.ndarray:
     """float32 [B, D + 1]: session vectors [B, D] with a 1 appended, which picks up each item's bias."""
     if isinstance(session, torch.Tensor):
@@ -156,7 +172,9 @@ class ItemVectorIndex:
                              f"{str(meta.get('fingerprint'))[:12]}, this model's {expected_fingerprint[:12]}): "
                              "another model version; rebuild the index")
         faiss = _faiss()
-        index = faiss.read_index(str(folder / cls.INDEX_FILE))
+        # Mapped, not read: the graph and the vectors stay pages of the file, shared by every process
+        # on the machine that maps the same file (the Python workers of a scoring executor).
+        index = faiss.read_index(str(folder / cls.INDEX_FILE), faiss.IO_FLAG_MMAP_IFC)
         stored = (meta["n_items"], padded_width(meta["dim"]))
         if (index.ntotal, index.d) != stored or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(f"{folder}: {cls.INDEX_FILE} holds {index.ntotal} x {index.d} (metric {index.metric_type}), "

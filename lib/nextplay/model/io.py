@@ -3,14 +3,24 @@
 Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
 it: loading a model never runs pickled code. The config is read back through the config checks, so
 a file written with keys this version does not know fails with one line naming the key.
+
+Loading maps the file instead of reading it (`torch.load(mmap=True)`): the weights stay pages of
+the file, read from disk when first touched, held once in the page cache and shared by every
+process that maps the same file (each Python worker of a scoring executor maps the one unpacked copy
+of the shipped model; shipping.py). The mapping is private: a process that writes into a weight
+(training a loaded model) gets its own copy of the pages it writes, and the file never changes. The
+model is built around the mapped tensors without first initialising weights of its own
+(`_MatricesOnMeta`), so no moment of loading holds the item matrix twice.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from nextplay.config import ModelConfig, model_config_from_dict
 from nextplay.model.session import SessionModel
@@ -62,12 +72,47 @@ def save_model(model: SessionModel, path: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
+# Factories whose output `_MatricesOnMeta` places on the meta device when it is a matrix.
+_ALLOCATORS = frozenset({torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand,
+                         torch.randn, torch.randint, torch.eye})
+
+
+class _MatricesOnMeta(TorchFunctionMode):
+    """While active, tensors of two or more dimensions made by an allocating factory (`torch.empty`,
+    `torch.randn`, ...) without an explicit device live on the meta device: shapes without storage.
+
+    Those are the weight matrices (item tables, tree nodes, encoder weights), which loading replaces
+    by the saved ones anyway, so building them for real would only allocate and fill a throwaway copy
+    of the catalog. Vectors stay real: modules derive non-saved buffers from their arguments as
+    vectors (the sampled head's sampling distributions, the bit tree's masks), and a vector of biases
+    costs a row of the matrix. `load_model` refuses a model left with any meta tensor."""
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _ALLOCATORS and kwargs.get("device") is None:
+            shape_only = func(*args, **{**kwargs, "device": "meta"})
+            if shape_only.dim() >= 2:
+                return shape_only
+        return func(*args, **kwargs)
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SessionModel:
-    payload = torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
+    """The model saved in `path`, in eval mode, on `map_location`.
+
+    On the CPU its tensors are the memory-mapped file itself (module docstring): loading costs what
+    the scoring touches, once per machine, not a copy per process. Elsewhere (CUDA) they are copied
+    from the mapping to the device."""
+    payload = torch.load(Path(path) / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
     cfg = model_config_from_dict(payload["config"])
     counts = payload["item_counts"]
-    model = SessionModel(payload["n_items"], cfg, None if counts is None else counts.numpy())
-    model.load_state_dict(payload["state_dict"])
+    with _MatricesOnMeta():
+        model = SessionModel(payload["n_items"], cfg, None if counts is None else counts.numpy())
+    model.load_state_dict(payload["state_dict"], assign=True)
+    unloaded = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if unloaded:
+        raise ValueError(f"{Path(path) / MODEL_FILE}: no saved values for {', '.join(unloaded)}: the model code "
+                         "builds a tensor that is neither saved nor derived as a vector")
     return model.to(map_location).eval()
 
 

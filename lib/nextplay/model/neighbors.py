@@ -193,6 +193,10 @@ class MemoryDistributions:
     novel: sp.csr_matrix  # the same without the prefix's own items, scaled to sum 1
 
 
+# Prefixes a memory searches at once (SessionMemory.distributions).
+QUERY_BLOCK = 64
+
+
 class SessionMemory(nn.Module):
     """The most recent training sessions, in play order, and session-kNN over them.
 
@@ -232,10 +236,20 @@ class SessionMemory(nn.Module):
         return SessionNeighbors(k=self.k, sample=self.sample, position_decay=self.position_decay)
 
     def distributions(self, prefixes: Sequence[Sequence[int]]) -> MemoryDistributions:
-        """Both views from one neighbour search (the search is most of the hybrid's scoring cost)."""
+        """Both views from one neighbour search (the search is most of the hybrid's scoring cost), run
+        `QUERY_BLOCK` prefixes at a time: every row's answer is its own, and the search's working
+        arrays grow with rows x items x `sample` (about 450 MB for a scoring batch of 512 long
+        histories at a million tracks, a sixth of that in blocks of 64, which also run faster)."""
         if self._neighbors is None:
             self._neighbors = self._search().fit_csr(self.indptr.cpu().numpy(), self.items.cpu().numpy(),
                                                      self.n_items)
+        if len(prefixes) <= QUERY_BLOCK:
+            return self._block_distributions(prefixes)
+        blocks = [self._block_distributions(prefixes[lo:lo + QUERY_BLOCK]) for lo in range(0, len(prefixes), QUERY_BLOCK)]
+        return MemoryDistributions(sp.vstack([b.everything for b in blocks], format="csc"),
+                                   sp.vstack([b.novel for b in blocks], format="csc"))
+
+    def _block_distributions(self, prefixes: Sequence[Sequence[int]]) -> MemoryDistributions:
         queries = self._neighbors.queries(prefixes)
         scores = self._neighbors.score_queries(queries)
         seen = queries.copy()

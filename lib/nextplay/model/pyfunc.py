@@ -88,8 +88,9 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
 
     def load_files(self, rnn_dir: str | Path, index_path: str | Path, config: dict[str, Any],
                    ann_dir: str | Path | None = None, device: str | torch.device | None = None) -> None:
-        """Load the weights and the scoring settings; the item index and the item-vector index are
-        read on first use. `device`: default CUDA where this process sees a GPU, else the CPU."""
+        """Load the weights (on the CPU memory-mapped from `rnn_dir`, model/io.py) and the scoring
+        settings; the item index and the item-vector index are read on first use. `device`: default
+        CUDA where this process sees a GPU, else the CPU."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rnn = load_model(rnn_dir, map_location=self.device)
         self.top_k = int(config[CONF_TOP_K])
@@ -113,7 +114,7 @@ class NextTrackModel(mlflow.pyfunc.PythonModel):
         key = (settings.candidates, settings.ef_search)
         if key not in self._retrieved:  # one per settings: it keeps its partition sample across batches
             if self._ann is None:
-                self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.fingerprint(ann.item_vectors(self.rnn)))
+                self._ann = ann.ItemVectorIndex.load(self._ann_dir, ann.model_fingerprint(self.rnn))
             index, ef = self._ann, settings.ef_search
             self._retrieved[key] = RetrievedRanking(lambda queries, c: index.search(queries, c, ef), settings.candidates)
         return self._retrieved[key]
@@ -250,8 +251,9 @@ def load_trusted(model_dir: str | Path, device: str | torch.device | None = None
 
 def load_logged(model_uri: str) -> NextTrackModel:
     """`load_trusted` for a model URI (runs:/, models:/, a path), on the CPU: downloads it to a
-    temporary folder and reads everything now, while the download exists (without the item-vector
-    index: the executors load that from their own copy)."""
+    temporary folder and reads the item index now, while the download exists (without the item-vector
+    index: the executors load that from their own copy). The weights stay mapped from the downloaded
+    file (model/io.py), whose data the system keeps until the model is dropped although its folder is gone."""
     with tempfile.TemporaryDirectory(prefix="nextplay-model-") as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         model = load_trusted(local, device="cpu", with_ann=False)
