@@ -30,8 +30,10 @@ ITEM_INDEX = "item_index"
 SESSIONS = "sessions"
 PREDICTIONS = "predictions"
 INGEST_LOG = "ingest_log"  # one row per ingested batch with its four counts
+LISTENER_HISTORY = "listener_history"  # per listener, the recent plays scoring builds its input from
 
-ALL_TABLES = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, ITEM_INDEX, SESSIONS, PREDICTIONS, INGEST_LOG)
+ALL_TABLES = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, ITEM_INDEX, SESSIONS, PREDICTIONS, INGEST_LOG,
+              LISTENER_HISTORY)
 
 # The normalised shape every reader produces, before validation.
 RAW_PLAYS = T.StructType([
@@ -141,10 +143,25 @@ PREDICTIONS_SCHEMA = T.StructType([
     T.StructField("sessions_version", T.LongType()),
 ])
 
+# One play as listener_history keeps it: the raw ids, so the plays are mapped to item ids when read, through
+# the dictionary of whichever model scores. (Nullable only because Delta cannot enforce NOT NULL inside an
+# array; score always sets all three.)
+KEPT_PLAY = T.StructType([
+    T.StructField("ts", T.TimestampType()),
+    T.StructField("event_id", T.StringType()),
+    T.StructField("track_id", T.StringType()),
+])
+
+LISTENER_HISTORY_SCHEMA = T.StructType([
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("last_ts", T.TimestampType(), False),
+    T.StructField("plays", T.ArrayType(KEPT_PLAY), False),
+])
+
 SCHEMAS = {
     PLAYS_BRONZE: PLAYS_BRONZE_SCHEMA, PLAYS_SILVER: PLAYS_SILVER_SCHEMA, PLAYS_QUARANTINE: PLAYS_QUARANTINE_SCHEMA,
     INGEST_LOG: INGEST_LOG_SCHEMA, ITEM_INDEX: ITEM_INDEX_SCHEMA, SESSIONS: SESSIONS_SCHEMA,
-    PREDICTIONS: PREDICTIONS_SCHEMA,
+    PREDICTIONS: PREDICTIONS_SCHEMA, LISTENER_HISTORY: LISTENER_HISTORY_SCHEMA,
 }
 
 # How each table lays out its files, fixed when the table is created (Delta cannot change partitioning
@@ -162,7 +179,7 @@ ZORDER = {PREDICTIONS: ["user_id"]}
 # replacements. sessionize merges item_index (a row per track) and replaces whole event_date days of
 # sessions, each day's files in start-time order as training reads them (`train.batching=lanes`), an
 # order compaction would not keep.
-COMPACTED = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, INGEST_LOG, PREDICTIONS)
+COMPACTED = (PLAYS_BRONZE, PLAYS_SILVER, PLAYS_QUARANTINE, INGEST_LOG, PREDICTIONS, LISTENER_HISTORY)
 
 # -- what each table says about itself ---------------------------------------------------------------
 #
@@ -184,6 +201,9 @@ TABLE_COMMENTS = {
               "new plays touched.",
     PREDICTIONS: "One row per (listener, rank) of a day's top-K next-track predictions; score replaces one "
                  "score_date at a time.",
+    LISTENER_HISTORY: "One row per listener active in the last score.lookback_days: the recent plays scoring builds "
+                      "its input from (every play since the newest play of the listener's score.history_length-th "
+                      "latest run of plays of tracks the scoring model knows); score merges in each day's new plays.",
 }
 
 _INGEST_STAMPS = {
@@ -270,6 +290,12 @@ COLUMN_COMMENTS: dict[str, dict[str, str]] = {
         "sessions_version": "Version of the sessions table the model was trained on (null for rows scored by "
                             "a release that did not record it).",
     },
+    LISTENER_HISTORY: {
+        "user_id": "Listener id.",
+        "last_ts": "Time of the listener's newest play (UTC), of any track; the lookback is measured on it.",
+        "plays": "The kept plays (ts, event_id, track_id as in plays_silver), oldest first; tracks unknown to "
+                 "the model included, so a later model that knows them finds them.",
+    },
 }
 
 # CHECK constraints, by table: name -> SQL expression every row satisfies. Delta rejects a write with
@@ -295,6 +321,7 @@ CONSTRAINTS: dict[str, dict[str, str]] = {
         "ends_after_start": "end_ts >= start_ts",
     },
     PREDICTIONS: {"rank_positive": "rank >= 1", "item_idx_positive": "item_idx >= 1"},
+    LISTENER_HISTORY: {"plays_not_empty": "size(plays) >= 1"},
 }
 
 

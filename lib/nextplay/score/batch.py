@@ -9,8 +9,10 @@ the tracking server, which on a cluster
 they often cannot reach or authenticate to.
 
 The model's item ids must mean the same tracks in the lake's append-only `item_index` (checked with
-one join count; a rebuilt or other lake is refused). Listening histories are mapped through the
-model's own index, so tracks added to the lake after training are dropped from them, never ranked.
+one join count; a rebuilt or other lake is refused). Listening histories come from the table
+`listener_history`, which each run first brings up to date with the days ingested since the last
+(score/history.py), and are mapped through the model's own index, so tracks added to the lake after
+training are dropped from them, never ranked.
 
 The run replaces its `score_date` partition in one Delta commit (`replaceWhere`): a failure
 anywhere before the commit leaves the previous partition exactly as it was, and readers see the
@@ -37,7 +39,7 @@ from nextplay.model import pyfunc
 from nextplay.score import history
 from nextplay.shipping import load_cached, ship_model
 from nextplay.spark import get_spark
-from nextplay.tables import ITEM_INDEX, PLAYS_SILVER, PREDICTIONS, PREDICTIONS_SCHEMA, Lake, check_dictionary
+from nextplay.tables import ITEM_INDEX, PREDICTIONS, PREDICTIONS_SCHEMA, Lake, check_dictionary
 from nextplay.tracking import ResolvedModel, configure, resolve_model
 
 log = logging.getLogger(__name__)
@@ -135,13 +137,6 @@ def score(cfg: Config) -> dict:
     model = resolve_model(cfg.tracking, cfg.score.model_uri)
     spark = get_spark(cfg)
     lake = Lake(cfg.lake)
-    plays = lake.read(spark, PLAYS_SILVER)
-    newest = history.newest_event(plays)
-    recent = history.recent_plays(plays, newest, cfg.score.lookback_days)
-    active = recent.select("user_id").distinct().count()
-    newest_iso = datetime.fromtimestamp(newest / 1e6, tz=timezone.utc).isoformat()
-    if active == 0:
-        raise ValueError(f"no plays in the {cfg.score.lookback_days} days before {newest_iso}")
     shipped, local = ship_model(spark, model)
     config = pyfunc.model_config(local)
     if pyfunc.CONF_COLLAPSE not in config:
@@ -154,6 +149,13 @@ def score(cfg: Config) -> dict:
     # Tracks the lake added after training have ids above the model's: histories map track ids
     # through the model's own index, so they are dropped there and never ranked.
     check_lake_dictionary(spark, lake, index, local, model.uri)
+    kept = history.refresh(spark, lake, index, history_length=cfg.score.history_length,
+                           lookback_days=cfg.score.lookback_days)
+    recent, newest = kept.recent, kept.newest_us
+    active = kept.active_users()
+    newest_iso = datetime.fromtimestamp(newest / 1e6, tz=timezone.utc).isoformat()
+    if active == 0:
+        raise ValueError(f"no plays in the {cfg.score.lookback_days} days before {newest_iso}")
     hist = history.histories(recent, index, history_length=cfg.score.history_length, collapse=collapse)
     scorer = make_scorer(shipped, k=cfg.score.top_k, exclude_played=cfg.score.exclude_played,
                          batch_size=cfg.score.batch_size, chunk_size=cfg.score.chunk_size, candidates=candidates,
@@ -181,7 +183,8 @@ def score(cfg: Config) -> dict:
     return {
         "table": lake.name(PREDICTIONS), "score_date": str(score_date), "model_uri": model.uri,
         "model_name": model.name, "model_version": model.version, "sessions_version": model.sessions_version,
-        "newest_play": newest_iso, "candidates": candidates,
+        "newest_play": newest_iso, "candidates": candidates, "histories": kept.mode,
+        "histories_days_read": len(kept.days) if kept.days is not None else None,
         "active_users": active, "scored_users": counts["users"], "rows": counts["rows"],
         "seconds": round(seconds, 1), "users_per_s": round(counts["users"] / seconds, 1),
     }

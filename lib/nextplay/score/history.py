@@ -1,15 +1,62 @@
-"""Recent listening histories, built in Spark with window functions.
+"""Recent listening histories: the `listener_history` table, kept up to date day by day, and the model
+input built from it in Spark with window functions.
 
-The RNN needs, per user, the last few plays as item indices in time order. Doing the mapping,
-the repeat collapse and the truncation here (not in Python) means only short int arrays cross
-into the scoring processes, and a user with a million plays costs Spark a sort, not Python a loop.
+The RNN needs, per listener, the last few plays as item indices in time order. Doing the mapping, the
+repeat collapse and the truncation in Spark (not in Python) means only short int arrays cross into the
+scoring processes, and a listener with a million plays costs Spark a sort, not Python a loop.
+
+What the table keeps. Rebuilding every history from `score.lookback_days` of plays_silver each day
+would shuffle the whole retention window daily. `listener_history` instead holds, per listener active
+in the lookback, the plays from which its history can be rebuilt exactly: raw (ts, event_id, track_id),
+not item ids, because the ids a play maps to depend on the scoring model's dictionary, and a track
+unknown to one model (not yet in item_index, or added after it was trained) is known to a later one.
+Counted newest first over the plays of tracks the scoring model knows, a *run* is a stretch of
+consecutive plays of one track (what `collapse_repeats` folds into one item). The table keeps every
+play, of any track, from the newest play of the listener's `score.history_length`-th run onward (all
+of the listener's plays in the lookback when it has fewer runs). That suffix is enough, whatever
+comes later:
+
+- the model input (with or without collapsing, since L runs hold at least L plays) lies inside it;
+- a later model knowing more tracks only splits runs, so the suffix still holds L of its runs;
+- a late play can only add or split runs: one older than the suffix never reaches the last L;
+- the lookback only moves forward (plays are only added), so plays that left it never return.
+
+Updates. Each commit of the table records in its commit metadata (`tables.generation_options`) what it
+has folded in: the ingest_log and plays_silver versions, the dictionary it was cut with (its size and
+a fingerprint of its ids) and the two settings. The next run re-reads only the event_date days of the
+batches ingest_log gained since, takes the touched listeners' kept plays with them, de-duplicates by
+the play's identity (so a replayed or late batch counts once), cuts the suffix again and MERGEs the
+result by user_id; the same MERGE deletes the listeners whose newest play left the lookback. A run
+with no new batch commits nothing. Everything is rebuilt from the lookback window (one shuffle of it,
+what every run cost before) on the first run and whenever the state cannot be continued: no ingest_log,
+a commit without state (an edit by hand), plays_silver changed by anything but ingest's MERGE (a
+listener's plays deleted, say), an ingest_log version no longer readable, a batch logged without event
+dates, other settings, or a model whose dictionary does not extend the one the table was cut with.
+Plays reach the histories when their batch is logged (ingest writes the log last).
 """
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from nextplay.tables import (INGEST_LOG, LAYOUT_ONLY, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA, PLAYS_SILVER, Lake,
+                             generation_options, new_generation)
+
+log = logging.getLogger(__name__)
+
 _DAY_US = 86_400_000_000
+# Where Delta takes a MERGE's commit metadata from (a MERGE has no writer options).
+_COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+# plays_silver commits that only add plays (ingest's MERGE) or change no rows.
+_ADDS_PLAYS = {"MERGE"} | LAYOUT_ONLY
+_PLAY_COLUMNS = ("user_id", "track_id", "ts", "event_id")
+
+
+# -- the lookback window and the model input ---------------------------------------------------------
 
 
 def newest_event(plays: DataFrame) -> int:
@@ -22,9 +69,13 @@ def newest_event(plays: DataFrame) -> int:
     return int(newest)
 
 
+def _since(newest_us: int, lookback_days: int) -> Column:
+    return F.timestamp_micros(F.lit(newest_us - lookback_days * _DAY_US))
+
+
 def recent_plays(plays: DataFrame, newest_us: int, lookback_days: int) -> DataFrame:
     """Plays in the `lookback_days` before `newest_us`; the event_date filter prunes partitions."""
-    since = F.timestamp_micros(F.lit(newest_us - lookback_days * _DAY_US))
+    since = _since(newest_us, lookback_days)
     return plays.where((F.col("event_date") >= F.to_date(since)) & (F.col("ts") > since))
 
 
@@ -45,3 +96,229 @@ def histories(recent: DataFrame, index: DataFrame, *, history_length: int, colla
     # Sorting (age, item) pairs descending puts the oldest play first.
     ordered = F.sort_array(F.collect_list(F.struct("_age", "item_idx")), asc=False)
     return last.groupBy("user_id").agg(ordered.getField("item_idx").alias("items"))
+
+
+# -- what listener_history keeps -----------------------------------------------------------------
+
+
+def kept_plays(plays: DataFrame, index: DataFrame, history_length: int) -> DataFrame:
+    """Rows of LISTENER_HISTORY_SCHEMA from plays (user_id, track_id, ts, event_id, one row per play): per
+    listener, every play from the newest play of its `history_length`-th newest run of in-vocabulary
+    plays onward (see module docstring), oldest first. One shuffle by listener, as `histories`."""
+    known = plays.select(*_PLAY_COLUMNS).join(index.select("track_id", "item_idx"), "track_id", "left")
+    # track_id last: a total order, so the cut is the same on every run.
+    newest_first = Window.partitionBy("user_id").orderBy(F.desc("ts"), F.desc("event_id"), F.desc("track_id"))
+    # The nearest newer in-vocabulary play's item: a run starts (newest first) where it differs.
+    newer = F.last("item_idx", ignorenulls=True).over(newest_first.rowsBetween(Window.unboundedPreceding, -1))
+    marked = known.withColumn("_newer", newer)
+    starts = F.col("item_idx").isNotNull() & (F.col("_newer").isNull() | (F.col("_newer") != F.col("item_idx")))
+    marked = marked.withColumn("_starts", starts).withColumn(
+        "_runs", F.sum(F.col("_starts").cast("int")).over(newest_first.rowsBetween(Window.unboundedPreceding, 0)))
+    kept = marked.where((F.col("_runs") < history_length) | ((F.col("_runs") == history_length) & F.col("_starts")))
+    # (ts, event_id, track_id) structs sort oldest first.
+    return kept.groupBy("user_id").agg(
+        F.max("ts").alias("last_ts"),
+        F.array_sort(F.collect_list(F.struct("ts", "event_id", "track_id"))).alias("plays"))
+
+
+def window_plays(kept: DataFrame, newest_us: int, lookback_days: int) -> DataFrame:
+    """The kept plays inside the lookback (user_id, track_id, ts, event_id): what `histories` reads, as
+    it read the lookback window of plays_silver, and with the same result."""
+    since = _since(newest_us, lookback_days)
+    active = kept.where(F.col("last_ts") > since)
+    inside = F.filter("plays", lambda p: p["ts"] > since)
+    return active.select("user_id", F.explode(inside).alias("p")).select("user_id", "p.track_id", "p.ts", "p.event_id")
+
+
+# -- the state a commit records --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """The item ids a model knows: 1..items, and a fingerprint of which track each names."""
+
+    items: int
+    fingerprint: str
+
+
+def dictionary_of(index: DataFrame, prefix: int | None = None) -> tuple[Dictionary, str | None]:
+    """The index's Dictionary, and the fingerprint of its ids 1..`prefix` (None when not asked): one
+    aggregate on the executors. The fingerprint is an xor of row hashes, so row order does not matter."""
+    row_hash = F.xxhash64("track_id", "item_idx")
+    aggregates = [F.max("item_idx").alias("items"), F.bit_xor(row_hash).alias("all")]
+    if prefix is not None:
+        aggregates.append(F.bit_xor(F.when(F.col("item_idx") <= prefix, row_hash)).alias("prefix"))
+    row = index.agg(*aggregates).first()
+    mine = Dictionary(int(row["items"] or 0), str(row["all"] or 0))
+    return mine, (str(row["prefix"] or 0) if prefix is not None else None)
+
+
+@dataclass(frozen=True)
+class Folded:
+    """What a listener_history commit holds: the ingest_log and plays_silver versions folded in (-1: no
+    ingest_log then), the dictionary the suffixes were cut with, and the settings they were cut for."""
+
+    ingest_log_version: int
+    plays_silver_version: int
+    dictionary: Dictionary
+    history_length: int
+    lookback_days: int
+
+    def words(self) -> dict[str, str]:
+        return {"ingest_log_version": str(self.ingest_log_version),
+                "plays_silver_version": str(self.plays_silver_version),
+                "items": str(self.dictionary.items), "dictionary": self.dictionary.fingerprint,
+                "history_length": str(self.history_length), "lookback_days": str(self.lookback_days)}
+
+    @classmethod
+    def from_words(cls, words: dict[str, str]) -> Folded | None:
+        """The state a commit recorded, or None when it recorded none (or not all of it)."""
+        try:
+            return cls(int(words["ingest_log_version"]), int(words["plays_silver_version"]),
+                       Dictionary(int(words["items"]), words["dictionary"]), int(words["history_length"]),
+                       int(words["lookback_days"]))
+        except (KeyError, ValueError):
+            return None
+
+
+def _previous(spark: SparkSession, lake: Lake) -> tuple[Folded | None, str]:
+    """The state of the table's newest commit that wrote rows, or None and why it cannot be continued."""
+    for commit in lake.commits(spark, LISTENER_HISTORY):
+        if commit.generation is not None:
+            folded = Folded.from_words(commit.state)
+            return folded, "" if folded else f"its version {commit.version} records no complete state"
+        if commit.operation.startswith("CREATE"):
+            break
+        if commit.operation not in LAYOUT_ONLY:
+            return None, f"its version {commit.version} ({commit.operation}) was written by something other than score"
+    return None, "it holds no histories yet"
+
+
+# -- bringing the table up to date ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """The table brought up to date for one scoring run."""
+
+    kept: DataFrame  # the table as this run left it (one snapshot)
+    newest_us: int  # the newest play in plays_silver
+    lookback_days: int
+    mode: str  # full | incremental | unchanged
+    reason: str | None  # why a full run rebuilt everything
+    days: list[date] | None  # the event_date days an incremental run re-read
+
+    @property
+    def recent(self) -> DataFrame:
+        """The kept plays inside the lookback (user_id, track_id, ts, event_id), for `histories`."""
+        return window_plays(self.kept, self.newest_us, self.lookback_days)
+
+    def active_users(self) -> int:
+        """Listeners with a play (of any track) in the lookback: one row each."""
+        return self.kept.where(F.col("last_ts") > _since(self.newest_us, self.lookback_days)).count()
+
+
+def refresh(spark: SparkSession, lake: Lake, index: DataFrame, *, history_length: int, lookback_days: int,
+            full: bool = False) -> Refreshed:
+    """Bring listener_history up to date with plays_silver for a model whose item index is `index`, and
+    return its plays inside the lookback (see module docstring); `full` rebuilds it from the window."""
+    # One snapshot of each input: ingest_log first, so every batch it lists has its plays in the silver
+    # version read after it.
+    log_version = lake.version(spark, INGEST_LOG) if lake.exists(spark, INGEST_LOG) else -1
+    silver_version = lake.version(spark, PLAYS_SILVER)
+    plays = lake.read_at(spark, PLAYS_SILVER, silver_version)
+    newest = newest_event(plays)
+    lake.create_if_missing(spark, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA)
+    previous, why = _previous(spark, lake)
+    mine, prefix = dictionary_of(index, previous.dictionary.items if previous else None)
+    now = Folded(log_version, silver_version, mine, history_length, lookback_days)
+    reason = "asked for" if full else _full_reason(spark, lake, previous, why, now, prefix)
+    days = None if reason else _new_days(spark, lake, previous.ingest_log_version, log_version)
+    if reason is None and days is None:
+        reason = f"a batch logged after ingest_log version {previous.ingest_log_version} has no event dates, or that version is no longer readable"
+    if reason is not None:
+        log.info("%s: rebuilding every listener's history from the last %d days: %s", LISTENER_HISTORY, lookback_days,
+                 reason)
+        rows = kept_plays(recent_plays(plays, newest, lookback_days), index, history_length)
+        lake.write(rows.select(*[f.name for f in LISTENER_HISTORY_SCHEMA.fields]), LISTENER_HISTORY, mode="overwrite",
+                   **generation_options(new_generation(), now.words()))
+        mode = "full"
+    elif days:
+        _fold(spark, lake, plays, sorted(days), index, newest, now)
+        mode = "incremental"
+    else:
+        mode = "unchanged"
+    table = lake.read_at(spark, LISTENER_HISTORY, lake.version(spark, LISTENER_HISTORY))
+    log.info("%s: %s%s", LISTENER_HISTORY, mode, f" ({len(days)} days re-read)" if mode == "incremental" else "")
+    return Refreshed(table, newest, lookback_days, mode, reason, sorted(days) if mode == "incremental" else None)
+
+
+def _full_reason(spark: SparkSession, lake: Lake, previous: Folded | None, why: str, now: Folded,
+                 prefix: str | None) -> str | None:
+    """Why the table cannot be continued from `previous` (see module docstring), or None when it can."""
+    if previous is None:
+        return f"{LISTENER_HISTORY} cannot be continued: {why}"
+    if now.ingest_log_version < 0:
+        return "no ingest_log: which plays are new is unknown"
+    for key in ("history_length", "lookback_days"):
+        if getattr(previous, key) != getattr(now, key):
+            return f"score.{key} changed ({getattr(previous, key)} -> {getattr(now, key)})"
+    if now.dictionary.items < previous.dictionary.items or prefix != previous.dictionary.fingerprint:
+        return (f"the model's {now.dictionary.items} item ids do not extend the {previous.dictionary.items} the "
+                "histories were kept for (an older or another model)")
+    if now.plays_silver_version < previous.plays_silver_version:
+        return f"plays_silver is at version {now.plays_silver_version}, before the {previous.plays_silver_version} folded in"
+    since = [c for c in lake.commits(spark, PLAYS_SILVER) if c.version > previous.plays_silver_version]
+    if since and min(c.version for c in since) != previous.plays_silver_version + 1:
+        return f"the plays_silver commits after version {previous.plays_silver_version} are no longer in its history"
+    other = [c for c in since if c.operation not in _ADDS_PLAYS]
+    if other:
+        return (f"plays_silver was changed other than by ingest since version {previous.plays_silver_version} "
+                f"({other[-1].operation} at version {other[-1].version})")
+    return None
+
+
+def _new_days(spark: SparkSession, lake: Lake, since: int, now: int) -> set[date] | None:
+    """Event dates of the batches ingest_log gained after version `since` (-1: every batch), or None
+    when they are not known (a batch logged without them, or that version no longer readable)."""
+    if now == since:
+        return set()
+    after = lake.read_at(spark, INGEST_LOG, now)
+    if "event_dates" not in after.columns:
+        return None
+    if since >= 0:
+        try:
+            before = lake.read_at(spark, INGEST_LOG, since).select("batch_id")
+        except Exception as e:  # noqa: BLE001 - Delta answers an expired version with several error types
+            log.warning("%s: ingest_log version %d is no longer readable (%s)", LISTENER_HISTORY, since,
+                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return None
+        after = after.join(before, "batch_id", "left_anti")
+    rows = after.select("event_dates").collect()
+    if any(r["event_dates"] is None for r in rows):
+        return None
+    return {d for r in rows for d in r["event_dates"]}
+
+
+def _fold(spark: SparkSession, lake: Lake, plays: DataFrame, days: list[date], index: DataFrame, newest: int,
+          now: Folded) -> None:
+    """Merge the plays of `days` into the table: the touched listeners' suffixes cut again from their kept
+    plays and the new ones, listeners whose newest play left the lookback deleted; one commit."""
+    lookback = now.lookback_days
+    new = recent_plays(plays.where(F.col("event_date").isin(days)), newest, lookback).select(*_PLAY_COLUMNS)
+    table = lake.read(spark, LISTENER_HISTORY)
+    stored = window_plays(table.join(new.select("user_id").distinct(), "user_id", "left_semi"), newest, lookback)
+    # A play read again (its day re-read, a replayed batch, a kept play) is one play.
+    both = new.unionByName(stored).dropDuplicates(list(_PLAY_COLUMNS))
+    source = kept_plays(both, index, now.history_length)
+    since = f"timestamp_micros({newest - lookback * _DAY_US}L)"
+    target = lake.delta_table(spark, LISTENER_HISTORY).alias("t")
+    spark.conf.set(_COMMIT_METADATA, generation_options(new_generation(), now.words())["userMetadata"])
+    try:
+        (target.merge(source.alias("s"), "t.user_id = s.user_id")
+         .whenMatchedUpdate(condition="NOT (t.plays <=> s.plays)", set={"last_ts": "s.last_ts", "plays": "s.plays"})
+         .whenNotMatchedInsert(values={"user_id": "s.user_id", "last_ts": "s.last_ts", "plays": "s.plays"})
+         .whenNotMatchedBySourceDelete(condition=f"t.last_ts <= {since}")
+         .execute())
+    finally:
+        spark.conf.unset(_COMMIT_METADATA)
