@@ -39,9 +39,9 @@ ROW_BLOCK_ELEMENTS = 16 * 2**20
 
 
 class _SparseRowGather(torch.autograd.Function):
-    """table[ids] for a 1-D table, whose gradient is a sparse [len(table)] tensor holding only `ids`
-    (F.embedding gives 2-D tables that; a 1-D table seen as [n, 1] cannot take a sparse gradient
-    back through the view)."""
+    """table[ids] for a 1-D table, whose gradient is a sparse [len(table)] tensor holding only `ids`.
+    F.embedding does this for 2-D tables only: a 1-D table viewed as [n, 1] cannot take a sparse
+    gradient back through the view."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -173,8 +173,7 @@ class SampledSoftmax(FullSoftmax):
     Each row's target competes with a shared candidate set: the batch's targets (drawn, in effect,
     from item popularity; a random `n_negatives` of them when the batch has more, so a batch of long
     sessions does not cost O(targets^2)) plus `n_negatives` items drawn from popularity ** alpha
-    (`neg_probs`, through an alias table: O(1) a draw, where a draw over all V items cost O(V) a
-    step). Every logit, the target's included, is corrected by the log of that item's expected number
+    (`neg_probs`, through an alias table: O(1) a draw whatever the catalog size). Every logit, the target's included, is corrected by the log of that item's expected number
     of draws (log-q, from the same `neg_probs`), without which the sampled objective favours popular
     items; a candidate equal to the row's own target ("accidental hit") is removed. With `sparse`, the
     candidates' vectors and biases get row-sparse gradients (`gather_rows`).
