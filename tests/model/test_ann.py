@@ -87,6 +87,7 @@ def test_save_and_load_answer_alike(trained, tmp_path: Path) -> None:
     assert (meta["library"], meta["n_items"], meta["dim"], meta["fingerprint"]) == ("faiss-cpu", N_ITEMS, 33,
                                                                                     fingerprint(x))
     loaded = ItemVectorIndex.load(tmp_path / "index", fingerprint(x))
+    assert loaded.index.d == 48  # 33 coordinates stored padded with zeros to whole 16-float lanes
     np.testing.assert_array_equal(loaded.search(q, 20, ef=50), built.search(q, 20, ef=50))
 
 
@@ -124,6 +125,9 @@ def test_an_index_of_another_library_is_refused(trained, tmp_path: Path) -> None
     meta_path = tmp_path / ItemVectorIndex.META_FILE
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "library": "voyager"}))
     with pytest.raises(ValueError, match="library 'voyager'"):
+        ItemVectorIndex.load(tmp_path, fingerprint(x))
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "library": "faiss-cpu", "format": 1}))
+    with pytest.raises(ValueError, match="format 1.*rebuild the index"):  # vectors stored unpadded
         ItemVectorIndex.load(tmp_path, fingerprint(x))
     with pytest.raises(ValueError, match="holds no item index"):
         ItemVectorIndex.load(tmp_path / "absent", fingerprint(x))

@@ -165,6 +165,16 @@ def test_keep_per_row_keeps_the_largest_and_the_latest_of_ties() -> None:
     assert keep.tolist() == [True, False, False, True, True, True, True]
 
 
+def test_keep_per_row_breaks_ties_by_column_whatever_the_entry_order() -> None:
+    """A sparse product leaves a row's columns unsorted: the most recent session (largest column)
+    must stay among equal keys, not the last entry."""
+    import scipy.sparse as sp
+
+    sim = sp.csr_matrix((np.array([2.0, 2.0, 3.0, 2.0]), np.array([4, 1, 3, 0]), np.array([0, 4])), shape=(1, 5))
+    assert not sim.has_sorted_indices
+    assert SessionNeighbors._keep_per_row(sim, sim.data, 2).tolist() == [True, False, True, False]
+
+
 def test_cut_posting_lists_find_the_same_neighbours_as_every_holder() -> None:
     """The candidates come from posting lists cut to each item's most recent `sample` sessions; the
     similarities and scores must equal a search over every session holding a prefix item."""

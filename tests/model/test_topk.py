@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nextplay.config import ModelConfig
+from nextplay.model import ranking as ranking_module
 from nextplay.model.ranking import RetrievedRanking
 from nextplay.model.session import SessionModel
 
@@ -101,3 +102,30 @@ def test_retrieval_refuses_the_bit_tree() -> None:
     model = _model("bit_tree")
     with pytest.raises(ValueError, match="bit tree"):
         model.topk(ITEMS, LENGTHS, 5, ranking=RetrievedRanking(lambda q, c: np.ones((len(q), c), dtype=np.int64), 4))
+
+
+def test_a_whole_catalog_sample_makes_the_estimated_partition_exact() -> None:
+    """With every item in the partition's sample, the items outside the union are counted once each
+    (none twice, none missed): the few retrieved candidates score exactly as in score_all."""
+    model = _model("sampled")
+    ranking = RetrievedRanking(_brute_force_search(model), candidates=3, partition_sample=model.n_items)
+    got_s, got_i = model.topk(ITEMS, LENGTHS, 5, ranking=ranking)
+    want = model.score_all(ITEMS, LENGTHS).gather(1, got_i)
+    torch.testing.assert_close(got_s, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", ["full", "sampled", "bit_tree"])
+@pytest.mark.parametrize("block_bytes", [1, 200, 2**20])
+def test_gathered_scores_are_the_heads_item_scores(head: str, block_bytes: int, monkeypatch) -> None:
+    """Rows packed or not, with empty slots anywhere, one row per block or all in one, any temperature."""
+    monkeypatch.setattr(ranking_module, "GATHER_BLOCK_BYTES", block_bytes)
+    model = _model(head)
+    ctx = model._context(ITEMS, LENGTHS)
+    ctx.temperature = 0.7
+    items = torch.tensor([[0, 4, 0, 9, 2], [37, 36, 5, 0, 0], [0, 0, 0, 0, 0]])
+    got = ranking_module._item_scores(ctx, items)
+    want = model.head.item_scores(ctx.session, ctx.weight, items.clamp_min(1), 0.7)
+    filled = items > 0
+    torch.testing.assert_close(got[filled], want[filled], atol=1e-6, rtol=1e-6)
+    assert torch.isfinite(got).all()
+    assert ranking_module._item_scores(ctx, items[:, :0]).shape == (3, 0)

@@ -41,9 +41,10 @@ def _chunks(n_items: int, size: int) -> Iterator[tuple[int, int]]:
         yield lo, min(n_items + 1, lo + size)
 
 
+@torch.no_grad()
 def _item_scores(ctx: ScoringContext, items: torch.Tensor) -> torch.Tensor:
     """The head's scores [B, M] of `items` [B, M] (each row its own; 0: an empty slot, scored as
-    anything finite), as `head.item_scores` gives them.
+    anything finite), as `head.item_scores` gives them (for ranking: no gradient).
 
     For a head with item vectors the logits are s . W[i] + bias[i], gathered here in blocks of
     rows of about GATHER_BLOCK_BYTES into one reused buffer, the rows taken widest first so that a
