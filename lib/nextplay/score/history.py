@@ -22,8 +22,9 @@ comes later:
 - the lookback only moves forward (plays are only added), so plays that left it never return.
 
 Updates. Each commit of the table records in its commit metadata (`tables.generation_options`) what it
-has folded in: the ingest_log and plays_silver versions, the dictionary it was cut with (its size and
-a fingerprint of its ids) and the two settings. The next run re-reads only the event_date days of the
+has folded in: the ingest_log and plays_silver versions, the newest play (where the lookback ends, so
+a run reads no more of plays_silver than the days it folds in), the dictionary it was cut with (its
+size and a fingerprint of its ids) and the two settings. The next run re-reads only the event_date days of the
 batches ingest_log gained since, takes the touched listeners' kept plays with them, de-duplicates by
 the play's identity (so a replayed or late batch counts once), cuts the suffix again and MERGEs the
 result by user_id; the same MERGE deletes the listeners whose newest play left the lookback. A run
@@ -38,17 +39,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from nextplay.tables import (INGEST_LOG, LAYOUT_ONLY, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA, PLAYS_SILVER, Lake,
-                             generation_options, new_generation)
+from nextplay.tables import (INGEST_LOG, LAYOUT_ONLY, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA, PLAYS_SILVER, Commit,
+                             Lake, generation_options, new_generation)
 
 log = logging.getLogger(__name__)
 
 _DAY_US = 86_400_000_000
+_EPOCH = datetime(1970, 1, 1)
 # Where Delta takes a MERGE's commit metadata from (a MERGE has no writer options).
 _COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 # plays_silver commits that only add plays (ingest's MERGE) or change no rows.
@@ -156,17 +158,19 @@ def dictionary_of(index: DataFrame, prefix: int | None = None) -> tuple[Dictiona
 @dataclass(frozen=True)
 class Folded:
     """What a listener_history commit holds: the ingest_log and plays_silver versions folded in (-1: no
-    ingest_log then), the dictionary the suffixes were cut with, and the settings they were cut for."""
+    ingest_log then), the newest play folded in (epoch us), the dictionary the suffixes were cut with,
+    and the settings they were cut for."""
 
     ingest_log_version: int
     plays_silver_version: int
+    newest_us: int
     dictionary: Dictionary
     history_length: int
     lookback_days: int
 
     def words(self) -> dict[str, str]:
         return {"ingest_log_version": str(self.ingest_log_version),
-                "plays_silver_version": str(self.plays_silver_version),
+                "plays_silver_version": str(self.plays_silver_version), "newest_us": str(self.newest_us),
                 "items": str(self.dictionary.items), "dictionary": self.dictionary.fingerprint,
                 "history_length": str(self.history_length), "lookback_days": str(self.lookback_days)}
 
@@ -174,16 +178,16 @@ class Folded:
     def from_words(cls, words: dict[str, str]) -> Folded | None:
         """The state a commit recorded, or None when it recorded none (or not all of it)."""
         try:
-            return cls(int(words["ingest_log_version"]), int(words["plays_silver_version"]),
+            return cls(int(words["ingest_log_version"]), int(words["plays_silver_version"]), int(words["newest_us"]),
                        Dictionary(int(words["items"]), words["dictionary"]), int(words["history_length"]),
                        int(words["lookback_days"]))
         except (KeyError, ValueError):
             return None
 
 
-def _previous(spark: SparkSession, lake: Lake) -> tuple[Folded | None, str]:
+def _previous(commits: list[Commit]) -> tuple[Folded | None, str]:
     """The state of the table's newest commit that wrote rows, or None and why it cannot be continued."""
-    for commit in lake.commits(spark, LISTENER_HISTORY):
+    for commit in commits:
         if commit.generation is not None:
             folded = Folded.from_words(commit.state)
             return folded, "" if folded else f"its version {commit.version} records no complete state"
@@ -202,7 +206,7 @@ class Refreshed:
     """The table brought up to date for one scoring run."""
 
     kept: DataFrame  # the table as this run left it (one snapshot)
-    newest_us: int  # the newest play in plays_silver
+    newest_us: int  # the newest play folded in: the lookback ends there
     lookback_days: int
     mode: str  # full | incremental | unchanged
     reason: str | None  # why a full run rebuilt everything
@@ -218,63 +222,89 @@ class Refreshed:
         return self.kept.where(F.col("last_ts") > _since(self.newest_us, self.lookback_days)).count()
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """One snapshot of what a refresh reads: ingest_log's version first, so every batch it lists has its
+    plays in the plays_silver version read after it."""
+
+    log_version: int  # -1: no ingest_log
+    silver: list[Commit]  # plays_silver's history, newest first
+    plays: DataFrame  # plays_silver at silver[0].version
+
+
 def refresh(spark: SparkSession, lake: Lake, index: DataFrame, *, history_length: int, lookback_days: int,
             full: bool = False) -> Refreshed:
     """Bring listener_history up to date with plays_silver for a model whose item index is `index`, and
     return its plays inside the lookback (see module docstring); `full` rebuilds it from the window."""
-    # One snapshot of each input: ingest_log first, so every batch it lists has its plays in the silver
-    # version read after it.
     log_version = lake.version(spark, INGEST_LOG) if lake.exists(spark, INGEST_LOG) else -1
-    silver_version = lake.version(spark, PLAYS_SILVER)
-    plays = lake.read_at(spark, PLAYS_SILVER, silver_version)
-    newest = newest_event(plays)
-    lake.create_if_missing(spark, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA)
-    previous, why = _previous(spark, lake)
+    silver = lake.commits(spark, PLAYS_SILVER)
+    inputs = _Inputs(log_version, silver, lake.read_at(spark, PLAYS_SILVER, silver[0].version))
+    if not lake.exists(spark, LISTENER_HISTORY):  # comments and constraints of an existing one: `maintain`
+        lake.create_if_missing(spark, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA)
+    commits = lake.commits(spark, LISTENER_HISTORY)
+    previous, why = _previous(commits)
     mine, prefix = dictionary_of(index, previous.dictionary.items if previous else None)
-    now = Folded(log_version, silver_version, mine, history_length, lookback_days)
-    reason = "asked for" if full else _full_reason(spark, lake, previous, why, now, prefix)
+    reason = "asked for" if full else _full_reason(previous, why, inputs, mine, prefix, history_length, lookback_days)
     days = None if reason else _new_days(spark, lake, previous.ingest_log_version, log_version)
     if reason is None and days is None:
-        reason = f"a batch logged after ingest_log version {previous.ingest_log_version} has no event dates, or that version is no longer readable"
+        reason = (f"a batch logged after ingest_log version {previous.ingest_log_version} has no event dates, "
+                  "or that version is no longer readable")
+
+    def state(newest: int) -> Folded:
+        return Folded(log_version, silver[0].version, newest, mine, history_length, lookback_days)
+
     if reason is not None:
         log.info("%s: rebuilding every listener's history from the last %d days: %s", LISTENER_HISTORY, lookback_days,
                  reason)
-        rows = kept_plays(recent_plays(plays, newest, lookback_days), index, history_length)
+        now = state(newest_event(inputs.plays))
+        rows = kept_plays(recent_plays(inputs.plays, now.newest_us, lookback_days), index, history_length)
         lake.write(rows.select(*[f.name for f in LISTENER_HISTORY_SCHEMA.fields]), LISTENER_HISTORY, mode="overwrite",
                    **generation_options(new_generation(), now.words()))
-        mode = "full"
+        mode, version = "full", lake.version(spark, LISTENER_HISTORY)
     elif days:
-        _fold(spark, lake, plays, sorted(days), index, newest, now)
-        mode = "incremental"
+        now = state(_newest_after(inputs.plays, sorted(days), previous.newest_us))
+        _fold(spark, lake, inputs.plays, sorted(days), index, now)
+        mode, version = "incremental", lake.version(spark, LISTENER_HISTORY)
     else:
-        mode = "unchanged"
-    table = lake.read_at(spark, LISTENER_HISTORY, lake.version(spark, LISTENER_HISTORY))
+        now, mode, version = previous, "unchanged", commits[0].version
     log.info("%s: %s%s", LISTENER_HISTORY, mode, f" ({len(days)} days re-read)" if mode == "incremental" else "")
-    return Refreshed(table, newest, lookback_days, mode, reason, sorted(days) if mode == "incremental" else None)
+    return Refreshed(lake.read_at(spark, LISTENER_HISTORY, version), now.newest_us, lookback_days, mode, reason,
+                     sorted(days) if mode == "incremental" else None)
 
 
-def _full_reason(spark: SparkSession, lake: Lake, previous: Folded | None, why: str, now: Folded,
-                 prefix: str | None) -> str | None:
+def _newest_after(plays: DataFrame, days: list[date], newest_us: int) -> int:
+    """The newest play once `days` are folded in: plays are only added, so only days from the one holding
+    `newest_us` on can hold a newer one, and only those are read."""
+    newer = [d for d in days if d >= (_EPOCH + timedelta(microseconds=newest_us)).date()]
+    if not newer:
+        return newest_us
+    found = plays.where(F.col("event_date").isin(newer)).agg(F.unix_micros(F.max("ts"))).first()[0]
+    return max(newest_us, int(found)) if found is not None else newest_us
+
+
+def _full_reason(previous: Folded | None, why: str, inputs: _Inputs, dictionary: Dictionary, prefix: str | None,
+                 history_length: int, lookback_days: int) -> str | None:
     """Why the table cannot be continued from `previous` (see module docstring), or None when it can."""
     if previous is None:
         return f"{LISTENER_HISTORY} cannot be continued: {why}"
-    if now.ingest_log_version < 0:
+    if inputs.log_version < 0:
         return "no ingest_log: which plays are new is unknown"
-    for key in ("history_length", "lookback_days"):
-        if getattr(previous, key) != getattr(now, key):
-            return f"score.{key} changed ({getattr(previous, key)} -> {getattr(now, key)})"
-    if now.dictionary.items < previous.dictionary.items or prefix != previous.dictionary.fingerprint:
-        return (f"the model's {now.dictionary.items} item ids do not extend the {previous.dictionary.items} the "
+    for key, value in (("history_length", history_length), ("lookback_days", lookback_days)):
+        if getattr(previous, key) != value:
+            return f"score.{key} changed ({getattr(previous, key)} -> {value})"
+    if dictionary.items < previous.dictionary.items or prefix != previous.dictionary.fingerprint:
+        return (f"the model's {dictionary.items} item ids do not extend the {previous.dictionary.items} the "
                 "histories were kept for (an older or another model)")
-    if now.plays_silver_version < previous.plays_silver_version:
-        return f"plays_silver is at version {now.plays_silver_version}, before the {previous.plays_silver_version} folded in"
-    since = [c for c in lake.commits(spark, PLAYS_SILVER) if c.version > previous.plays_silver_version]
-    if since and min(c.version for c in since) != previous.plays_silver_version + 1:
-        return f"the plays_silver commits after version {previous.plays_silver_version} are no longer in its history"
+    folded = previous.plays_silver_version
+    if inputs.silver[0].version < folded:
+        return f"plays_silver is at version {inputs.silver[0].version}, before the {folded} folded in"
+    since = [c for c in inputs.silver if c.version > folded]
+    if since and since[-1].version != folded + 1:
+        return f"the plays_silver commits after version {folded} are no longer in its history"
     other = [c for c in since if c.operation not in _ADDS_PLAYS]
     if other:
-        return (f"plays_silver was changed other than by ingest since version {previous.plays_silver_version} "
-                f"({other[-1].operation} at version {other[-1].version})")
+        return (f"plays_silver was changed other than by ingest since version {folded} "
+                f"({other[0].operation} at version {other[0].version})")
     return None
 
 
@@ -300,11 +330,10 @@ def _new_days(spark: SparkSession, lake: Lake, since: int, now: int) -> set[date
     return {d for r in rows for d in r["event_dates"]}
 
 
-def _fold(spark: SparkSession, lake: Lake, plays: DataFrame, days: list[date], index: DataFrame, newest: int,
-          now: Folded) -> None:
+def _fold(spark: SparkSession, lake: Lake, plays: DataFrame, days: list[date], index: DataFrame, now: Folded) -> None:
     """Merge the plays of `days` into the table: the touched listeners' suffixes cut again from their kept
     plays and the new ones, listeners whose newest play left the lookback deleted; one commit."""
-    lookback = now.lookback_days
+    lookback, newest = now.lookback_days, now.newest_us
     new = recent_plays(plays.where(F.col("event_date").isin(days)), newest, lookback).select(*_PLAY_COLUMNS)
     table = lake.read(spark, LISTENER_HISTORY)
     stored = window_plays(table.join(new.select("user_id").distinct(), "user_id", "left_semi"), newest, lookback)
