@@ -56,6 +56,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from nextplay.config import Config, SessionizeConfig
+from nextplay.data.batches import batch_days
 from nextplay.tables import (INGEST_LOG, ITEM_INDEX, ITEM_INDEX_SCHEMA, LAYOUT_ONLY, PLAYS_SILVER, SESSIONS,
                              SESSIONS_SCHEMA, Lake, generation_options, new_generation)
 
@@ -268,24 +269,6 @@ def stitched_days(plays: DataFrame, seeds: set[date], gap_us: int) -> set[date]:
             days |= _days_between(m - 1, m)
 
 
-def _batch_days(spark: SparkSession, lake: Lake, since: int, now: int) -> set[date] | None:
-    """Event dates of the batches ingest_log gained between two of its versions; None when they are not
-    known (a batch logged without them, or the older version no longer readable)."""
-    try:
-        before = lake.read_at(spark, INGEST_LOG, since).select("batch_id")
-    except Exception as e:  # noqa: BLE001 - Delta answers an expired version with several error types
-        log.warning("sessionize: ingest_log version %d is no longer readable (%s): rebuilding every day", since,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return None
-    after = lake.read_at(spark, INGEST_LOG, now)
-    if "event_dates" not in after.columns:
-        return None
-    rows = after.join(before, "batch_id", "left_anti").select("event_dates").collect()
-    if any(r["event_dates"] is None for r in rows):
-        return None
-    return {d for r in rows for d in r["event_dates"]}
-
-
 def _played_days(plays: DataFrame, tracks: DataFrame) -> set[date]:
     """The event dates on which any of `tracks` was played."""
     rows = plays.join(tracks.select("track_id"), "track_id", "left_semi").select("event_date").distinct().collect()
@@ -410,7 +393,7 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
 def _changed_days(spark: SparkSession, lake: Lake, plays: DataFrame, known: DataFrame, numbered: DataFrame,
                   previous: Previous, log_version: int, split: tuple[int, int], scfg: SessionizeConfig) -> set[date] | None:
     """The days to re-cut (see module docstring), or None when they cannot be known."""
-    batches = _batch_days(spark, lake, int(previous.state["ingest_log_version"]), log_version)
+    batches = batch_days(spark, lake, int(previous.state["ingest_log_version"]), log_version)
     if batches is None:
         return None
     old_split = (int(previous.state.get("valid_start_us", split[0])), int(previous.state.get("test_start_us", split[1])))

@@ -44,6 +44,7 @@ from datetime import date, datetime, timedelta
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from nextplay.data.batches import batch_days
 from nextplay.tables import (INGEST_LOG, LAYOUT_ONLY, LISTENER_HISTORY, LISTENER_HISTORY_SCHEMA, PLAYS_SILVER, Commit,
                              Lake, generation_options, new_generation)
 
@@ -245,7 +246,7 @@ def refresh(spark: SparkSession, lake: Lake, index: DataFrame, *, history_length
     previous, why = _previous(commits)
     mine, prefix = dictionary_of(index, previous.dictionary.items if previous else None)
     reason = "asked for" if full else _full_reason(previous, why, inputs, mine, prefix, history_length, lookback_days)
-    days = None if reason else _new_days(spark, lake, previous.ingest_log_version, log_version)
+    days = None if reason else batch_days(spark, lake, previous.ingest_log_version, log_version)
     if reason is None and days is None:
         reason = (f"a batch logged after ingest_log version {previous.ingest_log_version} has no event dates, "
                   "or that version is no longer readable")
@@ -306,28 +307,6 @@ def _full_reason(previous: Folded | None, why: str, inputs: _Inputs, dictionary:
         return (f"plays_silver was changed other than by ingest since version {folded} "
                 f"({other[0].operation} at version {other[0].version})")
     return None
-
-
-def _new_days(spark: SparkSession, lake: Lake, since: int, now: int) -> set[date] | None:
-    """Event dates of the batches ingest_log gained after version `since` (-1: every batch), or None
-    when they are not known (a batch logged without them, or that version no longer readable)."""
-    if now == since:
-        return set()
-    after = lake.read_at(spark, INGEST_LOG, now)
-    if "event_dates" not in after.columns:
-        return None
-    if since >= 0:
-        try:
-            before = lake.read_at(spark, INGEST_LOG, since).select("batch_id")
-        except Exception as e:  # noqa: BLE001 - Delta answers an expired version with several error types
-            log.warning("%s: ingest_log version %d is no longer readable (%s)", LISTENER_HISTORY, since,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
-            return None
-        after = after.join(before, "batch_id", "left_anti")
-    rows = after.select("event_dates").collect()
-    if any(r["event_dates"] is None for r in rows):
-        return None
-    return {d for r in rows for d in r["event_dates"]}
 
 
 def _fold(spark: SparkSession, lake: Lake, plays: DataFrame, days: list[date], index: DataFrame, now: Folded) -> None:
