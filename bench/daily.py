@@ -44,7 +44,6 @@ def _lake_config(b: Bench, days: int) -> Config:
     cfg.train.epochs, cfg.train.daily.epochs, cfg.train.daily.window_days = 1, 1, 1
     cfg.evaluate.max_test_sessions, cfg.evaluate.max_train_sessions = 2_000, 20_000
     cfg.promote.min_gain_over_knn = -1.0  # the bench needs a champion, whatever one pass learned
-    cfg.score.allow_empty = False
     return cfg
 
 

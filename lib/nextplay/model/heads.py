@@ -173,9 +173,9 @@ class SampledSoftmax(FullSoftmax):
     Each row's target competes with a shared candidate set: the batch's targets (drawn, in effect,
     from item popularity; a random `n_negatives` of them when the batch has more, so a batch of long
     sessions does not cost O(targets^2)) plus `n_negatives` items drawn from popularity ** alpha
-    (`neg_probs`, through an alias table: O(1) a draw whatever the catalog size). Every logit, the target's included, is corrected by the log of that item's expected number
-    of draws (log-q, from the same `neg_probs`), without which the sampled objective favours popular
-    items; a candidate equal to the row's own target ("accidental hit") is removed. With `sparse`, the
+    (`neg_probs`, through an alias table: O(1) a draw whatever the catalog size). Every logit, the
+    target's included, is corrected by the log of that item's expected number of draws (log-q, from
+    the same `neg_probs`), without which the sampled objective favours popular items; a candidate equal to the row's own target ("accidental hit") is removed. With `sparse`, the
     candidates' vectors and biases get row-sparse gradients (`gather_rows`).
     """
 

@@ -520,6 +520,7 @@ def train(cfg: Config) -> dict[str, Any]:
     """The `train` stage."""
     trained = train_and_log(get_spark(cfg), cfg)
     return {"run_id": trained.run_id, "model_version": trained.model_version, "world_size": trained.world_size,
-            "train_mode": trained.mode, "train_sessions": trained.sessions, "epochs": trained.epochs, "train_seconds": round(trained.seconds, 1),
+            "train_mode": trained.mode, "train_sessions": trained.sessions, "epochs": trained.epochs,
+            "train_seconds": round(trained.seconds, 1),
             "train_events_per_second": round(trained.events_per_second),
             "final_loss": trained.history[-1].get("loss") if trained.history else None}
