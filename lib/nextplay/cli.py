@@ -56,49 +56,49 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _spark(cfg: Config):
-    from nextplay.spark import get_spark
+    from nextplay.spark import get_spark  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return get_spark(cfg)
 
 
 def _stage_generate(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.generate import generate
+    from nextplay.data.generate import generate  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return generate(_spark(cfg), cfg)
 
 
 def _stage_ingest(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.ingest import ingest
+    from nextplay.data.ingest import ingest  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return ingest(_spark(cfg), cfg)
 
 
 def _stage_sessionize(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.data.sessionize import sessionize
+    from nextplay.data.sessionize import sessionize  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return sessionize(_spark(cfg), cfg, full=args.full)
 
 
 def _stage_train(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.train.launch import train
+    from nextplay.train.launch import train  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return train(cfg)
 
 
 def _stage_evaluate(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.evaluate.evaluate import evaluate
+    from nextplay.evaluate.evaluate import evaluate  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return evaluate(cfg, run_id=args.run_id)
 
 
 def _stage_score(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.score.batch import score
+    from nextplay.score.batch import score  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return score(cfg)
 
 
 def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.pipeline import run_pipeline, summary
+    from nextplay.pipeline import run_pipeline, summary  # deferred: Spark, torch or MLflow load only when a stage runs
 
     result = run_pipeline(cfg, next_day=getattr(args, "next_day", False))
     print(summary(result))
@@ -106,19 +106,19 @@ def _stage_pipeline(cfg: Config, args: argparse.Namespace) -> object:
 
 
 def _stage_benchmark(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.benchmark import benchmark
+    from nextplay.benchmark import benchmark  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return benchmark(cfg, train_path=args.train, test_path=args.test, out_path=args.out)
 
 
 def _stage_maintain(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.maintain import maintain
+    from nextplay.maintain import maintain  # deferred: Spark, torch or MLflow load only when a stage runs
 
     return maintain(cfg)
 
 
 def _stage_sql(cfg: Config, args: argparse.Namespace) -> object:
-    from nextplay.sql import run_sql
+    from nextplay.sql import run_sql  # deferred: Spark, torch or MLflow load only when a stage runs
 
     run_sql(cfg, args.query, fmt=args.format, limit=args.limit)
     return None

@@ -82,7 +82,7 @@ def progress(iterable: Iterable[Any], total: int | None, desc: str, enabled: boo
     if not enabled:
         return _Silent(iterable, total, desc, unit)
     if on_terminal():
-        from tqdm import tqdm
+        from tqdm import tqdm  # deferred: only a terminal draws a bar
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, mininterval=2.0, leave=False)
     return LineProgress(iterable, total, desc, unit)

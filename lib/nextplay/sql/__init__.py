@@ -22,9 +22,9 @@ from pyspark.logger import PySparkLogger
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from nextplay import sql_describe
 from nextplay.config import Config, ConfigError
 from nextplay.spark import get_spark
+from nextplay.sql import describe
 from nextplay.tables import Lake
 
 # Spark formats each row itself, in the session time zone (UTC): timestamps keep their offset and
@@ -204,17 +204,17 @@ def read_only_session(spark: SparkSession, lake: Lake) -> tuple[SparkSession, li
 def read_only_query(spark: SparkSession, lake: Lake, query: str) -> DataFrame:
     """`query` as a DataFrame over the lake's tables, after every check; raises SqlRefused. The
     statements that describe the lake (SHOW TABLES, DESCRIBE, EXPLAIN, ...) are answered by
-    nextplay/sql_describe.py, never run as Spark commands."""
+    nextplay/sql/describe.py, never run as Spark commands."""
     session, tables, allowed = read_only_session(spark, lake)
     with _quiet_query_errors():
         try:
             plan = session._jsparkSession.sessionState().sqlParser().parsePlan(query)
         except PySparkException as e:  # Spark's ParseException
             raise SqlRefused(_first_line(str(e))) from None
-        if sql_describe.answers(plan):
+        if describe.answers(plan):
             try:
-                return sql_describe.answer(session, lake, query, plan, tables, lambda inner: check_parsed(inner, tables))
-            except sql_describe.Refused as e:
+                return describe.answer(session, lake, query, plan, tables, lambda inner: check_parsed(inner, tables))
+            except describe.Refused as e:
                 raise SqlRefused(str(e)) from None
             except PySparkException as e:
                 raise SqlRefused(_first_line(str(e))) from None
