@@ -269,7 +269,7 @@ def ann_figures(b: Bench) -> dict[str, Any]:
     b.inputs["ann_data"] = data
     x = item_vectors(model)
     t0 = time.perf_counter()
-    fp = fingerprint(x)
+    fingerprint(x)
     fp_seconds = time.perf_counter() - t0
     norms = np.linalg.norm(x, axis=1)
     q = query_vectors(session_vectors(model, data.batch(sizes.queries, 6)))

@@ -158,6 +158,23 @@ def score_figures(b: Bench) -> dict[str, Any]:
                                         if "memory_over_model" in m}}
 
 
+def _over_gemm(model, seqs: list[np.ndarray], s) -> dict[str, Any]:
+    """The exact scorer in process against `gemm_topk` of its shapes, one thread each, interleaved."""
+    weight = model.rnn._output_weight().detach()
+    users = len(seqs)
+    torch.set_num_threads(1)
+    runs = {"scorer": lambda: model.topk_items(seqs, s.top_k, exclude_seen=s.exclude_played, batch_size=s.batch_size,
+                                               chunk_size=s.chunk_size),
+            "gemm_topk": lambda: gemm_topk(weight, users, s.batch_size, s.chunk_size, s.top_k)}
+    times = interleaved(runs, 2)
+    ratio = median(times["gemm_topk"]) / median(times["scorer"])
+    log(f"score V={len(weight) - 1:,}: exact scorer {users / median(times['scorer']):,.0f} users/s, bare product + "
+        f"top-k {users / median(times['gemm_topk']):,.0f} users/s (score_over_gemm {ratio:.2f})")
+    return {"users": users, "hidden": int(weight.shape[1]), "threads": 1, "seconds": times,
+            "scorer_users_per_second": users / median(times["scorer"]),
+            "gemm_users_per_second": users / median(times["gemm_topk"]), "score_over_gemm": ratio}
+
+
 def _proc_memory() -> dict[str, int]:
     """This process's resident memory in bytes: VmRSS, VmHWM (its peak), RssAnon, RssFile and Pss."""
     out: dict[str, int] = {}

@@ -16,7 +16,6 @@ import pytest
 from pyspark.sql import functions as F
 
 from nextplay.cli import main
-from nextplay.data.ingest import ingest
 from nextplay.data.validate import play_id
 from nextplay.tables import INGEST_LOG, PLAY_IDENTITY, PLAYS_BRONZE, PLAYS_QUARANTINE, PLAYS_SILVER, Lake
 from tests.data.conftest import write_text

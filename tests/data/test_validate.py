@@ -1,7 +1,6 @@
 """Timestamp parsing and the quarantine reasons, on in-memory rows (no files, no Delta)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 
 from pyspark.sql import functions as F
 

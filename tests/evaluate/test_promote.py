@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 import pytest

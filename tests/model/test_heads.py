@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from nextplay.config import HybridConfig, ModelConfig
 from nextplay.model.session import SessionModel
