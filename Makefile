@@ -41,9 +41,10 @@ demo: venv
 lint: .venv/.nextplay-stamp
 	$(PY) -m pytest -q tests/test_imports.py
 
-# The full suite, slow and cluster tests included (what CI runs).
+# The full suite, slow and cluster tests included (what CI runs), in two worker processes that take a
+# test file each (`--dist loadfile`: a file's shared fixtures, such as a started cluster, start once).
 test: venv hdfs-jars
-	$(PY) -m pytest -q -m "not gpu" --durations=15
+	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --durations=25
 
 # Only the fast unit and integration tests, for the edit-run loop.
 test-fast: venv

@@ -17,9 +17,9 @@ setup(
     extras_require={
         "local": ["pyspark>=4.0,<4.1", "delta-spark>=4.0,<4.5", "numpy>=1.24,<2", "pandas>=2,<3", "pyarrow>=12,<15"],
         "train": ["torch>=2.1", "scipy>=1.10", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5",
-                  "faiss-cpu>=1.8"],
+                  "faiss-cpu>=1.8", "psutil>=5.9"],
         "horovod": ["horovod==0.28.1"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pyflakes>=3.2", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pyflakes>=3.2", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["nextplay=nextplay.cli:main"]},
 )

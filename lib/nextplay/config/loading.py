@@ -185,6 +185,9 @@ def _check_ranges(cfg: Config) -> None:
             datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise ConfigError(f"{key}: expected an ISO-8601 date or time such as 2026-01-01, got {text!r}") from None
+    if cfg.train.report_every_steps < 0:
+        raise ConfigError(f"train.report_every_steps: must be >= 0 (0 = the epochs' figures only), "
+                          f"got {cfg.train.report_every_steps}")
     if cfg.ingest.max_future_minutes < 0:
         raise ConfigError(f"ingest.max_future_minutes: must be >= 0, got {cfg.ingest.max_future_minutes}")
     if cfg.sessionize.valid_days < 0 or cfg.sessionize.test_days <= 0:

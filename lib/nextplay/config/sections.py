@@ -247,6 +247,9 @@ class TrainConfig:
     daily: DailyConfig = field(default_factory=DailyConfig)
     valid_fraction: float = 0.0  # benchmark only: hold out the last sessions to tune on
     progress: bool = True
+    # Rank 0's mean loss and throughput every this many steps, logged into the MLflow run by step while
+    # training runs (with each epoch's figures; train/report.py); 0: the epochs' figures only.
+    report_every_steps: int = 50
 
 
 @dataclass
@@ -320,6 +323,8 @@ class TrackingConfig:
     # The source commit the running code was built from (the Databricks bundle passes the deployed
     # one): logged with the run's params and tagged as MLflow's `mlflow.source.git.commit`.
     git_commit: str | None = None
+    # MLflow's system metrics (CPU, memory, disk, network, GPU) sampled on the driver through a training run.
+    system_metrics: bool = True
 
 
 @dataclass

@@ -8,7 +8,8 @@ model and a small result file to `output_dir`, which the driver reads back (Torc
 an arbitrary rank's value in local mode, so return values are never trusted). On a cluster rank 0
 runs on another machine: `output_dir` is a folder of the run under `train.checkpoint_dir`, which
 must be storage every node reaches (nextplay/storage.py), never the driver's own disk. The driver
-alone talks to MLflow: the per-epoch metrics are logged from the result's history.
+alone talks to MLflow: rank 0 reports its figures through files beside its output, which a thread on
+the driver logs into the run while training runs (train/report.py).
 
 Everything a run reads comes from one pinned generation of the lake (`Lake.pin_generation`): the
 sessions version and the item_index version sessionize wrote with it, logged as run tags. Each
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -58,6 +60,7 @@ from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate
                                    plan_snapshot)
 from nextplay.train.lanes import Lanes
 from nextplay.train.loop import Buckets, build_optimizer, fit
+from nextplay.train.report import Relay, StepReport, describe, report_folder
 from nextplay.train.window import in_window, run_config, window_start
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class TrainSpec:
     checkpoint_dir: str = ""  # this run's own folder under train.checkpoint_dir; "" = the base folder
     sessions_version: int | None = None  # the pinned sessions version, recorded in every checkpoint
     initial_model: str = ""  # warm start: a saved model (model/io.py) on shared storage the ranks start from
+    report_dir: str = ""  # where rank 0 leaves its figures for the driver to relay (train/report.py); "": none
 
 
 def _collective(launcher: str):
@@ -150,8 +154,11 @@ def train_worker(spec: TrainSpec) -> None:
             start_epoch = int(state["epoch"]) + 1
             log.info("rank %d resumes after the checkpoint of epoch %d", rank, state["epoch"])
 
+    report = StepReport(spec.snapshot.storage, spec.report_dir, cfg.train.report_every_steps) \
+        if rank == 0 and spec.report_dir else None
+
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> None:
-        if rank != 0:
+        if report is None:
             return
         # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
         stepped = getattr(comm, "optimizer", None) or optimizer
@@ -165,7 +172,7 @@ def train_worker(spec: TrainSpec) -> None:
             model.train()
             metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
             stats.update(metrics)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        report.epoch(epoch, metrics)  # the driver logs it, live (train/report.py)
 
     history = fit(
         model,
@@ -173,11 +180,13 @@ def train_worker(spec: TrainSpec) -> None:
         train_cfg,
         start_epoch=start_epoch,
         on_epoch_end=on_epoch_end,
+        on_step=report.step if report is not None else None,
         device=device,
         distributed=comm,
         optimizer=optimizer,
     )
-    if rank == 0:
+    if report is not None:
+        report.flush()
         write_output(spec, model.to("cpu"), {"history": history, "world_size": size})
     if comm is not None:
         comm.barrier()
@@ -454,7 +463,9 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
     shared_dir = copies = initial = None
     name = run_name or f"train-{cfg.model.encoder}-{cfg.model.head}"
     try:
-        with (mlflow.start_run(run_id=resumed.info.run_id) if resumed else mlflow.start_run(run_name=name)) as run:
+        system = cfg.tracking.system_metrics  # CPU, memory and GPU of the driver, sampled through the run
+        with (mlflow.start_run(run_id=resumed.info.run_id, log_system_metrics=system) if resumed
+              else mlflow.start_run(run_name=name, log_system_metrics=system)) as run:
             run_id = run.info.run_id
             mlflow.set_tags({"nextplay.stage": "train", **pin.as_tags()})
             if warm is not None:
@@ -475,12 +486,12 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                 write_initial_model(cfg, warm, n_items, item_counts, initial, snapshot.storage)
             spec = TrainSpec(cfg, snapshot, n_items, item_counts, shared_dir, run_id, prefixes, labels,
                              checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version,
-                             initial_model=initial or "")
+                             initial_model=initial or "", report_dir=report_folder(str(checkpoints)))
             started = time.time()
-            result = launch(spec)
+            with Relay(snapshot.storage, spec.report_dir, relay_to_run(run_id)):
+                result = launch(spec)
             seconds = time.time() - started
             history = result["history"]
-            log_history(history)
             events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
             mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second,
                                 "world_size": float(result["world_size"])})
@@ -506,14 +517,22 @@ def output_folder(cfg: Config, run_id: str) -> str:
     return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "output")
 
 
-def log_history(history: list[dict[str, Any]]) -> None:
-    """The per-epoch metrics, logged by the driver after training with each epoch as the step: ranks
-    never talk to MLflow (on a cluster they have neither its address nor its credentials)."""
-    for stats in history:
-        metrics = {k: float(v) for k, v in stats.items()
-                   if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if metrics:
-            mlflow.log_metrics(metrics, step=int(stats["epoch"]))
+def relay_to_run(run_id: str):
+    """The sink of the training report (train/report.py): each record's figures into run `run_id`
+    by its step, and one line per batch to this process's log, as they arrive."""
+    client = MlflowClient()
+
+    def sink(records: list[dict[str, Any]]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(r["step"])) for r in records
+                   for key, value in r["metrics"].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        epochs = [r for r in records if r.get("kind") == "epoch"]
+        for r in epochs or records[-1:]:
+            log.info("training: %s", describe(r))
+
+    return sink
 
 
 def train(cfg: Config) -> dict[str, Any]:

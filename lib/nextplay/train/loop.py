@@ -261,12 +261,15 @@ def _resolve_device(device: str | torch.device | None, cfg: TrainConfig) -> torc
 
 def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *, start_epoch: int = 0,
         on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        on_step: Callable[[int, int, float, int], None] | None = None,
         device: str | torch.device | None = None, distributed: Any = None,
         optimizer: torch.optim.Optimizer | None = None) -> list[dict[str, float]]:
     """Train epochs start_epoch .. cfg.epochs - 1 and return one stats dict per epoch.
 
     Pass `optimizer` (from `build_optimizer`) to resume its state from a checkpoint; otherwise a fresh
-    one is built. `events` counts trained next-item targets.
+    one is built. `events` counts trained next-item targets. `on_step(epoch, global_step, loss_sum,
+    events)` sees every step's summed loss (this rank's), for figures reported while training runs;
+    the global step counts from the run's first epoch, so a resumed run's steps continue its curve.
     """
     dev = _resolve_device(device, cfg)
     model.to(dev)
@@ -279,12 +282,15 @@ def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *,
         group.setdefault("initial_lr", group["lr"])
     params = [p for p in model.parameters() if p.requires_grad]
     history: list[dict[str, float]] = []
+    global_step = 0
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, rank]).generate_state(1)[0]))
         steps_per_epoch = strategy.steps_per_epoch
         batches = strategy.batches(epoch) if steps_per_epoch is None else None
         n_steps = steps_per_epoch if steps_per_epoch is not None else (len(batches) if hasattr(batches, "__len__") else None)
         source = batches if batches is not None else _steps(strategy, epoch, steps_per_epoch)
+        if n_steps is not None:
+            global_step = epoch * n_steps
         model.train()
         total_loss, total_events, started = 0.0, 0, time.perf_counter()
         bar = progress(source, n_steps, f"epoch {epoch}", enabled=cfg.progress and rank == 0, unit="step")
@@ -301,8 +307,12 @@ def fit(model: torch.nn.Module, strategy: TrainingStrategy, cfg: TrainConfig, *,
             clip_grad_norm(params, cfg.clip_norm)
             with opt.skip_synchronize() if synchronize is not None else nullcontext():
                 opt.step()
-            total_loss += float(loss_sum.detach())
+            step_loss = float(loss_sum.detach())
+            total_loss += step_loss
             total_events += n
+            global_step += 1
+            if on_step is not None:
+                on_step(epoch, global_step, step_loss, int(n))
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{total_loss / max(total_events, 1):.4f}")
         bar.close()
