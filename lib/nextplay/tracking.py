@@ -41,6 +41,12 @@ def artifact_root(tcfg: TrackingConfig) -> str | None:
     return Path(urlparse(loc).path if loc.startswith("file:") else loc).resolve().as_uri()
 
 
+# The MLflow UI opens an experiment on the view its kind names; untagged, it guesses the GenAI
+# overview (traces, token usage). These runs train models: the UI should open on them.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
+
 def configure(tcfg: TrackingConfig) -> str:
     """Point this process at the tracking store and registry, create the experiment if needed.
 
@@ -51,9 +57,12 @@ def configure(tcfg: TrackingConfig) -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(tcfg.experiment)
     if exp is None:
-        exp_id = client.create_experiment(tcfg.experiment, artifact_location=artifact_root(tcfg))
+        exp_id = client.create_experiment(tcfg.experiment, artifact_location=artifact_root(tcfg),
+                                          tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made by an earlier release, or by hand
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

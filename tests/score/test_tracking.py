@@ -27,6 +27,16 @@ def test_configure_creates_the_experiment_once(tmp_path: Path) -> None:
     first = tracking.configure(cfg)
     assert tracking.configure(cfg) == first
     assert MlflowClient().get_experiment(first).artifact_location == (tmp_path / "a").as_uri()
+    assert MlflowClient().get_experiment(first).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_untagged_experiment_is_marked_as_model_training(tmp_path: Path) -> None:
+    """Without the kind, the MLflow UI opens the experiment on its GenAI overview, not on the runs."""
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="exp", artifact_location=str(tmp_path / "a"))
+    created = MlflowClient(cfg.uri).create_experiment("exp")
+    assert "mlflow.experimentKind" not in MlflowClient(cfg.uri).get_experiment(created).tags
+    assert tracking.configure(cfg) == created
+    assert MlflowClient().get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_resolve_model_pins_a_version(tiny: TinyModel) -> None:
