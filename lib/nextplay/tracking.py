@@ -115,6 +115,15 @@ def set_alias(name: str, alias: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, str(version))
 
 
+def annotate_version(name: str, version: str, description: str, tags: Mapping[str, str]) -> None:
+    """Give registered version `version` of `name` a description and tags: what the registry's page
+    of the version shows, so it says what the version scored and what the gate made of it."""
+    client = MlflowClient()
+    client.update_model_version(name, str(version), description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
 def version_of_run(name: str, run_id: str) -> str | None:
     """The version of `name` that training run `run_id` registered (the highest if it registered
     several), or None when it registered none (`tracking.register` false).

@@ -132,6 +132,14 @@ def test_a_good_first_model_is_promoted(story: dict, base: Config) -> None:
     assert story["aliases_after_good"] == {"challenger": version, "champion": version}
     tags = run_of(base, good["run_id"]).data.tags
     assert tags["nextplay.promotion"].startswith("promoted: mrr_at_20 ")
+    # The registry's page of the version says what it scored and why the gate promoted it.
+    page = MlflowClient(base.tracking.uri).get_model_version(base.tracking.model_name, version)
+    assert page.description.startswith("Gate on mrr_at_20: promoted: mrr_at_20 ")
+    assert "| session_knn |" in page.description and "| most_popular |" in page.description
+    assert page.tags["nextplay.gate"] == "promoted" and page.tags["nextplay.evaluation_run"] == good["run_id"]
+    assert float(page.tags["test/model/mrr_at_20"]) == pytest.approx(good["mrr_at_20"], abs=1e-4)
+    assert float(page.tags["test/session_knn/recall_at_20"]) == pytest.approx(
+        good["baselines"]["session_knn"]["recall_at_20"], abs=1e-4)
 
 
 def test_a_crippled_model_is_refused_and_the_champion_stays(story: dict, base: Config) -> None:
@@ -142,6 +150,8 @@ def test_a_crippled_model_is_refused_and_the_champion_stays(story: dict, base: C
     assert promotion["decision"] == "refused" and promotion["compared_champion"] == good_version
     assert promotion["reason"].startswith("not good enough against session_knn and champion v")
     assert story["aliases_after_crippled"] == {"challenger": crippled_version, "champion": good_version}
+    refused = MlflowClient(base.tracking.uri).get_model_version(base.tracking.model_name, crippled_version)
+    assert refused.tags["nextplay.gate"] == "refused" and "refused: not good enough" in refused.description
     # The champion was trained on generation A and measured on generation B's lines: only the
     # translation through track ids lets it rank as it did on its own lines (raw ids would point
     # every prefix at the mirrored track, and the successor would be ranked as a random item).

@@ -39,7 +39,8 @@ Built to run unchanged on billions of plays:
   handling splits the partitions of very popular tracks.
 - Bounded rows: a session longer than `max_session_length` is cut into chunks of at most that
   many items, so no row (and no training sequence) grows without bound. New dictionary entries are
-  numbered by one window (one task): they are the day's new tracks, or the whole vocabulary once.
+  numbered in range partitions (data/ordinal.py), not in one task: a first load numbers the whole
+  vocabulary.
 - What a run reads: the dictionary's counts aggregate the training window's track ids (no sort by
   listener); the k-th play time of a new track is a row_number limited to k per track, which Spark
   applies before the shuffle. Sessions read only the re-cut days (partition pruning on event_date).
@@ -57,6 +58,7 @@ from pyspark.sql import functions as F
 
 from nextplay.config import Config, SessionizeConfig
 from nextplay.data.batches import batch_days
+from nextplay.data.ordinal import number_in_order
 from nextplay.tables import (INGEST_LOG, ITEM_INDEX, ITEM_INDEX_SCHEMA, LAYOUT_ONLY, PLAYS_SILVER, SESSIONS,
                              SESSIONS_SCHEMA, Lake, generation_options, new_generation)
 
@@ -113,14 +115,14 @@ def number_entrants(plays: DataFrame, entrants: DataFrame, valid_us: int, min_co
     reached `min_count` training plays (its min_count-th play), then track_id.
 
     The min_count-th smallest time does not depend on how ties are ordered. `row_number() <= k` is
-    planned as a per-partition limit before the shuffle, so a hit with millions of plays sends k rows."""
+    planned as a per-partition limit before the shuffle, so a hit with millions of plays sends k rows.
+    The result is persisted (data/ordinal.py): the caller unpersists it."""
     train = plays.where((F.col("event_date") <= F.lit(_day_of(valid_us)))
                         & (F.col("ts") < F.timestamp_micros(F.lit(valid_us))))
     mine = train.join(entrants.select("track_id"), "track_id", "left_semi")
     first_k = mine.withColumn("n", F.row_number().over(Window.partitionBy("track_id").orderBy("ts")))
     entered = first_k.where(F.col("n") <= min_count).groupBy("track_id").agg(F.max("ts").alias("entered_at"))
-    order = Window.orderBy("entered_at", "track_id")
-    return entered.select("track_id", (F.lit(after) + F.row_number().over(order)).cast("int").alias("item_idx"))
+    return number_in_order(entered, ["entered_at", "track_id"], "item_idx", after=after, keep=["track_id"])
 
 
 def _generation_in(metadata: str) -> str:
@@ -360,7 +362,7 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
     top = known.agg(F.max("item_idx")).first()[0] or 0
     counts = training_counts(plays, valid_us).persist(StorageLevel.MEMORY_AND_DISK)
     entrants = counts.where(F.col("play_count") >= scfg.min_item_count).join(known, "track_id", "left_anti")
-    numbered = number_entrants(plays, entrants, valid_us, scfg.min_item_count, top).persist(StorageLevel.MEMORY_AND_DISK)
+    numbered = number_entrants(plays, entrants, valid_us, scfg.min_item_count, top)
     try:
         new_items = numbered.count()
         if top + new_items == 0:

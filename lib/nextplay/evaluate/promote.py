@@ -194,8 +194,27 @@ def gate(cfg: Config, spark: SparkSession, run_id: str, challenger: NextTrackMod
     decision = Decision(promoted, reason, metric, version, before, version if promoted else before, ours, knn, theirs,
                         champion_metrics)
     _log(run_id, decision)
+    tracking.annotate_version(name, version, *version_note(run_id, decision, model_metrics, baselines))
     log.info("promotion of %s v%s: %s", name, version, decision.tag)
     return decision
+
+
+def version_note(run_id: str, decision: Decision, model_metrics: Mapping[str, float],
+                 baselines: Mapping[str, Mapping[str, float]]) -> tuple[str, dict[str, str]]:
+    """The registered version's description (the gate's decision and a table of the test figures
+    beside the baselines') and tags (the decision and every test figure, `test/<who>/<metric>`)."""
+    figures = {"model": model_metrics, **baselines}
+    names = sorted({k for f in figures.values() for k in f if k != "lines"},
+                   key=lambda k: (k.split("_at_")[0] != "recall", int(k.rsplit("_", 1)[1]) if k[-1].isdigit() else 0, k))
+    rows = [f"| {who} | " + " | ".join(f"{f[k]:.4f}" if k in f else "" for k in names) + " |"
+            for who, f in figures.items()]
+    description = "\n".join([
+        f"Gate on {decision.metric}: {decision.tag}", "",
+        f"Test split, measured by evaluation run {run_id}:", "",
+        "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names), *rows])
+    tags = {"nextplay.gate": "promoted" if decision.promoted else "refused", "nextplay.evaluation_run": run_id,
+            **{f"test/{who}/{k}": f"{float(v):.4f}" for who, f in figures.items() for k, v in f.items() if k != "lines"}}
+    return description, tags
 
 
 def _log(run_id: str, decision: Decision) -> None:
