@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from nextplay import tables
 from nextplay.config import Config
 from nextplay.data.lines import benchmark_sessions_csr, encode_lines, read_benchmark_lines
+from nextplay.data.ordinal import number_in_order
 from nextplay.evaluate.ranking import BaselineRanker, ModelRanker, ship_baselines, task_count
 from nextplay.evaluate.report import evaluate_lines, log_evaluation
 from nextplay.shipping import ship_model
@@ -49,21 +50,21 @@ def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
     lines = raw.select("line", F.posexplode("tracks").alias("pos", "track_id")).persist()
     if lines.isEmpty():
         raise ValueError(f"--train {train_path}: no sessions in the file")
-    index = (lines.groupBy("track_id").agg(F.count("*").alias("play_count"))
-             .withColumn("item_idx", F.row_number().over(Window.orderBy(F.desc("play_count"), "track_id")).cast("int"))
-             .select("track_id", "item_idx", "play_count"))
-    lake.write(index, tables.ITEM_INDEX, mode="overwrite")
+    counts = lines.groupBy("track_id").agg(F.count("*").alias("play_count"))
+    numbered = number_in_order(counts, [F.desc("play_count"), "track_id"], "item_idx")
+    lake.write(numbered.select("track_id", "item_idx", "play_count"), tables.ITEM_INDEX, mode="overwrite")
+    numbered.unpersist()
     index = lake.read(spark, tables.ITEM_INDEX)
 
     n_lines = raw.count()
     first_valid = int(n_lines * (1.0 - cfg.train.valid_fraction))
-    rank = F.dense_rank().over(Window.orderBy("line")) - 1  # the line ids are increasing, not dense
-    sessions = (lines.join(F.broadcast(index.select("track_id", "item_idx")), "track_id")
-                .groupBy("line")
-                .agg(F.array_sort(F.collect_list(F.struct("pos", "item_idx"))).alias("seq"))
-                .select("line", F.col("seq.item_idx").alias("items"))
-                .where(F.size("items") >= 2)
-                .withColumn("n", rank)
+    kept = (lines.join(F.broadcast(index.select("track_id", "item_idx")), "track_id")
+            .groupBy("line")
+            .agg(F.array_sort(F.collect_list(F.struct("pos", "item_idx"))).alias("seq"))
+            .select("line", F.col("seq.item_idx").alias("items"))
+            .where(F.size("items") >= 2))
+    numbered_lines = number_in_order(kept, ["line"], "n", after=-1)  # the line ids are increasing, not dense
+    sessions = (numbered_lines
                 .select(
                     F.concat(F.lit("u"), F.col("n").cast("string")).alias("user_id"),
                     F.col("n").cast("string").alias("session_id"),
@@ -80,6 +81,7 @@ def write_benchmark_lake(spark, cfg: Config, train_path: str) -> dict[str, int]:
     lake.write(sessions.repartitionByRange(n_files, "start_ts").sortWithinPartitions("start_ts"),
                tables.SESSIONS, mode="overwrite")
     lines.unpersist()
+    numbered_lines.unpersist()
     return {"train_lines": n_lines, "items": index.count()}
 
 

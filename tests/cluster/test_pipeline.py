@@ -80,7 +80,9 @@ def _runs(cluster) -> list[dict[str, Any]]:
     """The training runs, each with the registry versions that came from it."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{cluster.work / 'mlruns.db'}")
+    store = f"sqlite:///{cluster.work / 'mlruns.db'}"
+    # The registry too: unnamed, it is this process's current one, which an earlier test may have set.
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     exp = client.get_experiment_by_name("cluster")
     runs = client.search_runs([exp.experiment_id], "tags.`nextplay.stage` = 'train'")
     versions = client.search_model_versions("name = 'nextplay-cluster'")
@@ -143,6 +145,8 @@ def test_train_with_horovod_on_spark(cluster, pipeline: str) -> None:
     assert len(runs) == 1 and runs[0]["id"] == result["run_id"]
     assert runs[0]["metrics"]["world_size"] == 2 and runs[0]["metrics"]["loss"] > 0
     assert runs[0]["versions"] == ["2"]
+    # Rank 0 runs on an executor: its epoch figures reach the driver's own log through the report relay.
+    assert "training: epoch 0 done: loss=" in (cluster.logs / "driver-train-spark.log").read_text()
 
 
 def test_a_cluster_keeps_its_own_shuffle_partitions(cluster, pipeline) -> None:

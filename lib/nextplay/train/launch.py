@@ -172,7 +172,8 @@ def train_worker(spec: TrainSpec) -> None:
             model.train()
             metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
             stats.update(metrics)
-        report.epoch(epoch, metrics)  # the driver logs it, live (train/report.py)
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        report.epoch(epoch, metrics)  # into the MLflow run, live, by the driver (train/report.py)
 
     history = fit(
         model,
@@ -185,8 +186,9 @@ def train_worker(spec: TrainSpec) -> None:
         distributed=comm,
         optimizer=optimizer,
     )
-    if report is not None:
-        report.flush()
+    if rank == 0:
+        if report is not None:
+            report.flush()
         write_output(spec, model.to("cpu"), {"history": history, "world_size": size})
     if comm is not None:
         comm.barrier()
@@ -488,7 +490,9 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
                              checkpoint_dir=str(checkpoints), sessions_version=pin.sessions_version,
                              initial_model=initial or "", report_dir=report_folder(str(checkpoints)))
             started = time.time()
-            with Relay(snapshot.storage, spec.report_dir, relay_to_run(run_id)):
+            # Ranks on executors log there; the driver repeats their figures for the job's own log.
+            echo = cfg.train.launcher in ("spark", "torch_distributor")
+            with Relay(snapshot.storage, spec.report_dir, relay_to_run(run_id, echo=echo)):
                 result = launch(spec)
             seconds = time.time() - started
             history = result["history"]
@@ -517,9 +521,10 @@ def output_folder(cfg: Config, run_id: str) -> str:
     return join(str(run_checkpoint_dir(cfg.train.checkpoint_dir, run_id)), "output")
 
 
-def relay_to_run(run_id: str):
+def relay_to_run(run_id: str, echo: bool):
     """The sink of the training report (train/report.py): each record's figures into run `run_id`
-    by its step, and one line per batch to this process's log, as they arrive."""
+    by its step as they arrive; with `echo`, also one line per batch of records to this process's
+    log (for ranks whose own log lines stay on the executors)."""
     client = MlflowClient()
 
     def sink(records: list[dict[str, Any]]) -> None:
@@ -528,9 +533,9 @@ def relay_to_run(run_id: str):
                    for key, value in r["metrics"].items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
             client.log_batch(run_id, metrics=metrics[start:start + 1000])
-        epochs = [r for r in records if r.get("kind") == "epoch"]
-        for r in epochs or records[-1:]:
-            log.info("training: %s", describe(r))
+        if echo:
+            for r in [r for r in records if r.get("kind") == "epoch"] or records[-1:]:
+                log.info("training: %s", describe(r))
 
     return sink
 
