@@ -109,14 +109,17 @@ class Relay:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.read_new()
+        self._read_logging_failure("the last figures are not in the run")
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll):
-            try:
-                self.read_new()
-            except Exception as e:  # noqa: BLE001 - a storage hiccup must not end the run; the next poll retries
-                log.warning("training report: could not read %s (%s); trying again", self._folder, e)
+            self._read_logging_failure("trying again")
+
+    def _read_logging_failure(self, then: str) -> None:
+        try:
+            self.read_new()
+        except Exception as e:  # noqa: BLE001 - the figures never end a run (or hide why it ended)
+            log.warning("training report: could not read %s (%s); %s", self._folder, e, then)
 
     def read_new(self) -> None:
         for name in self._storage.listdir(self._folder):
