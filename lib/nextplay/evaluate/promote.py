@@ -204,8 +204,7 @@ def version_note(run_id: str, decision: Decision, model_metrics: Mapping[str, fl
     """The registered version's description (the gate's decision and a table of the test figures
     beside the baselines') and tags (the decision and every test figure, `test/<who>/<metric>`)."""
     figures = {"model": model_metrics, **baselines}
-    names = sorted({k for f in figures.values() for k in f if k != "lines"},
-                   key=lambda k: (k.split("_at_")[0] != "recall", int(k.rsplit("_", 1)[1]) if k[-1].isdigit() else 0, k))
+    names = [k for k in model_metrics if k != "lines"]  # the baselines are measured on the same metrics
     rows = [f"| {who} | " + " | ".join(f"{f[k]:.4f}" if k in f else "" for k in names) + " |"
             for who, f in figures.items()]
     description = "\n".join([

@@ -158,7 +158,7 @@ def train_worker(spec: TrainSpec) -> None:
         if rank == 0 and spec.report_dir else None
 
     def on_epoch_end(epoch: int, stats: dict[str, Any]) -> None:
-        if report is None:
+        if rank != 0:
             return
         # The optimizer that actually stepped: Horovod's wrapper keeps its own state.
         stepped = getattr(comm, "optimizer", None) or optimizer
@@ -173,7 +173,8 @@ def train_worker(spec: TrainSpec) -> None:
             metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
             stats.update(metrics)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        report.epoch(epoch, metrics)  # into the MLflow run, live, by the driver (train/report.py)
+        if report is not None:
+            report.epoch(epoch, metrics)  # into the MLflow run, live, by the driver (train/report.py)
 
     history = fit(
         model,

@@ -3,9 +3,9 @@
 Ranks never talk to MLflow (on a cluster they have neither its address nor its credentials), and under
 TorchDistributor or horovod.spark rank 0 runs on an executor, whose log nobody watching the job reads.
 So rank 0 drops small numbered JSON files into `report/` in the run's checkpoint folder, on the storage
-every rank and the driver already share for checkpoints and the model (train/launch.py), and a thread on the driver reads each file as
-it lands: its figures go into the MLflow run by step, and a line goes to the driver's log, while the
-run is still training. Files are whole when they appear (`Storage.write_bytes` renames them into
+every rank and the driver already share for checkpoints and the model (train/launch.py), and a thread
+on the driver reads each file as it lands: its figures go into the MLflow run by step (and, for ranks
+on executors, a line into the driver's log) while the run is still training. Files are whole when they appear (`Storage.write_bytes` renames them into
 place), so the reader never sees half of one.
 
 A report record is `{"step": s, "epoch": e, "metrics": {...}}`. Step records carry `train/loss` (the
