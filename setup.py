@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="nextplay",
-    version="0.1.0",
+    version="0.2.0",
     description="Predict the next track a listener will play: Spark + Delta + PyTorch RNN + MLflow",
     python_requires=">=3.10",
     package_dir={"": "lib"},

@@ -40,6 +40,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tracking",),
     ("data",),
     ("model",),
+    ("serving",),
+    ("model_code",),
     ("shipping",),
     ("train",),
     ("evaluate",),

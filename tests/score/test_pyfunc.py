@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from nextplay import tracking
-from nextplay.model.io import load_model
-from nextplay.model import pyfunc
+from nextplay.model import formats, pyfunc
+from nextplay.model.io import load_model, release
 
 from .conftest import TOP_K, TinyModel
 
@@ -74,7 +74,8 @@ def test_logged_model_metadata(tiny: TinyModel, loaded: mlflow.pyfunc.PyFuncMode
     assert example["columns"] == ["history", "k"]
     assert not (local / "python_model.pkl").exists()  # models-from-code: nothing unpickled on load
     assert not (local / "code").exists()  # no code travels with the model: the installed package is the code
-    assert meta.metadata["nextplay_version"] == pyfunc.nextplay_version()
+    assert meta.metadata["nextplay_version"] == release()
+    assert meta.metadata["model_format"] == formats.FORMAT
 
 
 def test_item_index_must_be_dense(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """One file per model: `model.pt` with the weights, the catalog size, the ModelConfig and item counts.
 
 Everything is stored as tensors and plain Python values so `torch.load(weights_only=True)` can read
-it: loading a model never runs pickled code. The config is read back through the config checks, so
-a file written with keys this version does not know fails with one line naming the key.
+it: loading a model never runs pickled code. Each file records its layout and the release that wrote
+it; an older layout is brought up to date when read (model/formats.py), and the config is then read
+back through the config checks, so a file with keys this release does not know fails with one line
+naming the key.
 
 Loading maps the file instead of reading it (`torch.load(mmap=True)`): the weights stay pages of
 the file, read from disk when first touched, held once in the page cache and shared by every
@@ -15,6 +17,7 @@ model is built around the mapped tensors without first initialising weights of i
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +26,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from nextplay.config import ModelConfig, model_config_from_dict
+from nextplay.model import formats
 from nextplay.model.session import SessionModel
 
 MODEL_FILE = "model.pt"
@@ -62,6 +66,8 @@ def save_model(model: SessionModel, path: str | os.PathLike) -> None:
     """Write `model.pt` atomically into `path`, removing temp files an earlier killed save left there."""
     directory = Path(path)
     payload = {
+        "format": formats.FORMAT,
+        "nextplay_version": release(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "n_items": model.n_items,
         "config": dataclasses.asdict(model.cfg),
@@ -103,7 +109,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     On the CPU its tensors are the memory-mapped file itself (module docstring): loading costs what
     the scoring touches, once per machine, not a copy per process. Elsewhere (CUDA) they are copied
     from the mapping to the device."""
-    payload = torch.load(Path(path) / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
+    payload = _read(path)
     cfg = model_config_from_dict(payload["config"])
     counts = payload["item_counts"]
     with _MatricesOnMeta():
@@ -119,5 +125,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def read_model_config(path: str | os.PathLike) -> ModelConfig:
     """The ModelConfig a saved model was trained with, without reading its weights into memory
     (the file is memory-mapped; a million-track model's tables stay on disk)."""
-    payload = torch.load(Path(path) / MODEL_FILE, map_location="cpu", weights_only=True, mmap=True)
-    return model_config_from_dict(payload["config"])
+    return model_config_from_dict(_read(path)["config"])
+
+
+def _read(path: str | os.PathLike) -> dict[str, Any]:
+    """The payload of `path`'s model.pt, mapped, in the current layout (model/formats.py)."""
+    file = Path(path) / MODEL_FILE
+    return formats.current(torch.load(file, map_location="cpu", weights_only=True, mmap=True), str(file))
+
+
+def release() -> str:
+    """The installed nextplay release, recorded in every saved model (and its MLflow metadata)."""
+    try:
+        return importlib.metadata.version("nextplay")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -32,13 +32,15 @@ from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from nextplay.config import AnnConfig, ScoreConfig
-from nextplay.model import ann
-from nextplay.model.io import load_model, read_model_config
+from nextplay.model import ann, formats
+from nextplay.model.io import load_model, read_model_config, release
 from nextplay.model.ranking import ExactRanking, Ranking, RetrievedRanking
 
 ARTIFACT_RNN = "rnn"
 ARTIFACT_INDEX = "item_index"
 ARTIFACT_ANN = "ann_index"  # optional: the item-vector index (model/ann.py)
+# The models-from-code file logged with every model (it imports the stable `nextplay.serving`).
+ENTRY_POINT = str(Path(__file__).resolve().parents[1] / "model_code.py")
 INDEX_FILE = "item_index.parquet"
 # Scoring settings fixed at training time, stored as the pyfunc's model_config.
 CONF_TOP_K = "top_k"
@@ -261,14 +263,6 @@ def load_logged(model_uri: str) -> NextTrackModel:
         return model
 
 
-def nextplay_version() -> str:
-    """The installed nextplay version, recorded in the metadata of every logged model."""
-    try:
-        return importlib.metadata.version("nextplay")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def pip_requirements() -> list[str]:
     """Pinned to this environment, with torch from the CPU wheel index.
 
@@ -315,11 +309,11 @@ def log_model(model_dir: str, item_index: pd.DataFrame, *, artifact_name: str = 
         example = pd.DataFrame({"history": [popular["track_id"].head(3).tolist()], "k": [top_k]})
         return mlflow.pyfunc.log_model(
             name=artifact_name,
-            python_model=str(Path(__file__).with_name("model_code.py")),
+            python_model=ENTRY_POINT,
             artifacts={ARTIFACT_RNN: str(model_dir), ARTIFACT_INDEX: str(index_path),
                        **({ARTIFACT_ANN: str(ann_dir)} if ann_dir is not None else {})},
             model_config={CONF_TOP_K: int(top_k), CONF_COLLAPSE: bool(collapse_repeats)},
-            metadata={"nextplay_version": nextplay_version()},
+            metadata={"nextplay_version": release(), "model_format": formats.FORMAT},
             signature=SIGNATURE,
             input_example=example,
             pip_requirements=pip_requirements(),
