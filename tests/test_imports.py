@@ -35,7 +35,7 @@ PACKAGE = "nextplay"
 ROOT = Path(__file__).resolve().parents[1] / "lib" / PACKAGE
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("config", "logs", "metrics", "progress"),
+    ("config", "logs", "metrics", "progress", "run_metrics"),
     ("storage", "tables", "spark"),
     ("tracking",),
     ("data",),

@@ -16,6 +16,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from nextplay import run_metrics
 from nextplay.config import Config, TrackingConfig
 from nextplay.tables import Pin
 
@@ -287,15 +288,17 @@ _RUN_PARAMS = ("model.encoder", "model.head", "model.hidden_size", "train.epochs
 
 
 def compare_runs(cfg: Config, k: int = 20) -> pd.DataFrame:
-    """One row per evaluated run of the experiment, newest first: the model's recall/MRR at `k`,
-    every baseline's beside it (`{baseline}_recall_at_{k}`, as the evaluator logs them), and the
-    params that usually explain a difference."""
+    """One row per evaluated run of the experiment, newest first: the model's recall/MRR at `k`
+    (`recall_at_{k}`), every other scorer's beside it (`{scorer}_recall_at_{k}`: the baselines, the
+    champion), from the `test/<scorer>/` metrics the evaluator logs, and the params that usually
+    explain a difference."""
     configure(cfg.tracking)
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], order_by=["attributes.start_time DESC"])
-    if runs.empty or f"metrics.recall_at_{k}" not in runs:
+    model_recall = f"metrics.{run_metrics.test('model', f'recall_at_{k}')}"
+    if runs.empty or model_recall not in runs:
         return pd.DataFrame(columns=["run_id", "start_time", f"recall_at_{k}", f"mrr_at_{k}"])
-    metric = re.compile(rf"^metrics\.(?!valid_)(\w+_)?(recall|mrr)_at_{k}$")  # valid_*: per-epoch
-    metrics = [c for c in runs.columns if metric.match(c)]
-    params = [f"params.{p}" for p in _RUN_PARAMS if f"params.{p}" in runs]
-    table = runs[runs[f"metrics.recall_at_{k}"].notna()][["run_id", "start_time", *metrics, *params]]
-    return table.rename(columns=lambda c: c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c)
+    metric = re.compile(rf"^metrics\.test/(\w+)/((recall|mrr)_at_{k})$")
+    names = {c: (m[2] if m[1] == "model" else f"{m[1]}_{m[2]}") for c in runs.columns if (m := metric.match(c))}
+    params = {f"params.{p}": p for p in _RUN_PARAMS if f"params.{p}" in runs}
+    table = runs[runs[model_recall].notna()][["run_id", "start_time", *names, *params]]
+    return table.rename(columns={**names, **params})

@@ -131,9 +131,9 @@ def test_pipeline_with_torch_distributor(cluster, pipeline: str) -> None:
     assert counts["users"] > 0 and counts["lo"] == counts["hi"] == TOP_K  # K rows for every scored user
     runs = [r for r in _runs(cluster) if r["params"].get("train.launcher") == "torch_distributor"]
     assert len(runs) == 1
-    assert runs[0]["params"]["world_size"] == "2" and runs[0]["metrics"]["world_size"] == 2
-    assert runs[0]["metrics"]["train_seconds"] > 0 and runs[0]["metrics"]["loss"] > 0  # logged by the driver
-    assert runs[0]["metrics"]["valid_recall_at_20"] > 0
+    assert runs[0]["params"]["world_size"] == "2" and runs[0]["metrics"]["run/world_size"] == 2
+    assert runs[0]["metrics"]["run/seconds"] > 0 and runs[0]["metrics"]["epoch/loss"] > 0  # logged by the driver
+    assert runs[0]["metrics"]["valid/model/recall_at_20"] > 0
     assert runs[0]["versions"] == ["1"]
 
 
@@ -143,7 +143,7 @@ def test_train_with_horovod_on_spark(cluster, pipeline: str) -> None:
     assert result["world_size"] == 2 and result["model_version"] == "2"
     runs = [r for r in _runs(cluster) if r["params"].get("train.launcher") == "spark"]
     assert len(runs) == 1 and runs[0]["id"] == result["run_id"]
-    assert runs[0]["metrics"]["world_size"] == 2 and runs[0]["metrics"]["loss"] > 0
+    assert runs[0]["metrics"]["run/world_size"] == 2 and runs[0]["metrics"]["epoch/loss"] > 0
     assert runs[0]["versions"] == ["2"]
     # Rank 0 runs on an executor: its epoch figures reach the driver's own log through the report relay.
     assert "training: epoch 0 done: loss=" in (cluster.logs / "driver-train-spark.log").read_text()

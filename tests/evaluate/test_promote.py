@@ -158,8 +158,8 @@ def test_a_crippled_model_is_refused_and_the_champion_stays(story: dict, base: C
     assert promotion["champion"] == pytest.approx(good["mrr_at_20"], abs=0.05)
     assert promotion["champion"] > crippled["mrr_at_20"] + 0.3
     run = story["crippled_run"]
-    assert run.data.metrics["champion_mrr_at_20"] == pytest.approx(promotion["champion"])
-    assert {"champion_recall_at_10", "champion_recall_at_20", "champion_mrr_at_10"} <= set(run.data.metrics)
+    assert run.data.metrics["test/champion/mrr_at_20"] == pytest.approx(promotion["champion"])
+    assert {"test/champion/recall_at_10", "test/champion/recall_at_20", "test/champion/mrr_at_10"} <= set(run.data.metrics)
     assert run.data.tags["nextplay.promotion"] == f"refused: {promotion['reason']}"
     assert run.data.tags["nextplay.champion_version"] == good_version
     assert f"{crippled['mrr_at_20']:.4f}" in promotion["reason"] and f"{promotion['champion']:.4f}" in promotion["reason"]
@@ -186,8 +186,8 @@ def test_an_old_run_evaluated_after_the_lake_changed_gives_its_logged_figures(st
     assert {k: again[k] for k in figures} == {k: first[k] for k in figures}
     assert again["baselines"] == first["baselines"]
     logged = run_of(base, first["run_id"]).data.metrics
-    assert {k: logged[k] for k in figures if k != "lines"} == {k: first[k] for k in figures if k != "lines"}
-    assert logged["test_lines"] == first["lines"]
+    assert {k: logged[f"test/model/{k}"] for k in figures if k != "lines"} == {k: first[k] for k in figures if k != "lines"}
+    assert logged["test/lines"] == first["lines"]
     # The champion evaluated again stays the champion (the challenger alias follows the evaluation).
     assert again["promotion"]["decision"] == "promoted" and "champion already" in again["promotion"]["reason"]
 

@@ -34,8 +34,8 @@ def notebook_env(spark: SparkSession, tiny: TinyModel, tmp_path_factory: pytest.
     lake.write(spark.createDataFrame(sessions, SESSIONS_SCHEMA), SESSIONS, mode="overwrite")
     batch.score(cfg)
     with tracking.start_run(cfg, run_name="evaluated"):
-        mlflow.log_metrics({"recall_at_20": 0.31, "mrr_at_20": 0.12, "most_popular_recall_at_20": 0.05,
-                            "session_knn_recall_at_20": 0.27})
+        mlflow.log_metrics({"test/model/recall_at_20": 0.31, "test/model/mrr_at_20": 0.12,
+                            "test/most_popular/recall_at_20": 0.05, "test/session_knn/recall_at_20": 0.27})
     return {"NEXTPLAY_SET": f"lake.root={cfg.lake.root} tracking.uri={cfg.tracking.uri} "
                             f"tracking.artifact_location={cfg.tracking.artifact_location} spark.master=local[2]"}
 

@@ -153,8 +153,9 @@ def test_compare_runs_puts_baselines_beside_the_model(tmp_path: Path) -> None:
     assert tracking.compare_runs(cfg).empty
     with tracking.start_run(cfg, run_name="evaluated") as run:
         mlflow.log_params({"model.encoder": "gru"})
-        mlflow.log_metrics({"recall_at_20": 0.3, "mrr_at_20": 0.1, "most_popular_recall_at_20": 0.05,
-                            "session_knn_recall_at_20": 0.25, "valid_recall_at_20": 0.31, "recall_at_10": 0.2})
+        mlflow.log_metrics({"test/model/recall_at_20": 0.3, "test/model/mrr_at_20": 0.1,
+                            "test/most_popular/recall_at_20": 0.05, "test/session_knn/recall_at_20": 0.25,
+                            "valid/model/recall_at_20": 0.31, "test/model/recall_at_10": 0.2})
     with tracking.start_run(cfg, run_name="not evaluated"):
         mlflow.log_metric("loss", 1.0)
     table = tracking.compare_runs(cfg, k=20)

@@ -61,10 +61,10 @@ def test_sigkill_mid_epoch_then_resume(spark, cfg):
     run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
                              filter_string="attributes.status = 'FINISHED'")[0]
     assert run.info.run_id == folder.name, "the resume continues the killed run"
-    steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "loss")]
+    steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "epoch/loss")]
     assert [s for s in steps if s > last] == list(range(last + 1, 5))
     assert not folder.exists(), "the finished run's checkpoints are removed"
-    assert run.data.metrics["valid_recall_at_10"] > 0.9
+    assert run.data.metrics["valid/model/recall_at_10"] > 0.9
 
 
 @pytest.mark.slow

@@ -41,11 +41,11 @@ def test_local_training_learns_logs_and_registers(spark, cfg, encoder):
     assert main(["train", *_args(cfg, f"model.encoder={encoder}")]) == 0
     run = _last_run(cfg)
     assert run.data.params["world_size"] == "1" and run.data.params["model.encoder"] == encoder
-    assert run.data.metrics["valid_recall_at_10"] > 0.9  # the successor of every item is fixed
+    assert run.data.metrics["valid/model/recall_at_10"] > 0.9  # the successor of every item is fixed
     # The hybrid's memory holds every train-split session (8 in 10 of 600), and still ranks right.
-    assert run.data.metrics["knn_memory_sessions"] == 480
-    assert run.data.metrics["hybrid_valid_recall_at_10"] > 0.9
-    history = MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "loss")
+    assert run.data.metrics["run/knn_memory_sessions"] == 480
+    assert run.data.metrics["valid/hybrid/recall_at_10"] > 0.9
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(run.info.run_id, "epoch/loss")
     assert len(history) == 4 and history[-1].value < history[0].value
     artifacts = {a.path for a in MlflowClient(cfg.tracking.uri).list_artifacts(run.info.run_id)}
     assert "loss_curve.png" in artifacts
@@ -61,7 +61,8 @@ def test_local_training_learns_logs_and_registers(spark, cfg, encoder):
     assert {d.dataset.name for d in inputs} == {"sessions", "item_index"}
     assert result["baselines"]["most_popular"]["recall_at_10"] < result["recall_at_10"]
     metrics = MlflowClient(cfg.tracking.uri).get_run(run.info.run_id).data.metrics
-    assert {"recall_at_20", "mrr_at_20", "session_knn_recall_at_20", "most_popular_mrr_at_20"} <= set(metrics)
+    assert {"test/model/recall_at_20", "test/model/mrr_at_20", "test/session_knn/recall_at_20",
+            "test/most_popular/mrr_at_20", "test/lines"} <= set(metrics)
     # A newer sessions table (other sessions, other test split) does not change this run's evaluation.
     write_planted_lake(spark, cfg, n_sessions=300)
     again = evaluate(cfg, run_id=run.info.run_id)
@@ -78,7 +79,7 @@ def test_horovod_two_processes_learn(spark, cfg, capfd, batching, encoder):
                                  f"model.encoder={encoder}")]) == 0
     run = _last_run(cfg)
     assert run.data.params["world_size"] == "2"
-    assert run.data.metrics["valid_recall_at_10"] > 0.9
+    assert run.data.metrics["valid/model/recall_at_10"] > 0.9
     printed = "".join(capfd.readouterr())  # the workers' own log lines reach the command's output
     assert "[rank 0]: epoch 3: loss=" in printed, printed[-2000:]
 
@@ -105,11 +106,11 @@ def test_resume_continues_the_interrupted_run_not_an_older_one(spark, cfg):
     assert main(["train", "--resume", *_args(cfg, "train.epochs=3")]) == 0
     resumed = _last_run(cfg)
     assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
-    steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id, "loss")]
+    steps = [m.step for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id, "epoch/loss")]
     assert steps == [0, 1, 2], "the resumed run trains only the epoch after its own last checkpoint"
     assert resumed.data.tags["nextplay.resumed.train.epochs"] == "3"
     valid = {m.step: m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(resumed.info.run_id,
-                                                                                        "valid_recall_at_10")}
+                                                                                        "valid/model/recall_at_10")}
     assert valid[2] >= valid[1] - 0.05, "epoch 2 continues from epoch 1's weights"
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
     assert {r.info.run_id for r in runs} == {older.info.run_id, interrupted.info.run_id}

@@ -108,7 +108,7 @@ def test_figures_are_in_the_run_before_training_ends(spark, cfg, monkeypatch: py
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
             for run in runs:
                 metrics = run.data.metrics
-                if "train/loss" in metrics and "valid_recall_at_10" in metrics and "train_seconds" not in metrics:
+                if "train/loss" in metrics and "valid/model/recall_at_10" in metrics and "run/seconds" not in metrics:
                     seen_live = metrics
     finally:
         runner.join()
@@ -119,6 +119,8 @@ def test_figures_are_in_the_run_before_training_ends(spark, cfg, monkeypatch: py
     run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")[0]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == sorted(steps) and len(steps) >= 6 and len(set(steps)) == len(steps)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 6  # each epoch once
-    assert len(client.get_metric_history(run.info.run_id, "valid_recall_at_10")) == 6
+    assert len(client.get_metric_history(run.info.run_id, "epoch/loss")) == 6  # each epoch once
+    assert len(client.get_metric_history(run.info.run_id, "valid/model/recall_at_10")) == 6
+    sections = {k.split("/", 1)[0] for k in run.data.metrics}
+    assert sections == {"train", "epoch", "valid", "run", "system"}, "every figure in a section the UI groups by"
     assert any(k.startswith("system/") for k in run.data.metrics), "MLflow's system metrics are on"

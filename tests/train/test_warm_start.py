@@ -167,7 +167,7 @@ def test_warm_start_begins_from_the_champion_and_grows_rows_for_new_tracks(story
     assert logged.rnn.n_items == story["second"]["items"] > story["first"]["items"]
     assert logged.rnn.embedding.weight.shape[0] == story["second"]["items"] + 1
     # One epoch from the champion is at least as good as one epoch from scratch, on the same validation lines.
-    key = "valid_recall_at_20"
+    key = "valid/model/recall_at_20"
     assert warm.data.metrics[key] >= cold.data.metrics[key] > 0
     assert warm.data.params["valid_lines"] == cold.data.params["valid_lines"]
     # Its checkpoint folder (warm-start weights included) is gone once the model is logged.
@@ -186,7 +186,7 @@ def test_a_daily_run_trains_from_the_champion_on_the_newest_day_only(spark, stor
     newest = sessions.agg(F.max("event_date")).first()[0]
     in_day = sessions.where(F.col("event_date") == F.lit(newest)).count()
     assert int(params["train_sessions"]) == in_day < sessions.count()
-    assert daily.data.metrics["valid_recall_at_20"] > 0
+    assert daily.data.metrics["valid/model/recall_at_20"] > 0
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
-from nextplay import tracking
+from nextplay import run_metrics, tracking
 from nextplay.config import AnnConfig, Config, PromoteConfig
 from nextplay.evaluate.ranking import measure
 from nextplay.metrics import rank_lines
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 PROMOTION_TAG = "nextplay.promotion"  # "promoted: <reason>" or "refused: <reason>"
 CHAMPION_TAG = "nextplay.champion_version"  # the champion the run was compared with, "" when none
-CHAMPION_PREFIX = "champion_"  # metric names of the champion measured on the run's lines
 CHAMPION_NAME = "champion"  # its rank column on the executors
 
 
@@ -212,13 +211,13 @@ def version_note(run_id: str, decision: Decision, model_metrics: Mapping[str, fl
         f"Test split, measured by evaluation run {run_id}:", "",
         "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names), *rows])
     tags = {"nextplay.gate": "promoted" if decision.promoted else "refused", "nextplay.evaluation_run": run_id,
-            **{f"test/{who}/{k}": f"{float(v):.4f}" for who, f in figures.items() for k, v in f.items() if k != "lines"}}
+            **{name: f"{v:.4f}" for who, f in figures.items() for name, v in run_metrics.tested(who, f).items()}}
     return description, tags
 
 
 def _log(run_id: str, decision: Decision) -> None:
-    """The champion's figures as `champion_*` metrics beside the run's own, and the decision as tags."""
+    """The champion's figures as `test/champion/*` metrics beside the run's own, and the decision as tags."""
     with mlflow.start_run(run_id=run_id):
         if decision.champion_metrics:
-            mlflow.log_metrics({f"{CHAMPION_PREFIX}{k}": v for k, v in decision.champion_metrics.items()})
+            mlflow.log_metrics(run_metrics.tested(run_metrics.CHAMPION, decision.champion_metrics))
         mlflow.set_tags({PROMOTION_TAG: decision.tag, CHAMPION_TAG: decision.compared_champion or ""})

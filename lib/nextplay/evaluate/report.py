@@ -1,8 +1,9 @@
 """Measure a model beside the baselines on the same lines (ranked on the executors), and log the
 result to its MLflow run.
 
-Metric names in MLflow: `recall_at_{k}` / `mrr_at_{k}` for the model, `{baseline}_recall_at_{k}`
-for each baseline, so a run page shows the model and what it has to beat side by side.
+Metric names in MLflow: `test/model/recall_at_{k}` / `test/model/mrr_at_{k}` for the model,
+`test/{baseline}/recall_at_{k}` for each baseline (nextplay/run_metrics.py), so a run page shows
+the model and what it has to beat side by side, a section each.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 import mlflow
 from pyspark.sql import DataFrame
 
-from nextplay import tracking
+from nextplay import run_metrics, tracking
 from nextplay.config import Config
 from nextplay.evaluate.ranking import MODEL, Ranker, measure
 
@@ -61,10 +62,10 @@ def summary_line(report: EvaluationReport, k: int = 20) -> str:
 def log_evaluation(cfg: Config, run_id: str, report: EvaluationReport) -> None:
     """Metrics, the Recall@K plot and the report as JSON, into an existing run."""
     tracking.configure(cfg.tracking)
-    metrics = {k: v for k, v in report.model.items() if k != "lines"}
-    metrics["test_lines"] = report.model.get("lines", 0)
+    metrics = run_metrics.tested(MODEL, report.model)
+    metrics[run_metrics.TEST_LINES] = report.model.get("lines", 0)
     for name, m in report.baselines.items():
-        metrics.update({f"{name}_{k}": v for k, v in m.items() if k != "lines"})
+        metrics.update(run_metrics.tested(name, m))
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:

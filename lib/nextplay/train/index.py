@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 
+from nextplay import run_metrics
 from nextplay.config import Config
 from nextplay.model import ann
 from nextplay.model.session import SessionModel
@@ -50,6 +51,6 @@ def build_index(cfg: Config, model: SessionModel, folder: Path) -> Path | None:
     index.save(folder)
     seconds = time.monotonic() - started
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    mlflow.log_metrics({"ann_build_seconds": seconds, "ann_index_bytes": float(size)})
+    mlflow.log_metrics({run_metrics.index("build_seconds"): seconds, run_metrics.index("bytes"): float(size)})
     log.info("item-vector index over %d tracks built in %.1fs (%.1f MB)", model.n_items, seconds, size / 2**20)
     return folder

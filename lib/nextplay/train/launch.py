@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from nextplay import tables, tracking
+from nextplay import run_metrics, tables, tracking
 from nextplay.config import Config, ConfigError
 from nextplay.data.lines import recent_sessions, session_lines
 from nextplay.logs import configure_logging
@@ -173,8 +173,9 @@ def train_worker(spec: TrainSpec) -> None:
             metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
             stats.update(metrics)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if report is not None:
-            report.epoch(epoch, metrics)  # into the MLflow run, live, by the driver (train/report.py)
+        if report is not None:  # into the MLflow run, live, by the driver (train/report.py)
+            report.epoch(epoch, {run_metrics.valid(k[len("valid_"):]) if k.startswith("valid_") else run_metrics.epoch(k): v
+                                 for k, v in metrics.items()})
 
     history = fit(
         model,
@@ -315,16 +316,16 @@ def remember_sessions(spark, cfg: Config, model: Any, output_dir: str, prefixes:
     """Fill the hybrid's memory with the most recent training sessions and save the model again.
 
     Done on the driver, after training: the memory is data read from the same lake version the
-    run trained on, not something a rank learns. The per-epoch `valid_*` metrics measured the RNN
-    alone; `hybrid_valid_*` is the model as it will score.
+    run trained on, not something a rank learns. The per-epoch `valid/model/*` metrics measured the
+    network alone; `valid/hybrid/*` is the model as it will score.
     """
     version = None if pin is None else pin.sessions_version
     model.hybrid.remember(recent_sessions(spark, cfg, "train", cfg.model.hybrid.knn_sessions, version=version))
     save_model(model, output_dir)
-    mlflow.log_metric("knn_memory_sessions", model.hybrid.memory_sessions)
+    mlflow.log_metric(run_metrics.run("knn_memory_sessions"), model.hybrid.memory_sessions)
     if labels:
         valid = evaluate_model(model, prefixes, labels, ks=cfg.evaluate.ks)
-        mlflow.log_metrics({f"hybrid_valid_{k}": v for k, v in valid.items() if k != "lines"})
+        mlflow.log_metrics({run_metrics.valid(k, "hybrid"): v for k, v in valid.items() if k != "lines"})
 
 
 def resumable_run(cfg: Config):
@@ -498,8 +499,8 @@ def train_and_log(spark, cfg: Config, run_name: str | None = None) -> TrainedMod
             seconds = time.time() - started
             history = result["history"]
             events_per_second = sum(h.get("events", 0) for h in history) / max(seconds, 1e-9)
-            mlflow.log_metrics({"train_seconds": seconds, "train_events_per_second": events_per_second,
-                                "world_size": float(result["world_size"])})
+            mlflow.log_metrics({run_metrics.run("seconds"): seconds, run_metrics.run("events_per_second"): events_per_second,
+                                run_metrics.run("world_size"): float(result["world_size"])})
             tracking.log_loss_curve(history)
             snapshot.storage.download(shared_dir, local_dir)
             model = load_model(local_dir)

@@ -10,8 +10,8 @@ place), so the reader never sees half of one.
 
 A report record is `{"step": s, "epoch": e, "metrics": {...}}`. Step records carry `train/loss` (the
 mean loss of the steps since the last record) and `train/events_per_second`, by global step; epoch
-records carry the epoch's figures (loss, throughput, validation) with the epoch as the step, under
-the names the rest of the product reads them by.
+records carry the epoch's figures (`epoch/...`, `valid/model/...`) with the epoch as the step
+(names: nextplay/run_metrics.py).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from nextplay import run_metrics
 from nextplay.storage import Storage, join
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,8 @@ class StepReport:
         now = self._clock()
         seconds = now - self._window_started
         self._pending.append({"step": global_step, "epoch": epoch, "metrics": {
-            "train/loss": self._loss / max(self._events, 1),
-            "train/events_per_second": self._events / seconds if seconds > 0 else 0.0}})
+            run_metrics.TRAIN_LOSS: self._loss / max(self._events, 1),
+            run_metrics.TRAIN_EVENTS_PER_SECOND: self._events / seconds if seconds > 0 else 0.0}})
         self._loss, self._events, self._steps, self._window_started = 0.0, 0, 0, now
         if now - self._last_flush >= self._flush_seconds:
             self.flush()
