@@ -5,7 +5,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON := $(CURDIR)/.venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv jars hdfs-jars demo lint test test-fast test-cluster test-all bench bench-quick clean wheel
+.PHONY: venv jars hdfs-jars browser demo lint test test-fast test-cluster test-all bench bench-quick clean wheel
 
 venv: .venv/.nextplay-stamp jars
 
@@ -25,6 +25,15 @@ hdfs-jars: .cache/hdfs-jars/.done
 	mvn -q -f scripts/hdfs-minicluster.pom.xml dependency:copy-dependencies -Djars.dir=$(CURDIR)/.cache/hdfs-jars
 	touch $@
 
+# Debian's Chromium and ChromeDriver, for the test that opens the MLflow UI in a real browser
+# (tests/test_mlflow_ui.py); the system browser, never a downloaded build.
+browser: /usr/bin/chromedriver
+
+# A failed install leaves that one test failing with what to run, not the whole suite unrun.
+/usr/bin/chromedriver:
+	-$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }'
+
 DEMO_SQL := SELECT user_id, rank, track_id, round(score, 3) AS score, model_version \
 	FROM predictions WHERE user_id IN (SELECT DISTINCT user_id FROM predictions ORDER BY user_id LIMIT 3) \
 	AND rank <= 5 ORDER BY user_id, rank
@@ -35,6 +44,7 @@ demo: venv
 	@echo; echo '$$ .venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"'
 	@.venv/bin/nextplay sql --lake lake "$(DEMO_SQL)"
 	@echo; echo "Open the MLflow UI on these runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///mlruns.db"
+	@echo "then the run's page printed above (the experiment's runs: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning)"
 
 # The package's import graph: stages import only earlier stages, and imports sit at the top of modules
 # unless deferred for a stated reason (tests/test_imports.py; also part of `make test`).
@@ -43,7 +53,7 @@ lint: .venv/.nextplay-stamp
 
 # The full suite, slow and cluster tests included (what CI runs), in two worker processes that take a
 # test file each (`--dist loadfile`: a file's shared fixtures, such as a started cluster, start once).
-test: venv hdfs-jars
+test: venv hdfs-jars browser
 	$(PY) -m pytest -q -m "not gpu" -n 2 --dist loadfile --durations=25
 
 # Only the fast unit and integration tests, for the edit-run loop.

@@ -19,7 +19,7 @@ setup(
         "train": ["torch>=2.1", "scipy>=1.10", "petastorm>=0.12.1", "mlflow>=3.0", "matplotlib>=3.5",
                   "faiss-cpu>=1.8", "psutil>=5.9"],
         "horovod": ["horovod==0.28.1"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pyflakes>=3.2", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "pyflakes>=3.2", "hypothesis>=6.100", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["nextplay=nextplay.cli:main"]},
 )

@@ -103,7 +103,8 @@ def summary(result: dict[str, Any]) -> str:
     if memory:
         lines.append(f"evaluate's driver peak memory: Python {memory.get('python_peak_rss_mib')} MiB, "
                      f"JVM {memory.get('jvm_peak_rss_mib')} MiB")
-    lines.append(f"MLflow run {result['train']['run_id']} (model version {result['train']['model_version']})")
+    lines.append(f"MLflow run {result['train']['run_id']} (model version {result['train']['model_version']}); in the UI: "
+                 f"http://127.0.0.1:5000/{result['train']['ui_path']}")
     lines.append(f"promotion: {ev['promotion']['decision']}: {ev['promotion']['reason']}")
     sc = result["score"]
     lines.append(f"scored with {sc['model_name']} version {sc['model_version']}: {sc['rows']} predictions "

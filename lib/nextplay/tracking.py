@@ -48,6 +48,16 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
 
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page of an experiment's runs (or of one run), after the server's address.
+
+    MLflow 3.17's UI opens every experiment in its GenAI view (traces, token usage) until the
+    sidebar's switch is set to Model training, whatever the experiment's kind tag says; the
+    `workflowType` parameter sets the switch, so the links nextplay prints open on the runs."""
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
+
+
 def configure(tcfg: TrackingConfig) -> str:
     """Point this process at the tracking store and registry, create the experiment if needed.
 

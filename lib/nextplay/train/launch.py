@@ -549,4 +549,5 @@ def train(cfg: Config) -> dict[str, Any]:
             "train_mode": trained.mode, "train_sessions": trained.sessions, "epochs": trained.epochs,
             "train_seconds": round(trained.seconds, 1),
             "train_events_per_second": round(trained.events_per_second),
-            "final_loss": trained.history[-1].get("loss") if trained.history else None}
+            "final_loss": trained.history[-1].get("loss") if trained.history else None,
+            "ui_path": tracking.ui_path(mlflow.get_run(trained.run_id).info.experiment_id, trained.run_id)}
