@@ -1,5 +1,6 @@
 """Daily operation: days ingested one at a time and sessionized incrementally give the tables a full
-recompute gives, and the item dictionary only ever appends (an id never changes meaning)."""
+recompute gives, the item dictionary only ever appends (an id never changes meaning), and a track
+entering the dictionary re-cuts no old day (it counts from the days cut after it entered)."""
 from __future__ import annotations
 
 import copy
@@ -123,8 +124,9 @@ def test_days_one_by_one_equal_a_full_recompute_and_ids_never_change(spark, cfg,
 @pytest.mark.slow
 def test_a_run_that_died_after_its_dictionary_merge_is_made_whole(spark, cfg, tmp_path):
     """Fixed split dates (the boundaries never move). The second run merges C, X and D into the
-    dictionary and dies before its sessions; the next run continues from the first, sees them as new
-    since then and re-cuts day 1 too, where X was played once: the tables equal a full recompute."""
+    dictionary and dies before its sessions; the next run continues from the first and re-cuts the
+    days of every batch since (and day 1, which a session crosses midnight from): the tables equal a
+    full recompute."""
     daily = _configure(cfg, tmp_path / "daily")
     daily.sessionize.valid_start, daily.sessionize.test_start = "2025-03-05", "2025-03-06"
     raw, lake = tmp_path / "raw", Lake(daily.lake)
@@ -145,6 +147,32 @@ def test_a_run_that_died_after_its_dictionary_merge_is_made_whole(spark, cfg, tm
     _ingest(spark, full, raw)
     sessionize(spark, full)
     assert _tables(spark, daily) == _tables(spark, full)
+
+
+@pytest.mark.slow
+def test_a_track_entering_the_dictionary_re_cuts_no_old_day(spark, cfg, tmp_path):
+    """Y is played once on day 0 and again on day 3, where it enters: only day 3 is re-cut, day 0
+    keeps Y's play as an unknown track's, and `--full` gives it Y's id there too."""
+    daily = _configure(cfg, tmp_path / "daily")
+    daily.sessionize.valid_start, daily.sessionize.test_start = "2025-03-05", "2025-03-06"  # every play trains
+    raw = tmp_path / "raw"
+    _ingest(spark, daily, write_text(raw / "day0.json", [
+        _play("u0", "A", D0, "12:00"), _play("u0", "B", D0, "12:05"), _play("u0", "A", D0, "12:10"),
+        _play("u11", "A", D0, "15:00"), _play("u11", "Y", D0, "15:05"), _play("u11", "B", D0, "15:10")]))
+    first = sessionize(spark, daily)
+    _ingest(spark, daily, write_text(raw / "day3.json", [_play("u12", "Y", D3, "10:00"), _play("u12", "B", D3, "10:05")]))
+    second = sessionize(spark, daily)
+
+    assert (first["mode"], second["mode"], second["new_items"]) == ("full", "incremental", 1)
+    assert (second["days_recut"], second["first_recut_day"], second["last_recut_day"]) == (1, D3, D3)
+    index, sessions = _tables(spark, daily)
+    y = next(i for t, i, _ in index if t == "Y")
+    by_user = {(s[0], s[4].isoformat()): s[5] for s in sessions}
+    assert by_user[("u12", D3)] == (y, 2)
+    assert by_user[("u11", D0)] == (1, 2), "day 0 was not re-cut: Y's play there stays unknown"
+    rebuilt = sessionize(spark, daily, full=True)
+    assert rebuilt["new_items"] == 0
+    assert {(s[0], s[4].isoformat()): s[5] for s in _tables(spark, daily)[1]}[("u11", D0)] == (1, y, 2)
 
 
 def test_split_dates_fix_the_boundaries(cfg):

@@ -17,11 +17,17 @@ track that enters in a later run reached its count after every earlier run's win
 
 Incremental runs: each sessions commit records the `ingest_log` version it consumed. The next run
 re-cuts only the event_date days that changed: the days of the batches logged since (ingest_log
-records each batch's event dates), the days where tracks that entered the dictionary since were
-played (their plays now carry an id), and the days the rolling split boundaries moved across; then
-the neighbour days a session crosses midnight into, until no session crosses the edge of the set.
-Those days of `sessions` are replaced in one Delta commit (`replaceWhere` on the partition column),
-so the result equals a full recompute of the same plays. A run with nothing new commits nothing.
+records each batch's event dates) and the days the rolling split boundaries moved across; then the
+neighbour days a session crosses midnight into, until no session crosses the edge of the set. Those
+days of `sessions` are replaced in one Delta commit (`replaceWhere` on the partition column), and
+equal a full recompute of the same plays. A run with nothing new commits nothing.
+
+A track that enters the dictionary counts in sessions from the day it enters: the days cut before
+keep its earlier plays as plays of an unknown track (they mark time and carry no item) until a full
+rebuild (`--full`) cuts every day with the whole dictionary. Re-cutting every old day an entering
+track was played on would re-cut most of history each night, since long-tail tracks cross
+`min_item_count` after plays spread over it; a model trains mostly on recent days anyway
+(`train.window_days`, daily mode), and the tracks' ids are stable either way.
 Everything is rebuilt (`--full`, or by itself) on the first run, for a lake without ingest_log,
 when the session settings changed, when a batch logged no event dates, or when the consumed
 ingest_log version is no longer readable. Plays reach silver through ingest only; a play written
@@ -271,12 +277,6 @@ def stitched_days(plays: DataFrame, seeds: set[date], gap_us: int) -> set[date]:
             days |= _days_between(m - 1, m)
 
 
-def _played_days(plays: DataFrame, tracks: DataFrame) -> set[date]:
-    """The event dates on which any of `tracks` was played."""
-    rows = plays.join(tracks.select("track_id"), "track_id", "left_semi").select("event_date").distinct().collect()
-    return {r["event_date"] for r in rows}
-
-
 def _moved_days(old: tuple[int, int], new: tuple[int, int]) -> set[date]:
     """The days holding a session start whose split label may differ between two pairs of boundaries."""
     days: set[date] = set()
@@ -371,7 +371,7 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
         days: set[date] | None = None
         if reason is None:
             assert previous is not None and log_version is not None  # _full_reason checked both
-            days = _changed_days(spark, lake, plays, known, numbered, previous, log_version, (valid_us, test_us), scfg)
+            days = _changed_days(spark, lake, plays, previous, log_version, (valid_us, test_us), scfg)
             if days is None:
                 reason = "a batch logged no event dates, or the last run's ingest_log version is gone"
         if reason is None and not days:
@@ -392,18 +392,15 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
                    test_us, new_items, days, started, reason)
 
 
-def _changed_days(spark: SparkSession, lake: Lake, plays: DataFrame, known: DataFrame, numbered: DataFrame,
-                  previous: Previous, log_version: int, split: tuple[int, int], scfg: SessionizeConfig) -> set[date] | None:
-    """The days to re-cut (see module docstring), or None when they cannot be known."""
+def _changed_days(spark: SparkSession, lake: Lake, plays: DataFrame, previous: Previous, log_version: int,
+                  split: tuple[int, int], scfg: SessionizeConfig) -> set[date] | None:
+    """The days to re-cut (see module docstring), or None when they cannot be known. Tracks that
+    entered the dictionary since add no day: they count from the days cut from now on."""
     batches = batch_days(spark, lake, int(previous.state["ingest_log_version"]), log_version)
     if batches is None:
         return None
     old_split = (int(previous.state.get("valid_start_us", split[0])), int(previous.state.get("test_start_us", split[1])))
-    # Tracks with an id now that the previous generation's sessions had as unknown plays: this run's
-    # entrants and any a failed run merged after that generation.
-    pinned = lake.read_at(spark, ITEM_INDEX, previous.item_index_version).select("track_id")
-    added = known.select("track_id").join(pinned, "track_id", "left_anti").unionByName(numbered.select("track_id"))
-    seeds = batches | _moved_days(old_split, split) | _played_days(plays, added)
+    seeds = batches | _moved_days(old_split, split)
     if not seeds:
         return set()
     return stitched_days(plays, seeds, scfg.session_gap_minutes * 60_000_000)
