@@ -1,5 +1,5 @@
 """Candidate retrieval figures: which ANN library indexes a trained model's item vectors best, and
-what an index costs at 1M and at 10M items.
+what an index costs at 1M items (bench/catalog.py scores at 10M).
 
 The vectors are a trained model's, not random ones: recall of an HNSW graph depends on how the
 vectors cluster and how their norms spread, which random vectors do not have. A sampled-head
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -47,8 +46,6 @@ class AnnSizes:
     n_items: int
     train_seconds: float
     queries: int
-    large_items: int  # the 10M case (0: skipped)
-    large_dim: int
     candidates: tuple[str, ...]  # library/space pairs measured
 
 
@@ -56,9 +53,9 @@ EVERY = tuple(f"{lib}/{space}" for lib in ann_libraries.LIBRARIES for space in a
 # Quick mode measures the two that led on a small trained model (docs/stack.md); each 1M build
 # takes minutes on 2 cores.
 FINALISTS = ("faiss-cpu/ip", "hnswlib/ip")
-SIZES = {"full": AnnSizes(1_000_000, 600, 2000, 10_000_000, 64, EVERY),
-         "quick": AnnSizes(1_000_000, 120, 500, 0, 64, FINALISTS),
-         "tiny": AnnSizes(20_000, 5, 100, 0, 16, EVERY)}
+SIZES = {"full": AnnSizes(1_000_000, 600, 2000, EVERY),
+         "quick": AnnSizes(1_000_000, 120, 500, FINALISTS),
+         "tiny": AnnSizes(20_000, 5, 100, EVERY)}
 
 
 class ArtistSessions:
@@ -229,35 +226,6 @@ def small_trained(steps: int) -> dict[str, Any]:
     return out
 
 
-def large_catalog(n_items: int, dim: int, n_queries: int) -> dict[str, Any]:
-    """Build and search at `n_items` with the product's index (random unit vectors of `dim` with a
-    popularity bias: training a 10M model does not fit this machine's time)."""
-    from nextplay.model.ann import ItemVectorIndex
-
-    rng = np.random.default_rng(10)
-    x = np.empty((n_items, dim + 1), dtype=np.float32)
-    for lo in range(0, n_items, 1_000_000):
-        block = rng.standard_normal((min(1_000_000, n_items - lo), dim), dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        x[lo:lo + len(block), :dim] = block
-        x[lo:lo + len(block), dim] = -np.log1p(np.arange(lo, lo + len(block))) * 0.1
-    q = query_vectors(rng.standard_normal((n_queries, dim), dtype=np.float32))
-    started = time.perf_counter()
-    index = ItemVectorIndex.build(x, m=M, ef_construction=EF_CONSTRUCTION, threads=BUILD_THREADS)
-    built = time.perf_counter() - started
-    qps = {}
-    for threads in (1, 2):
-        t0 = time.perf_counter()
-        index.search(q, K, 100, threads=threads)
-        qps[threads] = round(n_queries / (time.perf_counter() - t0))
-    truth = exact_top(x, q[:200], K) + 1
-    return {"n_items": n_items, "dim": dim, "vectors": "random unit vectors with a popularity bias (not trained)",
-            "build_seconds": round(built, 1), "build_threads": BUILD_THREADS,
-            "recall_at_20_ef100": round(recall(index.search(q[:200], K, 100), truth), 4),
-            "queries_per_second": {"1_thread": qps[1], "2_threads": qps[2]},
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-
 def ann_figures(b: Bench) -> dict[str, Any]:
     sizes = SIZES[b.mode.name]
     model, data, info = train_model(b, sizes.n_items, sizes.train_seconds)
@@ -286,7 +254,4 @@ def ann_figures(b: Bench) -> dict[str, Any]:
     details["small_trained"] = small_trained(300 if b.mode.name != "tiny" else 20)
     del x
     gc.collect()
-    if sizes.large_items:
-        details["large"] = large_catalog(sizes.large_items, sizes.large_dim, sizes.queries)
-        log(f"ann: {vocab_label(sizes.large_items)} items: {details['large']}")
     return {"ann_library_recall_at_20": libraries[best]["recall_at_20"][100]}

@@ -42,6 +42,7 @@ FIGURES = (
     Figure("score_memory_over_model", "x", "<= 1.3"),
     Figure("ann_recall_at_20", "recall", ">= 0.98"),
     Figure("ann_over_exact", "x", ">= 10"),
+    Figure("catalog_ann_users_per_second", "users/s"),
     Figure("train_events_per_second_yoochoose1_64", "events/s"),
     Figure("bptt1_over_full_yoochoose1_64", "x"),
     Figure("ann_library_recall_at_20", "recall", ">= 0.98"),

@@ -36,6 +36,7 @@ STAGE_FIGURES = {
     "yoochoose": ("train_events_per_second_yoochoose1_64", "bptt1_over_full_yoochoose1_64"),
     "ann": ("ann_library_recall_at_20",),
     "candidates": ("ann_over_exact", "ann_recall_at_20"),
+    "catalog": ("catalog_ann_users_per_second",),
     "daily": ("daily_28d_over_7d", "full_retrain_28d_over_7d"),
 }
 
@@ -43,6 +44,7 @@ STAGE_FIGURES = {
 def _stages() -> dict[str, Callable[[Bench], dict[str, Any]]]:
     from bench.ann import ann_figures
     from bench.candidates import candidates_figures
+    from bench.catalog import catalog_figures
     from bench.daily import daily_figures
     from bench.horovod_stage import horovod_figure
     from bench.scoring import score_figures
@@ -52,7 +54,7 @@ def _stages() -> dict[str, Callable[[Bench], dict[str, Any]]]:
 
     return {"ingest": ingest_figure, "sessionize": sessionize_figures, "loader": loader_over_train,
             "heads": head_figures, "horovod": horovod_figure, "score": score_figures, "yoochoose": yoochoose_figure,
-            "ann": ann_figures, "candidates": candidates_figures, "daily": daily_figures}
+            "ann": ann_figures, "candidates": candidates_figures, "catalog": catalog_figures, "daily": daily_figures}
 
 
 def _skips() -> dict[str, str]:

@@ -26,7 +26,7 @@ def test_every_figure_has_a_stage() -> None:
 # The stages in two halves, one per file, so that `make test`'s two pytest workers (which take a file
 # each) run them side by side; together they are every stage.
 FIRST_HALF = ("ingest", "sessionize", "loader", "heads", "horovod")
-SECOND_HALF = ("score", "yoochoose", "ann", "candidates", "daily")
+SECOND_HALF = ("score", "yoochoose", "ann", "candidates", "catalog", "daily")
 
 
 def test_the_halves_are_every_stage() -> None:

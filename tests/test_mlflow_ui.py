@@ -11,7 +11,6 @@ another folder to keep them).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

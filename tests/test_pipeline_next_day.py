@@ -33,6 +33,7 @@ def test_a_next_day_is_sessionized_incrementally(spark, cfg):
 
     assert first["mode"] == "full" and second["mode"] == "incremental" and added["rows_silver"] > 0
     # The new day is re-cut, with the days the split moved across (tracks that entered re-cut no old day).
-    assert second["last_recut_day"] == "2026-01-01"
-    print("next day re-cut", second["days_recut"], second["first_recut_day"], second["new_items"])
+    # The new day, the day before it and the days the rolling split moved across: not the whole history,
+    # although some listener's session crosses every midnight of it.
+    assert second["last_recut_day"] == "2026-01-01" and 1 <= second["days_recut"] <= 4
     assert before <= after and second["items"] == len(after) == first["items"] + second["new_items"]

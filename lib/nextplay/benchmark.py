@@ -106,8 +106,8 @@ def benchmark(cfg: Config, *, train_path: str, test_path: str, out_path: str) ->
         started = time.time()
         sizes = write_benchmark_lake(spark, cfg, train_path)
         log.info("benchmark lake written in %.1fs: %s", time.time() - started, sizes)
-        index = {r["track_id"]: r["item_idx"] for r in
-                 Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx").toLocalIterator()}
+        ids = Lake(cfg.lake).read(spark, tables.ITEM_INDEX).select("track_id", "item_idx").toArrow()
+        index = dict(zip(ids.column("track_id").to_pylist(), ids.column("item_idx").to_pylist()))
         trained = train_and_log(spark, cfg, run_name=f"benchmark-{Path(train_path).parent.name}")
         shipped = ship_model(spark, f"runs:/{trained.run_id}/model")[0]
         rankers = [ModelRanker(shipped, cfg.evaluate.batch_size),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -173,6 +173,54 @@ def test_a_track_entering_the_dictionary_re_cuts_no_old_day(spark, cfg, tmp_path
     rebuilt = sessionize(spark, daily, full=True)
     assert rebuilt["new_items"] == 0
     assert {(s[0], s[4].isoformat()): s[5] for s in _tables(spark, daily)[1]}[("u11", D0)] == (1, y, 2)
+
+
+def _every_minutes(user: str, first: datetime, last: datetime, minutes: int) -> list[str]:
+    plays, t, k = [], first, 0
+    while t <= last:
+        plays.append(json.dumps({"user_id": user, "track_id": "AB"[k % 2], "ts": t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "ms_played": 1000}))
+        t, k = t + timedelta(minutes=minutes), k + 1
+    return plays
+
+
+@pytest.mark.slow
+def test_a_new_day_re_cuts_only_the_days_its_sessions_reach(spark, cfg, tmp_path):
+    """Every midnight of the history is crossed by some listener's session (as at any real scale), so
+    growing the set by "any session across its edge" would re-cut every day. A new day re-cuts
+    itself, the day its overnight sessions started on, and further back only through a session that
+    runs across a whole day (a listener on the radio all of day 2, chunked at max_session_length)."""
+    daily = _configure(cfg, tmp_path / "daily")
+    daily.sessionize.valid_start, daily.sessionize.test_start = "2025-04-01", "2025-04-02"  # the split never moves
+    daily.sessionize.max_session_length = 20
+    raw = tmp_path / "raw"
+    history = [date(2025, 2, 24) + timedelta(days=i) for i in range(7)]  # day 0 .. day 6
+    owls = [p for i, d in enumerate(history[1:]) for p in _every_minutes(
+        f"owl{i}", datetime.combine(d, datetime.min.time()) - timedelta(minutes=15), datetime.combine(d, datetime.min.time())
+        + timedelta(minutes=15), 10)]  # a session across every midnight of the history
+    day = {d: datetime.combine(d, datetime.min.time()) for d in history}
+    radio = _every_minutes("radio", day[history[4]] + timedelta(hours=23), day[history[6]] - timedelta(minutes=5), 20)
+    _ingest(spark, daily, write_text(raw / "history.json", owls + radio))
+    first = sessionize(spark, daily)
+    new_day = history[6]
+    _ingest(spark, daily, write_text(raw / "day6.json", _every_minutes("radio", day[new_day] + timedelta(minutes=10),
+                                                                       day[new_day] + timedelta(minutes=40), 10)
+                                     + _every_minutes("late", day[new_day] + timedelta(hours=12), day[new_day] + timedelta(hours=13), 10)))
+    second = sessionize(spark, daily)
+    # The radio's session started on day 4 and runs across day 5 into day 6: days 4, 5 and 6, not 0 .. 3.
+    assert (first["mode"], second["mode"]) == ("full", "incremental")
+    assert (second["days_recut"], second["first_recut_day"], second["last_recut_day"]) == (
+        3, history[4].isoformat(), new_day.isoformat())
+
+    full = _configure(cfg, tmp_path / "full")
+    full.sessionize.valid_start, full.sessionize.test_start = daily.sessionize.valid_start, daily.sessionize.test_start
+    full.sessionize.max_session_length = 20
+    _ingest(spark, full, raw)
+    sessionize(spark, full)
+    daily_tables, full_tables = _tables(spark, daily), _tables(spark, full)
+    assert daily_tables == full_tables
+    radio_rows = sorted((s[2], s[6]) for s in daily_tables[1] if s[0] == "radio")
+    assert len(radio_rows) > 3 and {r[0].date() for r in radio_rows} >= {history[4], history[5]}, "chunks on both days"
 
 
 def test_split_dates_fix_the_boundaries(cfg):

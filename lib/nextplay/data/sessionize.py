@@ -17,10 +17,11 @@ track that enters in a later run reached its count after every earlier run's win
 
 Incremental runs: each sessions commit records the `ingest_log` version it consumed. The next run
 re-cuts only the event_date days that changed: the days of the batches logged since (ingest_log
-records each batch's event dates) and the days the rolling split boundaries moved across; then the
-neighbour days a session crosses midnight into, until no session crosses the edge of the set. Those
-days of `sessions` are replaced in one Delta commit (`replaceWhere` on the partition column), and
-equal a full recompute of the same plays. A run with nothing new commits nothing.
+records each batch's event dates) and the days the rolling split boundaries moved across, then the
+neighbour days that sessions holding changed plays run into (data/recut.py: not every day some
+session crosses into, which at scale is all of history). Those days of `sessions` are replaced in
+one Delta commit (`replaceWhere` on the partition column), cut from their plays and the day beside
+each block, and equal a full recompute of the same plays. A run with nothing new commits nothing.
 
 A track that enters the dictionary counts in sessions from the day it enters: the days cut before
 keep its earlier plays as plays of an unknown track (they mark time and carry no item) until a full
@@ -56,7 +57,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -65,13 +66,12 @@ from pyspark.sql import functions as F
 from nextplay.config import Config, SessionizeConfig
 from nextplay.data.batches import batch_days
 from nextplay.data.ordinal import number_in_order
+from nextplay.data.recut import DAY_US, Recut, day_of, midnight_us, moved_days, recut
 from nextplay.tables import (INGEST_LOG, ITEM_INDEX, ITEM_INDEX_SCHEMA, LAYOUT_ONLY, PLAYS_SILVER, SESSIONS,
                              SESSIONS_SCHEMA, Lake, generation_options, new_generation)
 
 log = logging.getLogger(__name__)
 
-_DAY_US = 86_400_000_000
-_EPOCH = date(1970, 1, 1)
 # Where Delta takes a MERGE's commit metadata from (a MERGE has no writer options).
 _COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
@@ -80,30 +80,16 @@ def _iso(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).isoformat()
 
 
-def _midnight_us(day: date) -> int:
-    return (day - _EPOCH).days * _DAY_US
-
-
-def _day_of(micros: int) -> date:
-    return _EPOCH + timedelta(days=micros // _DAY_US)
-
-
-def _days_between(first_us: int, last_us: int) -> set[date]:
-    """Every UTC day from the one holding `first_us` to the one holding `last_us`."""
-    first, last = _day_of(first_us), _day_of(last_us)
-    return {first + timedelta(days=i) for i in range((last - first).days + 1)}
-
-
 # -- the split ------------------------------------------------------------------------------------
 
 
 def split_bounds(cfg: SessionizeConfig, last_us: int) -> tuple[int, int]:
     """(valid_start, test_start) in epoch microseconds: the configured dates, or rolling from the newest play."""
     if cfg.valid_start is not None and cfg.test_start is not None:
-        return (_midnight_us(date.fromisoformat(str(cfg.valid_start))),
-                _midnight_us(date.fromisoformat(str(cfg.test_start))))
-    test_us = last_us - round(cfg.test_days * _DAY_US)
-    return test_us - round(cfg.valid_days * _DAY_US), test_us
+        return (midnight_us(date.fromisoformat(str(cfg.valid_start))),
+                midnight_us(date.fromisoformat(str(cfg.test_start))))
+    test_us = last_us - round(cfg.test_days * DAY_US)
+    return test_us - round(cfg.valid_days * DAY_US), test_us
 
 
 # -- the dictionary -------------------------------------------------------------------------------
@@ -111,7 +97,7 @@ def split_bounds(cfg: SessionizeConfig, last_us: int) -> tuple[int, int]:
 
 def training_counts(plays: DataFrame, valid_us: int) -> DataFrame:
     """track_id, play_count: plays before the validation window, per track (event_date prunes the rest)."""
-    train = plays.where((F.col("event_date") <= F.lit(_day_of(valid_us)))
+    train = plays.where((F.col("event_date") <= F.lit(day_of(valid_us)))
                         & (F.col("ts") < F.timestamp_micros(F.lit(valid_us))))
     return train.groupBy("track_id").agg(F.count("*").alias("play_count"))
 
@@ -123,7 +109,7 @@ def number_entrants(plays: DataFrame, entrants: DataFrame, valid_us: int, min_co
     The min_count-th smallest time does not depend on how ties are ordered. `row_number() <= k` is
     planned as a per-partition limit before the shuffle, so a hit with millions of plays sends k rows.
     The result is persisted (data/ordinal.py): the caller unpersists it."""
-    train = plays.where((F.col("event_date") <= F.lit(_day_of(valid_us)))
+    train = plays.where((F.col("event_date") <= F.lit(day_of(valid_us)))
                         & (F.col("ts") < F.timestamp_micros(F.lit(valid_us))))
     mine = train.join(entrants.select("track_id"), "track_id", "left_semi")
     first_k = mine.withColumn("n", F.row_number().over(Window.partitionBy("track_id").orderBy("ts")))
@@ -185,7 +171,7 @@ def _stitch(fragments: DataFrame, gap_us: int) -> DataFrame:
     """Join fragments that continue a session across midnight; the rest are whole sessions already."""
     day_start = F.unix_micros(F.col("day").cast("timestamp"))
     near_midnight = ((F.unix_micros("start_ts") - day_start <= gap_us)
-                     | (day_start + _DAY_US - F.unix_micros("end_ts") <= gap_us))
+                     | (day_start + DAY_US - F.unix_micros("end_ts") <= gap_us))
     whole = fragments.where(~near_midnight).select("user_id", "start_ts", "end_ts", "plays")
     w = Window.partitionBy("user_id").orderBy("start_ts")
     gap = F.unix_micros("start_ts") - F.unix_micros(F.lag("end_ts").over(w))
@@ -242,48 +228,6 @@ def build_sessions(plays: DataFrame, index: DataFrame, cfg: SessionizeConfig,
                    valid_start: Column, test_start: Column) -> DataFrame:
     """Sessions (SESSIONS_SCHEMA) from plays (user_id, track_id, ts) and an item index."""
     return sessions_from_fragments(cut_fragments(plays, index, cfg), cfg, valid_start, test_start)
-
-
-# -- which days to re-cut -------------------------------------------------------------------------
-
-
-def _crossed_midnights(plays: DataFrame, midnights: set[int], gap_us: int) -> set[int]:
-    """The midnights (epoch us) some listener's session runs across: consecutive plays a < m <= b with
-    b - a <= gap. Both lie within the gap of m, so only those plays are read (by event_date)."""
-    spark = plays.sparkSession
-    days = set().union(*(_days_between(m - gap_us, m + gap_us - 1) for m in midnights))
-    edge = plays.where(F.col("event_date").isin(sorted(days))).select("user_id", F.unix_micros("ts").alias("t"))
-    marks = F.broadcast(spark.createDataFrame([(m,) for m in sorted(midnights)], "m long"))
-    near = edge.join(marks, (F.col("t") >= F.col("m") - gap_us) & (F.col("t") < F.col("m") + gap_us))
-    sides = near.groupBy("m", "user_id").agg(F.max(F.when(F.col("t") < F.col("m"), F.col("t"))).alias("before"),
-                                             F.min(F.when(F.col("t") >= F.col("m"), F.col("t"))).alias("after"))
-    crossed = sides.where(F.col("after") - F.col("before") <= gap_us).select("m").distinct()
-    return {int(r["m"]) for r in crossed.collect()}
-
-
-def stitched_days(plays: DataFrame, seeds: set[date], gap_us: int) -> set[date]:
-    """`seeds` plus every day a session of theirs crosses midnight into, and so on: a set no session
-    crosses the edge of, so its plays cut alone give complete sessions. Adding plays only ever joins
-    sessions, so the old sessions of these days lie inside it too."""
-    days, checked = set(seeds), set()
-    while True:
-        edges = {_midnight_us(d + timedelta(days=k)) for d in days for k in (0, 1)}
-        frontier = {m for m in edges - checked
-                    if not (_day_of(m - 1) in days and _day_of(m) in days)}
-        if not frontier:
-            return days
-        checked |= frontier
-        for m in _crossed_midnights(plays, frontier, gap_us):
-            days |= _days_between(m - 1, m)
-
-
-def _moved_days(old: tuple[int, int], new: tuple[int, int]) -> set[date]:
-    """The days holding a session start whose split label may differ between two pairs of boundaries."""
-    days: set[date] = set()
-    for a, b in zip(old, new):
-        if a != b:
-            days |= _days_between(min(a, b), max(a, b))
-    return days
 
 
 def _settings(cfg: SessionizeConfig) -> str:
@@ -368,15 +312,15 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
         if top + new_items == 0:
             raise ValueError(f"no track has {scfg.min_item_count} plays before {_iso(valid_us)} "
                              "(the training window): lower sessionize.min_item_count or ingest more history")
-        days: set[date] | None = None
+        days: Recut | None = None
         if reason is None:
             assert previous is not None and log_version is not None  # _full_reason checked both
             days = _changed_days(spark, lake, plays, previous, log_version, (valid_us, test_us), scfg)
             if days is None:
                 reason = "a batch logged no event dates, or the last run's ingest_log version is gone"
-        if reason is None and not days:
+        if reason is None and not days.days:
             log.info("sessionize: nothing changed since the last run (no new batch, track or split boundary)")
-            return _result(spark, lake, scfg, "unchanged", None, bounds, valid_us, test_us, 0, set(), started)
+            return _result(spark, lake, scfg, "unchanged", None, bounds, valid_us, test_us, 0, days, started)
         generation = new_generation()
         merge_dictionary(spark, lake, counts, numbered, generation_options(generation)["userMetadata"])
     finally:
@@ -393,27 +337,29 @@ def sessionize(spark: SparkSession, cfg: Config, full: bool = False) -> dict:
 
 
 def _changed_days(spark: SparkSession, lake: Lake, plays: DataFrame, previous: Previous, log_version: int,
-                  split: tuple[int, int], scfg: SessionizeConfig) -> set[date] | None:
-    """The days to re-cut (see module docstring), or None when they cannot be known. Tracks that
-    entered the dictionary since add no day: they count from the days cut from now on."""
+                  split: tuple[int, int], scfg: SessionizeConfig) -> Recut | None:
+    """The days to re-cut and to read (data/recut.py), or None when they cannot be known. Tracks
+    that entered the dictionary since add no day: they count from the days cut from now on."""
     batches = batch_days(spark, lake, int(previous.state["ingest_log_version"]), log_version)
     if batches is None:
         return None
     old_split = (int(previous.state.get("valid_start_us", split[0])), int(previous.state.get("test_start_us", split[1])))
-    seeds = batches | _moved_days(old_split, split)
-    if not seeds:
-        return set()
-    return stitched_days(plays, seeds, scfg.session_gap_minutes * 60_000_000)
+    relabelled = moved_days(old_split, split) - batches
+    if not batches and not relabelled:
+        return Recut(set(), set())
+    return recut(plays, batches, relabelled, scfg.session_gap_minutes * 60_000_000)
 
 
-def _write_sessions(spark: SparkSession, lake: Lake, plays: DataFrame, scfg: SessionizeConfig, days: set[date] | None,
+def _write_sessions(spark: SparkSession, lake: Lake, plays: DataFrame, scfg: SessionizeConfig, days: Recut | None,
                     valid_us: int, test_us: int, stamp: dict[str, str]) -> None:
-    """Cut the plays of `days` (every day when None) and replace those days of sessions in one commit."""
+    """Cut the plays `days` reads (every day when None) and replace its days of sessions in one commit."""
     index = lake.read(spark, ITEM_INDEX)
     options = dict(stamp)
+    keep = None
     if days is not None:
-        listed = sorted(days)
-        plays = plays.where(F.col("event_date").isin(listed))
+        listed = sorted(days.days)
+        plays = plays.where(F.col("event_date").isin(sorted(days.read)))
+        keep = F.col("event_date").isin(listed)  # sessions starting on a context day are not written
         options["replaceWhere"] = "event_date IN ({})".format(", ".join(f"DATE'{d.isoformat()}'" for d in listed))
     test_start, valid_start = F.timestamp_micros(F.lit(test_us)), F.timestamp_micros(F.lit(valid_us))
     # Two branches read the fragments (whole sessions, and those stitched across midnight): keep
@@ -421,6 +367,8 @@ def _write_sessions(spark: SparkSession, lake: Lake, plays: DataFrame, scfg: Ses
     fragments = cut_fragments(plays, index, scfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         sessions = sessions_from_fragments(fragments, scfg, valid_start, test_start)
+        if keep is not None:
+            sessions = sessions.where(keep)
         # Files of consecutive start times, sorted inside: `train.batching=lanes` reads the
         # sessions oldest first in that order, and each task writes one or two date partitions
         # instead of a small file in every one.
@@ -431,9 +379,10 @@ def _write_sessions(spark: SparkSession, lake: Lake, plays: DataFrame, scfg: Ses
 
 
 def _result(spark: SparkSession, lake: Lake, scfg: SessionizeConfig, mode: str, generation: str | None, bounds,
-            valid_us: int, test_us: int, new_items: int, days: set[date] | None, started: float,
+            valid_us: int, test_us: int, new_items: int, recut_days: Recut | None, started: float,
             reason: str | None = None) -> dict:
     """What the run did, for the log and the CLI."""
+    days = None if recut_days is None else recut_days.days
     written = lake.read(spark, SESSIONS).groupBy("split").agg(F.count("*").alias("n"), F.sum("length").alias("items"))
     per_split = {r["split"]: (r["n"], r["items"]) for r in written.collect()}
     result = {

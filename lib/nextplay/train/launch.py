@@ -39,7 +39,6 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from nextplay import run_metrics, tables, tracking
 from nextplay.config import Config, ConfigError
@@ -279,11 +278,12 @@ def snapshot_training_data(spark, cfg: Config, pin: Pin | None = None):
         log.info("training window: the 'train' sessions from %s on (train.window_days=%d): %d sessions",
                  since, cfg.train.window_days, snapshot.n_sessions)
 
-    index = lake.read_at(spark, tables.ITEM_INDEX, pin.item_index_version).select("item_idx", "play_count")
-    n_items = int(index.agg(F.max("item_idx")).first()[0] or 0)
+    # V numbers on the driver (the model holds V x H floats anyway), as Arrow columns: no Python row per track.
+    index = lake.read_at(spark, tables.ITEM_INDEX, pin.item_index_version).select("item_idx", "play_count").toArrow()
+    ids = index.column("item_idx").to_numpy()
+    n_items = int(ids.max()) if len(ids) else 0
     item_counts = np.zeros(n_items + 1, dtype=np.float64)
-    for row in index.toLocalIterator():  # V numbers: the model holds V x H floats anyway
-        item_counts[row["item_idx"]] = row["play_count"]
+    item_counts[ids] = index.column("play_count").to_numpy()
     return snapshot, n_items, item_counts, counts
 
 
