@@ -5,7 +5,7 @@ setup(
     name="nextplay",
     version="0.2.0",
     description="Predict the next track a listener will play: Spark + Delta + PyTorch RNN + MLflow",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     package_dir={"": "lib"},
     packages=find_packages("lib"),
     # The confs the CLI resolves by name (`--conf databricks`, see nextplay.config.resolve_conf): a

@@ -35,7 +35,7 @@ PACKAGE = "nextplay"
 ROOT = Path(__file__).resolve().parents[1] / "lib" / PACKAGE
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("config", "logs", "metrics", "progress", "run_metrics"),
+    ("config", "logs", "metrics", "progress", "run_metrics", "runtime"),
     ("storage", "tables", "spark"),
     ("tracking",),
     ("data",),

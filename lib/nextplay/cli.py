@@ -18,6 +18,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, NoReturn, Sequence
 
+from nextplay import runtime
 from nextplay.config import Config, ConfigError, load_config
 from nextplay.logs import configure_logging
 from nextplay.progress import on_terminal
@@ -209,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError:
         return 2
     except ConfigError as e:
+        print(f"nextplay: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        runtime.check()  # before any stage imports Spark or MLflow (nextplay/runtime.py)
+    except runtime.UnsupportedRuntime as e:
         print(f"nextplay: error: {e}", file=sys.stderr)
         return 2
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
