@@ -146,7 +146,7 @@ def test_train_with_horovod_on_spark(cluster, pipeline: str) -> None:
     assert runs[0]["metrics"]["run/world_size"] == 2 and runs[0]["metrics"]["epoch/loss"] > 0
     assert runs[0]["versions"] == ["2"]
     # Rank 0 runs on an executor: its epoch figures reach the driver's own log through the report relay.
-    assert "training: epoch 0 done: loss=" in (cluster.logs / "driver-train-spark.log").read_text()
+    assert "training: epoch 0 done: epoch/loss=" in (cluster.logs / "driver-train-spark.log").read_text()
 
 
 def test_a_cluster_keeps_its_own_shuffle_partitions(cluster, pipeline) -> None:
