@@ -32,16 +32,23 @@ def spark():
     session.stop()
 
 
+def temp_config(root: Path, *overrides: str) -> Config:
+    """A config whose lake, MLflow store, checkpoints and generated plays all live under `root`,
+    on local[2], with `overrides` (`--set` pairs) on top."""
+    return load_config(None, [
+        f"lake.root={root / 'lake'}",
+        "spark.master=local[2]",
+        "spark.shuffle_partitions=4",
+        f"tracking.uri=sqlite:///{root / 'mlruns.db'}",
+        f"tracking.artifact_location={root / 'mlartifacts'}",
+        f"train.checkpoint_dir={root / 'checkpoints'}",
+        f"generate.output={root / 'raw'}",
+        "train.progress=false",
+        *overrides,
+    ])
+
+
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
     """A config whose lake, MLflow store and checkpoints all live in this test's temp folder."""
-    return load_config(None, [
-        f"lake.root={tmp_path / 'lake'}",
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=4",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
-        f"tracking.artifact_location={tmp_path / 'mlartifacts'}",
-        f"train.checkpoint_dir={tmp_path / 'checkpoints'}",
-        f"generate.output={tmp_path / 'raw'}",
-        "train.progress=false",
-    ])
+    return temp_config(tmp_path)

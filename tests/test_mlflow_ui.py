@@ -21,7 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from nextplay.config import Config, load_config
+from nextplay.config import Config
+from tests.conftest import temp_config
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 TIMEOUT = 60  # seconds a page may take to render its part under load
@@ -33,14 +34,10 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, di
     from nextplay.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("ui")
-    cfg = load_config(None, [
-        f"lake.root={root / 'lake'}", "spark.master=local[2]", "spark.shuffle_partitions=4",
-        f"tracking.uri=sqlite:///{root / 'mlruns.db'}", f"tracking.artifact_location={root / 'mlartifacts'}",
-        f"train.checkpoint_dir={root / 'checkpoints'}", f"generate.output={root / 'raw'}", "train.progress=false",
-        "generate.events=20000", "generate.users=200", "generate.tracks=400", "generate.artists=40", "generate.days=6", "generate.files=2",
+    cfg = temp_config(
+        root, "generate.events=20000", "generate.users=200", "generate.tracks=400", "generate.artists=40", "generate.days=6", "generate.files=2",
         "sessionize.min_item_count=2", "model.hidden_size=16", "model.n_negatives=64", "train.epochs=3",
-        "train.report_every_steps=5", "evaluate.knn_sample=100", "evaluate.knn_neighbors=50",
-    ])
+        "train.report_every_steps=5", "evaluate.knn_sample=100", "evaluate.knn_neighbors=50")
     return cfg, run_pipeline(cfg)
 
 

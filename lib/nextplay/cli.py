@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Callable, NoReturn, Sequence
 
 from nextplay import runtime
@@ -37,13 +36,6 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise UsageError(message)
-
-
-def _version() -> str:
-    try:
-        return version("nextplay")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -141,7 +133,7 @@ STAGES: dict[str, tuple[str, Callable[[Config, argparse.Namespace], object]]] = 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nextplay", description="Predict the next track a listener will play.")
-    parser.add_argument("--version", action="version", version=f"nextplay {_version()}")
+    parser.add_argument("--version", action="version", version=f"nextplay {runtime.release()}")
     sub = parser.add_subparsers(dest="stage", required=True, parser_class=_Parser)
     for name, (help_text, _) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -24,6 +24,11 @@ PACKAGES: dict[str, tuple[tuple[int, ...], str]] = {
 DATABRICKS = (17, 3)
 
 
+def release() -> str:
+    """The installed nextplay release: `--version`, and recorded in every saved and logged model."""
+    return _installed("nextplay") or "unknown (not installed)"
+
+
 class UnsupportedRuntime(RuntimeError):
     """The environment lacks what nextplay needs; the message says what, in one line."""
 

@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from nextplay import tables
 from nextplay.config import Config, load_config
 from nextplay.tables import PLAYS_SILVER_SCHEMA, Lake
+from tests.conftest import temp_config
 
 from train.planted import N_ITEMS, write_planted_lake
 
@@ -80,13 +81,8 @@ def run_of(cfg: Config, run_id: str):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("promote")
-    return load_config(None, [
-        f"lake.root={root / 'lake'}", "spark.master=local[2]", "spark.shuffle_partitions=4",
-        f"tracking.uri=sqlite:///{root / 'mlruns.db'}", f"tracking.artifact_location={root / 'mlartifacts'}",
-        f"train.checkpoint_dir={root / 'checkpoints'}", "train.progress=false",
-        "evaluate.knn_sample=100", "evaluate.knn_neighbors=50", "promote.metric=mrr_at_20",
-        f"score.score_date={SCORE_DATE}",
-    ])
+    return temp_config(root, "evaluate.knn_sample=100", "evaluate.knn_neighbors=50", "promote.metric=mrr_at_20",
+                       f"score.score_date={SCORE_DATE}")
 
 
 @pytest.fixture(scope="module")

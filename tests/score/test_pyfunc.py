@@ -17,7 +17,8 @@ import yaml
 
 from nextplay import tracking
 from nextplay.model import formats, pyfunc
-from nextplay.model.io import load_model, release
+from nextplay.model.io import load_model
+from nextplay.runtime import release
 
 from .conftest import TOP_K, TinyModel
 

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from nextplay import tables
 from nextplay.cli import main
 from nextplay.config import Config, ConfigError, load_config
+from tests.conftest import temp_config
 from nextplay.data.generate import generate
 from nextplay.data.ingest import ingest
 from nextplay.data.sessionize import sessionize
@@ -118,12 +119,9 @@ def story(spark, tmp_path_factory):
     (the first champion). Day two adds plays and tracks; then one epoch warm from the champion and one
     epoch cold, on the same pinned data."""
     root = tmp_path_factory.mktemp("warm")
-    cfg = load_config(None, [
-        f"lake.root={root / 'lake'}", "spark.master=local[2]", "spark.shuffle_partitions=4",
-        f"tracking.uri=sqlite:///{root / 'mlruns.db'}", f"tracking.artifact_location={root / 'mlartifacts'}",
-        f"train.checkpoint_dir={root / 'checkpoints'}", f"generate.output={root / 'raw'}", "train.progress=false",
-        "generate.events=8000", "generate.users=100", "generate.tracks=300", "generate.artists=40", "generate.days=6", "generate.files=2",
-        "sessionize.min_item_count=2", "promote.min_gain_over_knn=-1", *SMALL])
+    cfg = temp_config(
+        root, "generate.events=8000", "generate.users=100", "generate.tracks=300", "generate.artists=40", "generate.days=6", "generate.files=2",
+        "sessionize.min_item_count=2", "promote.min_gain_over_knn=-1", *SMALL)
     cfg.ingest.input = cfg.generate.output
     generate(spark, cfg)
     ingest(spark, cfg)

@@ -71,6 +71,13 @@ def recut(plays: DataFrame, changed: set[date], relabelled: set[date], gap_us: i
     `changed` and those whose sessions' split labels may change (`relabelled`: the days a split
     boundary moved across; their plays are as they were, so they grow the set like an added day)."""
     days, checked = changed | relabelled, set()
+    spans: dict[date, bool] = {}  # per day: whether a session runs across all of it
+
+    def spanned(day: date) -> bool:
+        if day not in spans:
+            spans[day] = _spanned(plays, day, gap_us)
+        return spans[day]
+
     while True:
         # (midnight, the day of the set next to it) for every midnight on the set's edge not yet checked
         edges = {(m, inside) for inside in days for m in (midnight_us(inside), midnight_us(inside + timedelta(days=1)))
@@ -80,7 +87,7 @@ def recut(plays: DataFrame, changed: set[date], relabelled: set[date], gap_us: i
         checked |= edges
         beside_seed = {m for m, inside in edges if inside in changed}
         crossed = _crossed_midnights(plays, beside_seed, gap_us) if beside_seed else set()
-        crossed |= {m for m, inside in edges if inside not in changed and _spanned(plays, inside, gap_us)}
+        crossed |= {m for m, inside in edges if inside not in changed and spanned(inside)}
         for m in crossed:
             days |= days_between(m - 1, m)
     context: set[date] = set()
@@ -88,7 +95,7 @@ def recut(plays: DataFrame, changed: set[date], relabelled: set[date], gap_us: i
         for edge in (d for d in days if d + timedelta(days=step) not in days):
             beyond = edge + timedelta(days=step)
             context.add(beyond)
-            while _spanned(plays, beyond, gap_us):  # a session across the whole day: its start lies further
+            while spanned(beyond):  # a session across the whole day: its start lies further
                 beyond += timedelta(days=step)
                 context.add(beyond)
     return Recut(days, context - days)

@@ -17,7 +17,6 @@ model is built around the mapped tensors without first initialising weights of i
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from nextplay.config import ModelConfig, model_config_from_dict
 from nextplay.model import formats
+from nextplay.runtime import release
 from nextplay.model.session import SessionModel
 
 MODEL_FILE = "model.pt"
@@ -133,10 +133,3 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
     file = Path(path) / MODEL_FILE
     return formats.current(torch.load(file, map_location="cpu", weights_only=True, mmap=True), str(file))
 
-
-def release() -> str:
-    """The installed nextplay release, recorded in every saved model (and its MLflow metadata)."""
-    try:
-        return importlib.metadata.version("nextplay")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -33,7 +33,8 @@ from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from nextplay.config import AnnConfig, ScoreConfig
 from nextplay.model import ann, formats
-from nextplay.model.io import load_model, read_model_config, release
+from nextplay.model.io import load_model, read_model_config
+from nextplay.runtime import release
 from nextplay.model.ranking import ExactRanking, Ranking, RetrievedRanking
 
 ARTIFACT_RNN = "rnn"

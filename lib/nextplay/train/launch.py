@@ -166,15 +166,17 @@ def train_worker(spec: TrainSpec) -> None:
             extra["sessions_version"] = spec.sessions_version
         save_checkpoint(checkpoint_dir, epoch, model, stepped, extra=extra, storage=spec.snapshot.storage)
         metrics = {k: float(v) for k, v in stats.items() if k != "epoch" and isinstance(v, (int, float))}
+        named = {run_metrics.epoch(k): v for k, v in metrics.items()}
         if spec.valid_prefixes:
-            valid = evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks, device=device)
+            valid = {k: v for k, v in evaluate_model(model, spec.valid_prefixes, spec.valid_labels, ks=cfg.evaluate.ks,
+                                                     device=device).items() if k != "lines"}
             model.train()
-            metrics.update({f"valid_{k}": v for k, v in valid.items() if k != "lines"})
+            metrics.update({f"valid_{k}": v for k, v in valid.items()})
+            named.update({run_metrics.valid(k): v for k, v in valid.items()})
             stats.update(metrics)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if report is not None:  # into the MLflow run, live, by the driver (train/report.py)
-            report.epoch(epoch, {run_metrics.valid(k[len("valid_"):]) if k.startswith("valid_") else run_metrics.epoch(k): v
-                                 for k, v in metrics.items()})
+            report.epoch(epoch, named)
 
     history = fit(
         model,
