@@ -120,10 +120,10 @@ def test_alias_table_draws_exactly_the_negative_distribution() -> None:
 
     counts = np.array([0, 500, 0, 3, 40, 1, 1, 0, 90, 7, 1200, 2])
     head = SampledSoftmax(11, counts, n_negatives=16, alpha=0.7, logq=True)
-    expected = head.neg_probs.double()
-    torch.testing.assert_close(head.negatives.distribution(), expected, atol=1e-7, rtol=1e-6)
+    expected = head.sampler.neg_probs.double()
+    torch.testing.assert_close(head.sampler.table.distribution(), expected, atol=1e-7, rtol=1e-6)
     torch.manual_seed(7)
-    draws = torch.cat([head.negatives.sample(10_000) for _ in range(20)])
+    draws = torch.cat([head.sampler.table.sample(10_000) for _ in range(20)])
     freq = torch.bincount(draws, minlength=12).double()
     assert freq[expected == 0].sum() == 0
     positive = expected > 0

@@ -163,3 +163,20 @@ def test_loading_a_model_holds_it_about_once(tmp_path: Path) -> None:
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1.3
+
+
+def test_a_loaded_model_builds_its_sampling_state_only_to_train(tmp_path: Path) -> None:
+    """Scoring never needs the sampled head's negative distributions (buffers over the catalog): a
+    loaded model builds them on its first training step, the same as the model that was saved."""
+    counts = np.arange(51) % 7
+    saved = SessionModel(50, ModelConfig(head="sampled", hidden_size=8, n_negatives=4), counts)
+    save_model(saved, tmp_path)
+    loaded = load_model(tmp_path)
+    items, lengths = torch.tensor([[1, 2, 3], [7, 8, 0]]), torch.tensor([3, 2])
+    loaded.topk(items, lengths, 5)
+    assert loaded.head._sampler is None
+    loaded.train()
+    assert torch.isfinite(loaded.loss(items, lengths)[0])
+    assert loaded.head._sampler is not None
+    for name in ("neg_probs", "pop_probs"):
+        assert torch.equal(getattr(loaded.head.sampler, name), getattr(saved.head.sampler, name)), name

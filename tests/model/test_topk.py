@@ -129,3 +129,22 @@ def test_gathered_scores_are_the_heads_item_scores(head: str, block_bytes: int, 
     torch.testing.assert_close(got[filled], want[filled], atol=1e-6, rtol=1e-6)
     assert torch.isfinite(got).all()
     assert ranking_module._item_scores(ctx, items[:, :0]).shape == (3, 0)
+
+
+@pytest.mark.parametrize("head", ["sampled", "bit_tree"])
+def test_a_batch_wider_than_the_encoder_block_ranks_each_row_as_alone(head: str) -> None:
+    """The encoder reads a scoring batch in blocks of rows (session.ENCODE_BLOCK); every row's
+    answer is what the row gets in a batch of its own."""
+    from nextplay.model.session import ENCODE_BLOCK
+
+    model = _model(head)
+    rows = 2 * ENCODE_BLOCK + 3
+    generator = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, 7, (rows,), generator=generator)
+    items = torch.randint(1, 38, (rows, 6), generator=generator)
+    items = items.masked_fill(torch.arange(6)[None, :] >= lengths[:, None], 0)
+    got_s, got_i = model.topk(items, lengths, 10, chunk_size=16)
+    for row in (0, ENCODE_BLOCK - 1, ENCODE_BLOCK, rows - 1):
+        want_s, want_i = model.topk(items[row:row + 1], lengths[row:row + 1], 10, chunk_size=16)
+        torch.testing.assert_close(got_s[row:row + 1], want_s, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got_i[row:row + 1], want_i)

@@ -123,6 +123,25 @@ class AliasTable(nn.Module):
         return torch.where(keep, column, self.alias[column])
 
 
+class NegativeSampler(nn.Module):
+    """What the sampled head draws its negatives from and corrects its logits by: `neg_probs`, the
+    play counts raised to `alpha` and normalised, drawn through an alias table (`table`), and
+    `pop_probs`, the counts normalised (the in-batch candidates' distribution). No counts: uniform."""
+
+    def __init__(self, n_items: int, item_counts: np.ndarray | None, alpha: float) -> None:
+        super().__init__()
+        counts = torch.zeros(n_items + 1, dtype=torch.float64)
+        if item_counts is not None:
+            counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64)).clamp_min(0)
+        counts[0] = 0.0
+        if counts.sum() == 0:
+            counts[1:] = 1.0
+        smoothed = counts.pow(alpha) * (counts > 0)
+        self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
+        self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
+        self.table = AliasTable(smoothed)  # draws from neg_probs, the probabilities log-q corrects by
+
+
 class FullSoftmax(nn.Module):
     """Softmax over the whole catalog: exact, and cheap enough for catalogs of tens of thousands."""
 
@@ -183,20 +202,22 @@ class SampledSoftmax(FullSoftmax):
                  alpha: float, logq: bool, sparse: bool = False) -> None:
         super().__init__(n_items)
         self.sparse = sparse
-        counts = torch.zeros(n_items + 1, dtype=torch.float64)
-        if item_counts is not None:
-            counts = torch.as_tensor(np.asarray(item_counts, dtype=np.float64)).clamp_min(0)
-            if counts.shape != (n_items + 1,):
-                raise ValueError(f"item_counts must have length n_items + 1 = {n_items + 1}, got {tuple(counts.shape)}")
-        counts[0] = 0.0
-        if counts.sum() == 0:  # no counts: sample uniformly
-            counts[1:] = 1.0
-        smoothed = counts.pow(alpha) * (counts > 0)
+        if item_counts is not None and np.shape(item_counts) != (n_items + 1,):
+            raise ValueError(f"item_counts must have length n_items + 1 = {n_items + 1}, got {tuple(np.shape(item_counts))}")
+        self.item_counts = item_counts  # as given: a loaded model's are pages of its file, read only when training
         self.n_negatives = n_negatives
+        self.alpha = alpha
         self.logq = logq
-        self.register_buffer("neg_probs", (smoothed / smoothed.sum()).float(), persistent=False)
-        self.register_buffer("pop_probs", (counts / counts.sum()).float(), persistent=False)
-        self.negatives = AliasTable(smoothed)  # draws from neg_probs, the probabilities log-q corrects by
+        self._sampler: NegativeSampler | None = None
+
+    @property
+    def sampler(self) -> "NegativeSampler":
+        """The training-only sampling state, built on first use on the head's device: a model loaded
+        to score never builds it (at a million tracks its buffers and their construction cost about
+        a sixth of the model's size in every scoring worker)."""
+        if self._sampler is None:
+            self._sampler = NegativeSampler(self.n_items, self.item_counts, self.alpha).to(self.bias.device)
+        return self._sampler
 
     def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -206,11 +227,12 @@ class SampledSoftmax(FullSoftmax):
         when not corrected, the correction [N + C] for a caller that needs both kinds."""
         n = targets.shape[0]
         in_batch = targets if n <= self.n_negatives else targets[torch.randperm(n, device=s.device)[: self.n_negatives]]
-        cand = torch.cat([in_batch, self.negatives.sample(self.n_negatives)])
+        sampler = self.sampler
+        cand = torch.cat([in_batch, sampler.table.sample(self.n_negatives)])
         both = torch.cat([targets, cand])
         log_q = None
         if self.logq:
-            expected = in_batch.shape[0] * self.pop_probs[both] + self.n_negatives * self.neg_probs[both]
+            expected = in_batch.shape[0] * sampler.pop_probs[both] + self.n_negatives * sampler.neg_probs[both]
             log_q = torch.log(expected.clamp_min(1e-12))
         bias = gather_rows(self.bias, both, self.sparse)
         if corrected and log_q is not None:

@@ -30,6 +30,11 @@ from nextplay.model.losses import make_loss
 from nextplay.model.ranking import ExactRanking, Ranking
 from nextplay.model.readout import Readout, SessionReadout
 
+# Rows the encoder reads at once when ranking: its working set is rows x steps x a few hidden sizes
+# (a scoring batch of 512 histories of 50 plays at hidden size 256 held 160 MB of it, a sixth of a
+# million-track model), while its per-step products stay wide enough to run as fast.
+ENCODE_BLOCK = 128
+
 
 class SessionModel(nn.Module):
     def __init__(self, n_items: int, cfg: ModelConfig, item_counts: np.ndarray | None = None) -> None:
@@ -166,12 +171,22 @@ class SessionModel(nn.Module):
 
     # -- scoring ---------------------------------------------------------------------------------
     def _context(self, items: torch.Tensor, lengths: torch.Tensor) -> ScoringContext:
+        """What ranking needs of each row's prefix. The encoder runs `ENCODE_BLOCK` rows at a time and
+        keeps only each row's last readout: its states over every step of every row are the largest
+        working set of scoring after the item matrix itself."""
         items, lengths = self._recent(items, lengths)
-        h = self.forward(items, lengths)
-        ro = self.readout(h, lengths, last_only=True)
+        parts = [self._last_readout(items[lo:lo + ENCODE_BLOCK], lengths[lo:lo + ENCODE_BLOCK])
+                 for lo in range(0, max(1, items.shape[0]), ENCODE_BLOCK)]  # an empty batch as before
+        session, gate, pointer = (None if p[0] is None else torch.cat(p) for p in zip(*parts))
+        return self.hybrid.context(items, lengths, session, self.head, self._output_weight(), gate, pointer)
+
+    def _last_readout(self, items: torch.Tensor, lengths: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The session vector [B, H], repeat-gate logit [B] and pointer logits [B, L] after each row's last item."""
+        ro = self.readout(self.forward(items, lengths), lengths, last_only=True)
         gate = None if ro.gate_logit is None else ro.gate_logit[:, 0]
         pointer = None if ro.pointer_logits is None else ro.pointer_logits[:, 0]
-        return self.hybrid.context(items, lengths, ro.session[:, 0], self.head, self._output_weight(), gate, pointer)
+        return ro.session[:, 0], gate, pointer
 
     def _recent(self, items: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's most recent items, as many as the encoder reads (all of them for a recurrent one)."""
