@@ -31,6 +31,7 @@ FIGURES = (
     Figure("sessionize_scaling_exponent", "slope", "<= 1.1"),
     Figure("ingest_events_per_second_per_core", "events/s/core"),
     Figure("loader_over_train", "x", ">= 5"),
+    Figure("loader_workers_2_over_1", "x", ">= 1.6"),
     Figure("train_events_per_second", "events/s"),
     Figure("sampled_over_full", "x", ">= 20"),
     Figure("bit_tree_over_full", "x", ">= 20"),

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 STAGE_FIGURES = {
     "ingest": ("ingest_events_per_second_per_core",),
     "sessionize": ("sessionize_over_sort", "sessionize_scaling_exponent"),
-    "loader": ("loader_over_train",),
+    "loader": ("loader_over_train", "loader_workers_2_over_1"),
     "heads": ("train_events_per_second", "sampled_over_full", "bit_tree_over_full", "step_1m_over_10k"),
     "horovod": ("horovod_np2_over_np1",),
     "score": ("udf_over_inprocess", "score_users_per_second", "score_over_gemm", "score_memory_over_model"),

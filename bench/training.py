@@ -86,25 +86,29 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
     threads = use_all_cores(cfg.train)
     loaded: dict[str, Any] = {"rate": []}
 
-    def load() -> None:
-        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed), epoch)
-        loaded["rate"].append(epoch / took)
+    def load(workers: int = 1) -> None:
+        batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed,
+                                                              workers=workers), epoch)
+        loaded["rate" if workers == 1 else f"rate_{workers}"].append(epoch / took)
         loaded["batches"] = batches[:n]
 
     load()
+    loaded["rate_2"] = []
     trainer = Trainer(n_items, cfg.model, cfg.train, counts)
     trainer.run(loaded["batches"], WARMUP_STEPS)
     trained: list[float] = []
-    interleaved({"load": load, "train": lambda: trained.append(n / trainer.run(loaded["batches"], n)["seconds"])},
-                b.mode.repeats)
-    load_rate, train_rate = median(loaded["rate"][1:]), median(trained)
-    log(f"loader {load_rate:.1f} batches/s over an epoch of {epoch}, training {train_rate:.2f} batches/s (batch {bs})")
+    interleaved({"load": load, "load_2": lambda: load(2),
+                 "train": lambda: trained.append(n / trainer.run(loaded["batches"], n)["seconds"])}, b.mode.repeats)
+    load_rate, load_rate_2, train_rate = median(loaded["rate"][1:]), median(loaded["rate_2"]), median(trained)
+    log(f"loader {load_rate:.1f} batches/s over an epoch of {epoch} ({load_rate_2:.1f} with 2 reader processes), "
+        f"training {train_rate:.2f} batches/s (batch {bs})")
     b.details["loader_over_train"] = {
         "batch_size": bs, "epoch_batches": epoch, "train_batches": n, "train_sessions": snapshot.n_sessions,
-        "n_items": n_items, "threads": threads, "loader_batches_per_second": loaded["rate"][1:],
+        "row_groups": snapshot.row_groups, "n_items": n_items, "threads": threads,
+        "loader_batches_per_second": loaded["rate"][1:], "loader_2_workers_batches_per_second": loaded["rate_2"],
         "train_batches_per_second": trained, "model": _model_summary(cfg.model),
     }
-    return {"loader_over_train": load_rate / train_rate}
+    return {"loader_over_train": load_rate / train_rate, "loader_workers_2_over_1": load_rate_2 / load_rate}
 
 
 def _model_summary(m: ModelConfig) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from nextplay.train.loader import count_row_groups, cut_points, iterate_batches,
 from .planted import write_planted_index, write_planted_lake
 
 
-def _collect(snapshot, batch_size, rank, size, steps):
+def _collect(snapshot, batch_size, rank, size, steps, workers=1):
     """Sessions delivered in `steps` batches, named by their first item (see write_planted_lake)."""
-    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, rank=rank, size=size, epoch=0, seed=1)
+    rows, it = [], iterate_batches(snapshot, batch_size=batch_size, rank=rank, size=size, epoch=0, seed=1,
+                                   workers=workers)
     for _, batch in zip(range(steps), it):
         items, lengths = batch["items"].numpy(), batch["length"].numpy()
         assert items.shape[1] == lengths.max(), "a batch is trimmed to its own longest session"
@@ -55,6 +56,29 @@ def test_shards_partition_the_split_and_run_equal_steps(spark, cfg, files):
     assert seen[0] and seen[1] and seen[0].isdisjoint(seen[1])
     # Uneven shards: the larger one may not finish within the shared step count; most of the split is seen.
     assert len(seen[0] | seen[1]) >= 0.8 * len(_train_firsts(spark, cfg))
+
+
+@pytest.mark.parametrize("files", [6, 1])
+def test_reader_processes_read_each_shard_once_in_a_reproducible_order(spark, cfg, files):
+    """Two reader processes per rank deliver the rank's shard of one reader, each session once per
+    pass, and the same batches in the same order on every run (train/shard_reader.py); with one
+    row group there is no second part to read and the rank reads alone."""
+    write_planted_lake(spark, cfg, files=files, n_items=600)
+    snapshot, *_ = snapshot_training_data(spark, cfg)
+    size, batch = 2, 16
+    for rank in range(size):
+        alone, parallel = _pass(snapshot, rank, size, 1), _pass(snapshot, rank, size, 2)
+        assert sorted(parallel) == sorted(alone) and len(set(parallel)) == len(parallel)
+        assert _pass(snapshot, rank, size, 2) == parallel
+    steps = snapshot.steps_per_epoch(batch, size)
+    assert _collect(snapshot, batch, 0, size, steps, workers=2) == _collect(snapshot, batch, 0, size, steps, workers=2)
+
+
+def _pass(snapshot, rank, size, workers):
+    """One pass over a rank's shard, each session named by its first item, in delivery order."""
+    from nextplay.train.shard_reader import shard_rows
+
+    return [int(row[0]) for items, _ in shard_rows(snapshot, rank, size, seed=3, workers=workers) for row in items]
 
 
 def test_snapshot_ignores_files_of_older_versions(spark, cfg):
@@ -147,10 +171,10 @@ def test_item_batches_hold_about_equal_targets_and_cover_every_session_once():
     assert equal == [(0, 32), (32, 64)]
 
 
-def _lane_sessions(snapshot, rank: int, size: int) -> list[int]:
+def _lane_sessions(snapshot, rank: int, size: int, workers: int = 1) -> list[int]:
     """The sessions a rank's lanes start, in order, each named by its first item."""
     starts = []
-    for batch in lane_batches(snapshot, lanes=4, max_len=50, rank=rank, size=size):
+    for batch in lane_batches(snapshot, lanes=4, max_len=50, rank=rank, size=size, workers=workers):
         fresh = batch["first_target"] == 0
         starts += (batch["items"][fresh, 0] - 1).tolist()
     return starts
@@ -162,6 +186,7 @@ def test_lanes_read_the_split_oldest_first(spark, cfg):
     train = sorted(r["session_id"] for r in Lake(cfg.lake).read(spark, tables.SESSIONS)
                    .where("split = 'train'").select(F.col("session_id").cast("int")).collect())
     assert _lane_sessions(snapshot, 0, 1) == train  # Delta may list the files in any order
+    assert _lane_sessions(snapshot, 0, 1, workers=2) == train  # reader processes take the row groups in turn
     shards = [_lane_sessions(snapshot, r, 2) for r in range(2)]
     assert all(s == sorted(s) and s for s in shards)
     assert sorted(shards[0] + shards[1]) == train

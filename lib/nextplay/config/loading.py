@@ -140,6 +140,7 @@ def _check_ranges(cfg: Config) -> None:
         "train.max_len": cfg.train.max_len, "score.top_k": cfg.score.top_k,
         "train.daily.window_days": cfg.train.daily.window_days, "train.daily.epochs": cfg.train.daily.epochs,
         **({"train.window_days": cfg.train.window_days} if cfg.train.window_days is not None else {}),
+        **({"train.reader_workers": cfg.train.reader_workers} if cfg.train.reader_workers is not None else {}),
         "score.history_length": cfg.score.history_length, "score.batch_size": cfg.score.batch_size,
         "score.chunk_size": cfg.score.chunk_size, "score.lookback_days": cfg.score.lookback_days,
         "spark.shuffle_partitions": cfg.spark.shuffle_partitions,

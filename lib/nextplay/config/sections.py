@@ -224,6 +224,9 @@ class TrainConfig:
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads per process; 0 = cores / processes
+    # Petastorm reader processes per rank (train/shard_reader.py); None: 1 on a CPU, where training is
+    # many times slower than one reader, and 4 on a GPU, which needs several times one reader's rate.
+    reader_workers: int | None = None
     # Each run checkpoints into <checkpoint_dir>/<MLflow run id>/, removed once its model is logged.
     # Rank 0 also leaves the model there for the driver: with ranks on a cluster's executors it must be
     # storage every node reaches (hdfs://, s3://, a shared mount), never a folder on one machine.

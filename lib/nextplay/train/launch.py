@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from nextplay import run_metrics, tables, tracking
-from nextplay.config import Config, ConfigError
+from nextplay.config import Config, ConfigError, TrainConfig
 from nextplay.data.lines import recent_sessions, session_lines
 from nextplay.logs import configure_logging
 from nextplay.metrics import evaluate_model
@@ -180,7 +180,7 @@ def train_worker(spec: TrainSpec) -> None:
 
     history = fit(
         model,
-        training_strategy(spec, rank, size),
+        training_strategy(spec, rank, size, device),
         train_cfg,
         start_epoch=start_epoch,
         on_epoch_end=on_epoch_end,
@@ -197,19 +197,28 @@ def train_worker(spec: TrainSpec) -> None:
         comm.barrier()
 
 
-def training_strategy(spec: TrainSpec, rank: int, size: int):
+def reader_workers(train: TrainConfig, device: torch.device) -> int:
+    """`train.reader_workers`, or by default what the device needs (its comment in config/sections.py)."""
+    if train.reader_workers is not None:
+        return train.reader_workers
+    return 4 if device.type == "cuda" else 1
+
+
+def training_strategy(spec: TrainSpec, rank: int, size: int, device: torch.device):
     """The training strategy train.batching names, over this rank's share of the snapshot
     (train/loop.py `Buckets`, train/lanes.py `Lanes`); chosen here once, so the loop and the model
     never guess it from a batch."""
     cfg = spec.cfg
+    workers = reader_workers(cfg.train, device)
     if cfg.train.batching == "lanes":
-        lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size)
+        lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size,
+                             workers=workers)
         # One process runs its exact pass: the newest sessions come last and matter most. Ranks
         # must agree on a step count: the one their shares of the split give with the lanes full.
         return Lanes.of(lanes, cfg.train, steps_per_epoch=len(lanes) if size > 1 else None)
     make_batches = lambda epoch: iterate_batches(  # noqa: E731
         spec.snapshot, batch_size=cfg.train.batch_size, rank=rank, size=size, epoch=epoch,
-        seed=cfg.train.seed)
+        seed=cfg.train.seed, workers=workers)
     return Buckets.of(make_batches, cfg.train, steps_per_epoch=spec.snapshot.steps_per_epoch(cfg.train.batch_size, size))
 
 

@@ -3,8 +3,9 @@
 Petastorm reads the Parquet files of one Delta snapshot (the file list comes from the Delta log on
 the driver, so files that older versions left behind are never read). Sessions have any length,
 while Petastorm wants equal-length arrays in a batch: a `TransformSpec` pads each row group to its own
-longest session on the reader thread, and the batcher below trims every mini-batch to its own longest
-row again, after grouping rows of similar length so that little compute is spent on padding.
+longest session on the reader, and the batcher below trims every mini-batch to its own longest
+row again, after grouping rows of similar length so that little compute is spent on padding. The
+readers run in this process or in `train.reader_workers` processes per rank (train/shard_reader.py).
 
 Sharding: with at least as many row groups as ranks, each rank reads its own row groups
 (Petastorm's `cur_shard`); with fewer (small tables, a 2-process demo) every rank reads all row
@@ -35,17 +36,15 @@ snapshot whose copies were not made, so deleted rows can never train silently.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import posixpath
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import torch
 from pyspark.sql import DataFrame
@@ -53,34 +52,13 @@ from pyspark.sql import functions as F
 
 from nextplay.storage import Storage, is_local, join, local_path
 from nextplay.train.lanes import LaneBatches
+from nextplay.train.shard_reader import SPLIT_COLUMN, TIME_COLUMN, SessionSnapshot, shard_rows
 
-SPLIT_COLUMN = "split"
-TIME_COLUMN = "start_ts"
 SOURCE_COLUMN = "source_file"  # the folder of a copied file: the place in the snapshot of the file it copies
 
 # Petastorm 0.12 drives pyarrow 14 through its legacy dataset API, which warns on every call.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?$")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\..*)?$")
-
-
-@dataclass(frozen=True)
-class SessionSnapshot:
-    """What a training process needs to read its shard: built on the driver, pickled to workers."""
-
-    files: tuple[str, ...]  # the Parquet files of one Delta version of `sessions`
-    split: str  # which split to read, usually "train"
-    n_sessions: int  # sessions of that split in the snapshot (for steps_per_epoch)
-    n_events: int  # items in those sessions (for events/s)
-    row_groups: int
-    storage: Storage = Storage()  # how Python on any node opens `files` (hdfs:// goes over WebHDFS)
-    version: int | None = None  # the Delta version of `sessions` the files make up
-    # Places in `files` of the files whose rows are partly deleted (deletion vectors): no rank may read
-    # until `copy_surviving_rows` has replaced them by copies of their live rows.
-    partly_deleted: tuple[int, ...] = ()
-    spark_paths: tuple[str, ...] = ()  # while there are such files: each file as `_metadata.file_path` names it
-
-    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
-        return max(1, math.ceil(self.n_sessions / (batch_size * world_size)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -204,82 +182,15 @@ def _file_system(url: str) -> tuple[str, str]:
     return parsed.scheme if parsed.scheme not in ("", "file") else "file", parsed.netloc
 
 
-def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_order: bool):
-    """Build the per-row-group transform: keep one split (and one hash shard), optionally sort the
-    sessions by start time, pad `items`."""
-
-    def transform(df: pd.DataFrame) -> pd.DataFrame:
-        df = df[df[SPLIT_COLUMN] == split]
-        if time_order:
-            df = df.sort_values(TIME_COLUMN, kind="stable")
-        if row_sharding and size > 1:
-            shard = pd.util.hash_pandas_object(df["session_id"], index=False).to_numpy() % size
-            df = df[shard == rank]
-        seqs = df["items"].to_numpy()
-        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        padded = np.zeros((len(seqs), int(lengths.max()) if len(seqs) else 1), dtype=np.int32)
-        if len(seqs):
-            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-            cols = np.arange(int(lengths.sum())) - starts
-            padded[np.repeat(np.arange(len(seqs)), lengths), cols] = np.concatenate(seqs)
-        return pd.DataFrame({"items": list(padded), "length": lengths})
-
-    return transform
-
-
-def _reader(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None, time_order: bool = False):
-    """Row groups in random order, or with `time_order` in the snapshot's file order (`time_ordered`)
-    with each row group's sessions sorted by start time."""
-    from petastorm import make_batch_reader  # deferred: heavy, and only the ranks that read batches need it
-    from petastorm.transform import TransformSpec  # deferred: with make_batch_reader above
-
-    if snapshot.partly_deleted:
-        raise ValueError(f"{len(snapshot.partly_deleted)} file(s) of sessions version {snapshot.version} hold deleted "
-                         "rows: copy their live rows first (copy_surviving_rows), or deleted sessions would train")
-    row_sharding = snapshot.row_groups < size
-    spec = TransformSpec(
-        _pad_transform(snapshot.split, rank, size, row_sharding, time_order),
-        edit_fields=[("items", np.int32, (None,), False), ("length", np.int64, (), False)],
-        selected_fields=["items", "length"],
-    )
-    shard_args = {} if row_sharding or size == 1 else {"cur_shard": rank, "shard_count": size}
-    files = list(snapshot.files)
-    filesystem = snapshot.storage.arrow_filesystem(files[0]) if files else None
-    if filesystem is None:
-        urls = [f"file://{local_path(f)}" for f in files]
-    else:  # Petastorm takes URIs of one scheme and host, and hands their paths to `filesystem`
-        urls = files
-    return make_batch_reader(
-        urls,
-        filesystem=filesystem,
-        schema_fields=["items", SPLIT_COLUMN, "session_id", TIME_COLUMN],
-        transform_spec=spec,
-        num_epochs=1,
-        workers_count=1,  # one reader thread keeps the row-group order, hence the run, reproducible
-        shuffle_row_groups=not time_order,
-        seed=None if time_order else seed,  # with a seed Petastorm also shuffles the shard's row groups
-        reader_pool_type="thread",
-        **shard_args,
-    )
-
-
-def _rows(snapshot: SessionSnapshot, rank: int, size: int, seed: int | None,
-          time_order: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    with _reader(snapshot, rank, size, seed, time_order) as reader:
-        for batch in reader:
-            if len(batch.length):
-                yield batch.items, batch.length
-
-
 def lane_batches(snapshot: SessionSnapshot, *, lanes: int, max_len: int, rank: int = 0,
-                 size: int = 1) -> LaneBatches:
+                 size: int = 1, workers: int = 1) -> LaneBatches:
     """One epoch of session-parallel steps (train/lanes.py) over this rank's shard, oldest sessions
     first. Time order is as good as the table's layout: files by earliest start, row groups in file
     order, sessions sorted inside each row group."""
 
     def sessions() -> Iterator[np.ndarray]:
         seen = 0
-        for items, lengths in _rows(snapshot, rank, size, seed=None, time_order=True):
+        for items, lengths in shard_rows(snapshot, rank, size, seed=None, time_order=True, workers=workers):
             seen += len(lengths)
             for row, n in zip(items, lengths):
                 yield row[:n]
@@ -290,13 +201,14 @@ def lane_batches(snapshot: SessionSnapshot, *, lanes: int, max_len: int, rank: i
 
 
 def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0, size: int = 1,
-                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64) -> Iterator[dict[str, torch.Tensor]]:
+                    epoch: int = 0, seed: int = 0, buffer_batches: int = 64, workers: int = 1
+                   ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield shuffled, length-bucketed mini-batches `{"items": [B, L], "length": [B]}` from one pass
     over this rank's shard, and keep cycling the shard (with a new shuffle) until the caller stops.
 
     A buffer of `buffer_batches` batches is filled, sorted by length, cut into batches and those
     batches are shuffled: the row order stays random across batches while each batch needs little
-    padding; `cut_points` says where the cuts go.
+    padding; `cut_points` says where the cuts go. `workers`: reader processes (train/shard_reader.py).
     """
     rng = np.random.default_rng([seed, epoch, rank])
     cycle = 0
@@ -305,7 +217,7 @@ def iterate_batches(snapshot: SessionSnapshot, *, batch_size: int, rank: int = 0
         buf_items: list[np.ndarray] = []
         buf_len: list[np.ndarray] = []
         buffered = 0
-        for items, lengths in _rows(snapshot, rank, size, seed * 1009 + epoch * 31 + cycle):
+        for items, lengths in shard_rows(snapshot, rank, size, seed * 1009 + epoch * 31 + cycle, workers=workers):
             seen += len(lengths)
             buf_items.append(items)
             buf_len.append(lengths)
