@@ -89,8 +89,11 @@ def loader_over_train(b: Bench) -> dict[str, Any]:
     def load(workers: int = 1) -> None:
         batches, took = timed_batches(lambda: iterate_batches(snapshot, batch_size=bs, seed=cfg.train.seed,
                                                               workers=workers), epoch)
-        loaded["rate" if workers == 1 else f"rate_{workers}"].append(epoch / took)
-        loaded["batches"] = batches[:n]
+        if workers == 1:
+            loaded["rate"].append(epoch / took)
+            loaded["batches"] = batches[:n]  # what training is timed on: one reader's, every repetition alike
+        else:
+            loaded[f"rate_{workers}"].append(epoch / took)
 
     load()
     loaded["rate_2"] = []
