@@ -216,7 +216,8 @@ class SampledSoftmax(FullSoftmax):
         to score never builds it (at a million tracks its buffers and their construction cost about
         a sixth of the model's size in every scoring worker)."""
         if self._sampler is None:
-            self._sampler = NegativeSampler(self.n_items, self.item_counts, self.alpha).to(self.bias.device)
+            with torch.inference_mode(False), torch.no_grad():  # plain buffers, whatever mode asks first
+                self._sampler = NegativeSampler(self.n_items, self.item_counts, self.alpha).to(self.bias.device)
         return self._sampler
 
     def _candidate_logits(self, s: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, corrected: bool

@@ -41,7 +41,7 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 
 from nextplay import run_metrics, tables, tracking
-from nextplay.config import Config, ConfigError, TrainConfig
+from nextplay.config import Config, ConfigError
 from nextplay.data.lines import recent_sessions, session_lines
 from nextplay.logs import configure_logging
 from nextplay.metrics import evaluate_model
@@ -55,6 +55,7 @@ from nextplay.train.checkpoint import (check_resumable, has_checkpoint, load_lat
                                        remove_run_checkpoints, run_checkpoint_dir, save_checkpoint)
 from nextplay.train.distributed import HorovodCollective, TorchCollective
 from nextplay.train.index import build_index
+from nextplay.train.shard_reader import reader_workers
 from nextplay.train.loader import (SessionSnapshot, copy_surviving_rows, iterate_batches, lane_batches,
                                    plan_snapshot)
 from nextplay.train.lanes import Lanes
@@ -197,19 +198,12 @@ def train_worker(spec: TrainSpec) -> None:
         comm.barrier()
 
 
-def reader_workers(train: TrainConfig, device: torch.device) -> int:
-    """`train.reader_workers`, or by default what the device needs (its comment in config/sections.py)."""
-    if train.reader_workers is not None:
-        return train.reader_workers
-    return 4 if device.type == "cuda" else 1
-
-
 def training_strategy(spec: TrainSpec, rank: int, size: int, device: torch.device):
     """The training strategy train.batching names, over this rank's share of the snapshot
     (train/loop.py `Buckets`, train/lanes.py `Lanes`); chosen here once, so the loop and the model
     never guess it from a batch."""
     cfg = spec.cfg
-    workers = reader_workers(cfg.train, device)
+    workers = reader_workers(cfg.train.reader_workers, device)
     if cfg.train.batching == "lanes":
         lanes = lane_batches(spec.snapshot, lanes=cfg.train.batch_size, max_len=cfg.train.max_len, rank=rank, size=size,
                              workers=workers)

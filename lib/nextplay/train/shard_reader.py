@@ -81,6 +81,13 @@ def _pad_transform(split: str, rank: int, size: int, row_sharding: bool, time_or
     return transform
 
 
+def reader_workers(asked: int | None, device: torch.device) -> int:
+    """`train.reader_workers`, or by default what the device needs (its comment in config/sections.py)."""
+    if asked is not None:
+        return asked
+    return 4 if device.type == "cuda" else 1
+
+
 def reader_processes(snapshot: SessionSnapshot, size: int, workers: int) -> int:
     """How many of the `workers` asked for can each read a part of a rank's shard: every part needs
     a row group of its own."""
